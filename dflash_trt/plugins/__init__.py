@@ -1,0 +1,1 @@
+"""Python side of the TensorRT plugins: op contracts, PyTorch reference, ONNX export, library loading."""

@@ -1,0 +1,237 @@
+"""Plugin op contracts as data: the single description used by the reference, ONNX export and docs.
+
+A tensor dimension is a string: either a free symbol bound by the first input that carries it
+(``"b"``, ``"S"``) or an integer expression over attributes and bound symbols
+(``"(num_heads + 2*num_kv_heads)*head_dim"``). A dtype is a concrete name (``"int32"``) or a type
+parameter (``"T"``) that all inputs sharing it must agree on.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from dflash_trt.errors import UserError
+
+DTYPES = ("float32", "float16", "bfloat16", "int32")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output tensor: name, symbolic shape, allowed dtype(s) and meaning."""
+
+    name: str
+    shape: tuple[str, ...]
+    dtype: str
+    doc: str
+
+
+@dataclass(frozen=True)
+class AttrSpec:
+    """One plugin field. ``default=None`` means required; bounds and choices are inclusive."""
+
+    name: str
+    type: str  # "int32" or "float32" (the TensorRT PluginField type)
+    doc: str
+    default: int | float | None = None
+    choices: tuple[int, ...] | None = None
+    ge: float | None = None
+    gt: float | None = None
+
+
+@dataclass(frozen=True)
+class OpContract:
+    """A plugin op: identity in the TensorRT registry, tensors, attributes and cross-field rules."""
+
+    name: str
+    version: str
+    namespace: str
+    type_params: Mapping[str, tuple[str, ...]]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    attrs: tuple[AttrSpec, ...]
+    constraints: tuple[tuple[str, str], ...]  # (boolean expression over attributes, message)
+    semantics: str
+
+    def resolve_attrs(self, **given: int | float) -> dict[str, int | float]:
+        """Fill defaults and validate every attribute; raise ``UserError`` naming the bad field."""
+        known = {a.name for a in self.attrs}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise UserError(f"{self.name}: unknown attribute(s) {unknown}; expected {sorted(known)}")
+        out: dict[str, int | float] = {}
+        for a in self.attrs:
+            value = given.get(a.name, a.default)
+            if value is None:
+                raise UserError(f"{self.name}: attribute '{a.name}' is required ({a.doc})")
+            out[a.name] = _check_attr(self.name, a, value)
+        for expr, message in self.constraints:
+            if not _eval(expr, out):
+                raise UserError(f"{self.name}: {message} (got {_fmt(out)})")
+        return out
+
+    def bind_inputs(
+        self, shapes: Sequence[Sequence[int]], dtypes: Sequence[str], attrs: Mapping[str, int | float]
+    ) -> tuple[dict[str, int], dict[str, str]]:
+        """Check input shapes/dtypes against the contract; return (dimension symbols, type params)."""
+        if len(shapes) != len(self.inputs) or len(dtypes) != len(self.inputs):
+            raise ValueError(f"{self.name}: expected {len(self.inputs)} inputs, got {len(shapes)}")
+        symbols: dict[str, int] = {}  # may hold SymInts under export
+        types: dict[str, str] = {}
+        for spec, shape, dtype in zip(self.inputs, shapes, dtypes):
+            if spec.dtype in self.type_params:
+                if dtype not in self.type_params[spec.dtype]:
+                    raise ValueError(
+                        f"{self.name}: input '{spec.name}' has dtype {dtype}, "
+                        f"allowed {self.type_params[spec.dtype]}"
+                    )
+                bound = types.setdefault(spec.dtype, dtype)
+                if bound != dtype:
+                    raise ValueError(
+                        f"{self.name}: input '{spec.name}' has dtype {dtype} but {spec.dtype}={bound}"
+                    )
+            elif dtype != spec.dtype:
+                raise ValueError(f"{self.name}: input '{spec.name}' has dtype {dtype}, expected {spec.dtype}")
+            if len(shape) != len(spec.shape):
+                raise ValueError(
+                    f"{self.name}: input '{spec.name}' has rank {len(shape)}, expected shape {list(spec.shape)}"
+                )
+            for dim, size in zip(spec.shape, shape):
+                if dim.isidentifier() and dim not in attrs and dim not in symbols:
+                    symbols[dim] = size
+                    continue
+                want = _eval(dim, {**attrs, **symbols})
+                if want != size:
+                    raise ValueError(
+                        f"{self.name}: input '{spec.name}' has shape {list(shape)}, "
+                        f"expected {list(spec.shape)} = {[_eval(d, {**attrs, **symbols}) for d in spec.shape]}"
+                    )
+        return symbols, types
+
+    def output_shapes(self, symbols: Mapping[str, int], attrs: Mapping[str, int | float]) -> list[list[int]]:
+        """Concrete output shapes for bound symbols and resolved attributes."""
+        env = {**attrs, **symbols}
+        return [[int(_eval(d, env)) for d in spec.shape] for spec in self.outputs]
+
+    def to_markdown(self) -> str:
+        """Human-readable contract (the plugins README embeds this text verbatim)."""
+        types = ", ".join(f"{k} in {{{', '.join(v)}}}" for k, v in self.type_params.items())
+        lines = [
+            f"### `{self.name}` (version \"{self.version}\", namespace `{self.namespace}`)",
+            "",
+            self.semantics,
+            "",
+            f"Type parameters: {types}.",
+            "",
+            "| attribute | type | default | allowed | meaning |",
+            "|---|---|---|---|---|",
+        ]
+        for a in self.attrs:
+            allowed = (
+                ", ".join(map(str, a.choices)) if a.choices
+                else f">= {a.ge}" if a.ge is not None
+                else f"> {a.gt}" if a.gt is not None
+                else "any"
+            )
+            default = "required" if a.default is None else repr(a.default)
+            lines.append(f"| `{a.name}` | {a.type} | {default} | {allowed} | {a.doc} |")
+        lines += ["", "Constraints: " + "; ".join(f"`{e}`" for e, _ in self.constraints) + ".", ""]
+        lines += ["| # | tensor | shape | dtype | meaning |", "|---|---|---|---|---|"]
+        for kind, specs in (("in", self.inputs), ("out", self.outputs)):
+            for i, t in enumerate(specs):
+                lines.append(f"| {kind} {i} | `{t.name}` | [{', '.join(t.shape)}] | {t.dtype} | {t.doc} |")
+        return "\n".join(lines) + "\n"
+
+
+def _check_attr(op: str, a: AttrSpec, value: int | float) -> int | float:
+    if a.type == "int32":
+        if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
+            raise UserError(f"{op}: attribute '{a.name}' must be an int32, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{op}: attribute '{a.name}' must be a float, got {value!r}")
+    else:
+        value = float(value)
+    if a.choices is not None and value not in a.choices:
+        raise UserError(f"{op}: attribute '{a.name}'={value!r} must be one of {a.choices}")
+    if a.ge is not None and value < a.ge:
+        raise UserError(f"{op}: attribute '{a.name}'={value!r} must be >= {a.ge}")
+    if a.gt is not None and value <= a.gt:
+        raise UserError(f"{op}: attribute '{a.name}'={value!r} must be > {a.gt}")
+    return value
+
+
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
+_CMPOPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
+           ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}
+
+
+def _eval(expr: str, env: Mapping[str, int | float]) -> int | float | bool:
+    """Evaluate a contract expression: integers, names, + - * // %, and one comparison."""
+
+    def walk(node: ast.AST) -> int | float | bool:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name):
+            return env[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _CMPOPS:
+            return _CMPOPS[type(node.ops[0])](walk(node.left), walk(node.comparators[0]))
+        raise ValueError(f"unsupported contract expression {expr!r}")
+
+    return walk(ast.parse(expr, mode="eval"))
+
+
+def _fmt(attrs: Mapping[str, int | float]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in attrs.items())
+
+
+BLOCK_ATTENTION = OpContract(
+    name="DFlashBlockAttention",
+    version="1",
+    namespace="dflash_trt",
+    type_params={"T": ("float32", "float16", "bfloat16")},
+    inputs=(
+        TensorSpec("qkv", ("b", "B", "(num_heads + 2*num_kv_heads)*head_dim"), "T",
+                   "block's fused projection, q then k then v, before norm and RoPE"),
+        TensorSpec("q_norm_weight", ("head_dim",), "T", "per-head RMSNorm weight for q"),
+        TensorSpec("k_norm_weight", ("head_dim",), "T", "per-head RMSNorm weight for k (ignored when qk_norm=0)"),
+        TensorSpec("rope_cos", ("max_pos", "head_dim // 2"), "float32", "RoPE cos table (rotate-half layout)"),
+        TensorSpec("rope_sin", ("max_pos", "head_dim // 2"), "float32", "RoPE sin table (rotate-half layout)"),
+        TensorSpec("k_cache", ("b", "num_kv_heads", "S", "head_dim"), "T",
+                   "context keys, already normed and roped; first ctx_lens[s] positions valid"),
+        TensorSpec("v_cache", ("b", "num_kv_heads", "S", "head_dim"), "T", "context values"),
+        TensorSpec("ctx_lens", ("b",), "int32", "valid context length per sequence (0 <= ctx_lens <= S)"),
+    ),
+    outputs=(
+        TensorSpec("out", ("b", "B", "num_heads*head_dim"), "T", "attention output, heads concatenated"),
+    ),
+    attrs=(
+        AttrSpec("num_heads", "int32", "query heads", ge=1),
+        AttrSpec("num_kv_heads", "int32", "key/value heads (GQA groups)", ge=1),
+        AttrSpec("head_dim", "int32", "head dimension", choices=(64, 128)),
+        AttrSpec("window", "int32", "sliding window: key visible iff abs(p_q - p_k) < window; 0 = none",
+                 default=0, ge=0),
+        AttrSpec("qk_norm", "int32", "1: RMSNorm q and k per head before RoPE", default=1, choices=(0, 1)),
+        AttrSpec("eps", "float32", "RMSNorm epsilon", default=1e-6, gt=0.0),
+    ),
+    constraints=(("num_heads % num_kv_heads == 0", "num_heads must be a multiple of num_kv_heads"),),
+    semantics=(
+        "Block query i of sequence s sits at position p_i = ctx_lens[s] + i. "
+        "q = rope(rmsnorm(q_raw) * q_norm_weight), block k likewise with k_norm_weight, block v raw "
+        "(fp32 math; rope: x1 = x[:d/2], x2 = x[d/2:], out = [x1*cos - x2*sin, x2*cos + x1*sin]). "
+        "Query head h uses kv head h // (num_heads // num_kv_heads). Keys = context keys "
+        "k_cache[s, :, :ctx_lens[s]] then the B block keys; bidirectional inside the block; with "
+        "window > 0 a key at p_k is visible iff |p_i - p_k| < window. Scale 1/sqrt(head_dim), fp32 softmax."
+    ),
+)
+
+CONTRACTS: dict[str, OpContract] = {BLOCK_ATTENTION.name: BLOCK_ATTENTION}
+
+if __name__ == "__main__":
+    print("\n".join(c.to_markdown() for c in CONTRACTS.values()), end="")

@@ -1,0 +1,126 @@
+"""PyTorch reference of the plugin ops, registered as torch custom ops so they export to ONNX.
+
+``dflash_block_attention`` is ``torch.ops.dflash_trt.block_attention``: its eager body is the CPU
+reference the CUDA plugin is checked against; its fake kernel gives shapes for export.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dflash_trt.plugins.contracts import BLOCK_ATTENTION
+
+DTYPE_NAMES: dict[torch.dtype, str] = {
+    torch.float32: "float32",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.int32: "int32",
+}
+
+
+def rope_tables(max_pos: int, head_dim: int, theta: float = 1_000_000.0) -> tuple[Tensor, Tensor]:
+    """fp32 ``(cos, sin)`` tables of shape [max_pos, head_dim // 2] for rotate-half RoPE."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.arange(max_pos, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    return angles.cos().float(), angles.sin().float()
+
+
+def _bind(tensors: tuple[Tensor, ...], attrs: dict[str, int | float]) -> dict[str, int]:
+    shapes = [tuple(t.shape) for t in tensors]
+    dtypes = [DTYPE_NAMES.get(t.dtype, str(t.dtype)) for t in tensors]
+    symbols, _ = BLOCK_ATTENTION.bind_inputs(shapes, dtypes, attrs)
+    return symbols
+
+
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+@torch.library.custom_op("dflash_trt::block_attention", mutates_args=())
+def dflash_block_attention(
+    qkv: Tensor,
+    q_norm_weight: Tensor,
+    k_norm_weight: Tensor,
+    rope_cos: Tensor,
+    rope_sin: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    ctx_lens: Tensor,
+    *,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    window: int,
+    qk_norm: int,
+    eps: float,
+) -> Tensor:
+    """DFlash block attention: normed+roped block queries over [valid context | block] keys.
+
+    Every attribute is explicit (the exported graph carries all of them); ``BLOCK_ATTENTION.resolve_attrs``
+    supplies the contract's defaults.
+    """
+    attrs = BLOCK_ATTENTION.resolve_attrs(
+        num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, window=window, qk_norm=qk_norm, eps=eps
+    )
+    sym = _bind((qkv, q_norm_weight, k_norm_weight, rope_cos, rope_sin, k_cache, v_cache, ctx_lens), attrs)
+    b, blk, ctx, max_pos = sym["b"], sym["B"], sym["S"], sym["max_pos"]
+    nh, nkv, d = num_heads, num_kv_heads, head_dim
+    lens = ctx_lens.long()
+    if bool((lens < 0).any()) or bool((lens > ctx).any()):
+        raise ValueError(f"ctx_lens {lens.tolist()} must lie in [0, S={ctx}]")
+    if bool((lens + blk > max_pos).any()):
+        raise ValueError(f"block positions up to {int(lens.max()) + blk - 1} exceed the RoPE table (max_pos={max_pos})")
+
+    q, k, v = qkv.float().unflatten(-1, (nh + 2 * nkv, d)).split([nh, nkv, nkv], dim=2)  # [b, B, heads, d]
+    if qk_norm:
+        q, k = _rms_norm(q, q_norm_weight, eps), _rms_norm(k, k_norm_weight, eps)
+    pos = lens[:, None] + torch.arange(blk)  # [b, B]
+    cos, sin = rope_cos[pos][:, :, None, :], rope_sin[pos][:, :, None, :]
+    q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+
+    ctx_pos = torch.arange(ctx).expand(b, ctx)
+    valid = torch.cat([ctx_pos < lens[:, None], torch.ones(b, blk, dtype=torch.bool)], dim=1)  # [b, S+B]
+    key_pos = torch.cat([ctx_pos, pos], dim=1)
+    visible = valid[:, None, :].expand(b, blk, ctx + blk)  # [b, B, S+B]
+    if window > 0:
+        visible = visible & ((pos[:, :, None] - key_pos[:, None, :]).abs() < window)
+    keys = torch.cat([k_cache.float(), k.transpose(1, 2)], dim=2)  # [b, nkv, S+B, d]
+    vals = torch.cat([v_cache.float(), v.transpose(1, 2)], dim=2)
+    vals = vals.masked_fill(~valid[:, None, :, None], 0.0)  # padding slots may hold anything, even NaN
+
+    qg = q.transpose(1, 2).reshape(b, nkv, nh // nkv, blk, d)  # head h -> kv head h // group
+    scores = torch.einsum("bkgid,bkjd->bkgij", qg, keys) * d**-0.5
+    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
+    out = torch.einsum("bkgij,bkjd->bkgid", scores.softmax(dim=-1), vals)
+    return out.reshape(b, nh, blk, d).transpose(1, 2).reshape(b, blk, nh * d).to(qkv.dtype)
+
+
+@dflash_block_attention.register_fake
+def _(
+    qkv: Tensor,
+    q_norm_weight: Tensor,
+    k_norm_weight: Tensor,
+    rope_cos: Tensor,
+    rope_sin: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    ctx_lens: Tensor,
+    *,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    window: int,
+    qk_norm: int,
+    eps: float,
+) -> Tensor:
+    attrs = BLOCK_ATTENTION.resolve_attrs(
+        num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, window=window, qk_norm=qk_norm, eps=eps
+    )
+    sym = _bind((qkv, q_norm_weight, k_norm_weight, rope_cos, rope_sin, k_cache, v_cache, ctx_lens), attrs)
+    return qkv.new_empty((sym["b"], sym["B"], num_heads * head_dim))
