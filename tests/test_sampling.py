@@ -1,0 +1,105 @@
+"""Speculative sampling is lossless: emitted tokens follow the target's own sampling distribution.
+
+We enumerate the exact joint distribution of the first three generated tokens of a tiny-vocab target
+(8 tokens -> 512 outcomes) and run a chi-square goodness-of-fit test on N speculative samples drawn
+with a random drafter (so drafts are both accepted and rejected). A correct sampler fails this test with
+probability ALPHA = 1e-4 for a random seed; the seeds are fixed, so the outcome is deterministic. A
+negative control (accept every draft) shows the test has power.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from dflash_trt.decoding import speculative
+from dflash_trt.decoding.runners import TorchDrafter, TorchTarget
+from dflash_trt.decoding.sampling import SamplingParams, probabilities
+from dflash_trt.decoding.speculative import Request, generate
+from dflash_trt.models.loading import load_drafter, load_target
+from tiny import hf_config, save_hf_target, save_zlab_drafter
+
+VOCAB, ALPHA, N, PROMPT = 8, 1e-4, 6000, [1, 4, 6]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sampling")
+    target = load_target(save_hf_target(root / "t", "llama", vocab=VOCAB, hidden=32, layers=2))
+    drafter = load_drafter(save_zlab_drafter(root / "d", hf_config("llama", vocab=VOCAB, hidden=32, layers=2),
+                                             block_size=4, layer_ids=(0, 1), mask_token_id=7), target)
+    with torch.no_grad():  # sharpen the random target so that top-k/top-p actually cut tokens
+        target.lm_head.weight.mul_(4.0)
+    return TorchTarget(target), TorchDrafter(drafter)
+
+
+def exact_joint(target: TorchTarget, params: SamplingParams) -> torch.Tensor:
+    """P(t1, t2, t3 | PROMPT) under AR sampling, shape [V, V, V]."""
+    seqs = torch.tensor([PROMPT + [a, b] for a, b in itertools.product(range(VOCAB), repeat=2)])
+    target.model.setup_caches(len(seqs), seqs.shape[1])
+    with torch.no_grad():
+        hidden, _ = target.model(seqs)
+        p = probabilities(target.model.lm_head(hidden[:, -3:]), params)  # [V*V, 3, V]
+    p1 = p[0, 0]
+    p2 = p[:: VOCAB, 1]  # rows with t1 = a (any t2): the t2 distribution given t1
+    p3 = p[:, 2].view(VOCAB, VOCAB, VOCAB)
+    return p1[:, None, None] * p2[:, :, None] * p3
+
+
+def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    counts, probs = counts.flatten().double(), probs.flatten().double()
+    assert counts[probs == 0].sum() == 0, "sampled a token the target gives zero probability"
+    expected = probs * counts.sum()
+    big = expected >= 5  # pool sparse cells so the chi-square approximation holds
+    obs = torch.cat([counts[big], counts[~big & (probs > 0)].sum()[None]])
+    exp = torch.cat([expected[big], expected[~big & (probs > 0)].sum()[None]])
+    obs, exp = obs[exp > 0], exp[exp > 0]
+    stat = ((obs - exp) ** 2 / exp).sum()
+    dof = len(obs) - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.double), stat / 2))
+
+
+def sample_counts(target, drafter, params: SamplingParams) -> tuple[torch.Tensor, list]:
+    gens = generate(target, drafter, [Request(PROMPT, 3)] * N, params)
+    counts = torch.zeros(VOCAB, VOCAB, VOCAB)
+    for g in gens:
+        counts[tuple(g.tokens)] += 1
+    return counts, gens
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=1.0, seed=1),
+    SamplingParams(temperature=0.7, top_k=5, seed=2),
+    SamplingParams(temperature=1.3, top_p=0.8, seed=3),
+    SamplingParams(temperature=1.0, top_k=6, top_p=0.9, seed=4),
+], ids=["t1", "topk", "topp", "topk_topp"])
+def test_speculative_sampling_matches_target_distribution(pair, params):
+    target, drafter = pair
+    counts, gens = sample_counts(target, drafter, params)
+    first_steps = torch.tensor([g.step_lengths[0] for g in gens])
+    assert 0.05 < (first_steps > 1).float().mean() < 0.95  # both accept and reject paths are exercised
+    assert chi_square_pvalue(counts, exact_joint(target, params)) > ALPHA
+
+
+def test_autoregressive_sampling_matches_target_distribution(pair):
+    target, _ = pair
+    params = SamplingParams(temperature=1.0, seed=5)
+    counts, _ = sample_counts(target, None, params)
+    assert chi_square_pvalue(counts, exact_joint(target, params)) > ALPHA
+
+
+def test_biased_acceptance_is_detected(pair, monkeypatch):
+    """Negative control: a sampler that accepts every draft is not lossless, and the test says so."""
+    target, drafter = pair
+    real_accept = speculative.accept
+
+    def accept_all(drafts, q, logits, params, generator):
+        _, bonus = real_accept(drafts, q, logits, params, generator)
+        return torch.full_like(bonus, drafts.shape[1]), bonus
+
+    monkeypatch.setattr(speculative, "accept", accept_all)
+    params = SamplingParams(temperature=1.0, seed=6)
+    counts, _ = sample_counts(target, drafter, params)
+    assert chi_square_pvalue(counts, exact_joint(target, params)) < ALPHA
