@@ -9,6 +9,7 @@ parameter (``"T"``) that all inputs sharing it must agree on.
 from __future__ import annotations
 
 import ast
+import math
 import operator
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -30,7 +31,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class AttrSpec:
-    """One plugin field. ``default=None`` means required; bounds and choices are inclusive."""
+    """One plugin field. ``default=None`` means required; ``ge`` is an inclusive lower bound."""
 
     name: str
     type: str  # "int32" or "float32" (the TensorRT PluginField type)
@@ -38,7 +39,6 @@ class AttrSpec:
     default: int | float | None = None
     choices: tuple[int, ...] | None = None
     ge: float | None = None
-    gt: float | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,6 @@ class OpContract:
             allowed = (
                 ", ".join(map(str, a.choices)) if a.choices
                 else f">= {a.ge}" if a.ge is not None
-                else f"> {a.gt}" if a.gt is not None
                 else "any"
             )
             default = "required" if a.default is None else repr(a.default)
@@ -149,16 +148,14 @@ def _check_attr(op: str, a: AttrSpec, value: int | float) -> int | float:
     if a.type == "int32":
         if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
             raise UserError(f"{op}: attribute '{a.name}' must be an int32, got {value!r}")
-    elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{op}: attribute '{a.name}' must be a float, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{op}: attribute '{a.name}' must be a finite float, got {value!r}")
     else:
         value = float(value)
     if a.choices is not None and value not in a.choices:
         raise UserError(f"{op}: attribute '{a.name}'={value!r} must be one of {a.choices}")
     if a.ge is not None and value < a.ge:
         raise UserError(f"{op}: attribute '{a.name}'={value!r} must be >= {a.ge}")
-    if a.gt is not None and value <= a.gt:
-        raise UserError(f"{op}: attribute '{a.name}'={value!r} must be > {a.gt}")
     return value
 
 
@@ -218,7 +215,7 @@ BLOCK_ATTENTION = OpContract(
         AttrSpec("window", "int32", "sliding window: key visible iff abs(p_q - p_k) < window; 0 = none",
                  default=0, ge=0),
         AttrSpec("qk_norm", "int32", "1: RMSNorm q and k per head before RoPE", default=1, choices=(0, 1)),
-        AttrSpec("eps", "float32", "RMSNorm epsilon", default=1e-6, gt=0.0),
+        AttrSpec("eps", "float32", "RMSNorm epsilon", default=1e-6, ge=0.0),
     ),
     constraints=(("num_heads % num_kv_heads == 0", "num_heads must be a multiple of num_kv_heads"),),
     semantics=(

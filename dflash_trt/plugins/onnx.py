@@ -1,0 +1,176 @@
+"""ONNX export of the plugin ops and an onnxruntime (CPU) runner for the exported graphs.
+
+The exported node is ``DFlashBlockAttention`` in domain ``ai.onnx.contrib`` with the contract's
+attributes plus ``plugin_namespace``/``plugin_version``. That domain is the one onnxruntime-extensions
+gives its Python custom ops; TensorRT's ONNX parser imports an unknown op as the plugin whose name is
+the op type, looked up in the namespace named by ``plugin_namespace``, and turns every other attribute
+into a plugin field.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Mapping, Sequence, TypeVar, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dflash_trt.errors import UserError
+from dflash_trt.plugins.contracts import BLOCK_ATTENTION
+from dflash_trt.plugins.reference import dflash_block_attention, rope_tables
+
+try:
+    import onnx
+    import onnxruntime as ort
+    import onnxscript
+    from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
+    from onnxscript import BFLOAT16, FLOAT, FLOAT16, INT32
+except ImportError as exc:  # optional dependencies
+    raise UserError(f"module '{exc.name}' is missing: pip install 'dflash-trt[onnx]'") from exc
+
+DOMAIN = "ai.onnx.contrib"
+DYNAMIC_DIMS = ("b", "S")  # batch and context capacity vary at run time; block and RoPE table do not
+
+_CONTRIB = onnxscript.values.Opset(DOMAIN, 1)
+_T = TypeVar("_T", bound=Union[FLOAT, FLOAT16, BFLOAT16])
+
+
+@onnxscript.script(onnxscript.values.Opset("dflash_trt.export", 1))
+def _block_attention_onnx(
+    qkv: _T,
+    q_norm_weight: _T,
+    k_norm_weight: _T,
+    rope_cos: FLOAT,
+    rope_sin: FLOAT,
+    k_cache: _T,
+    v_cache: _T,
+    ctx_lens: INT32,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    window: int,
+    qk_norm: int,
+    eps: float,
+) -> _T:
+    # plugin_namespace/plugin_version must equal BLOCK_ATTENTION.namespace/.version (tested)
+    return _CONTRIB.DFlashBlockAttention(
+        qkv, q_norm_weight, k_norm_weight, rope_cos, rope_sin, k_cache, v_cache, ctx_lens,
+        num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+        window=window, qk_norm=qk_norm, eps=eps,
+        plugin_namespace="dflash_trt", plugin_version="1",
+    )
+
+
+class BlockAttention(torch.nn.Module):
+    """The op alone as a module; forward's parameter names become the ONNX input names."""
+
+    def __init__(self, **attrs: int | float) -> None:
+        super().__init__()
+        self.attrs = BLOCK_ATTENTION.resolve_attrs(**attrs)
+
+    def forward(
+        self, qkv: Tensor, q_norm_weight: Tensor, k_norm_weight: Tensor, rope_cos: Tensor, rope_sin: Tensor,
+        k_cache: Tensor, v_cache: Tensor, ctx_lens: Tensor,
+    ) -> Tensor:
+        return dflash_block_attention(
+            qkv, q_norm_weight, k_norm_weight, rope_cos, rope_sin, k_cache, v_cache, ctx_lens, **self.attrs
+        )
+
+
+def example_inputs(
+    attrs: Mapping[str, int | float], *, batch: int, block: int, ctx: int, max_pos: int,
+    dtype: torch.dtype = torch.float16, seed: int = 0,
+) -> tuple[Tensor, ...]:
+    """Random valid inputs in contract order (ragged ctx_lens in [0, ctx], norm weights near 1)."""
+    g = torch.Generator().manual_seed(seed)
+    nh, nkv, d = attrs["num_heads"], attrs["num_kv_heads"], attrs["head_dim"]
+    if ctx + block > max_pos:
+        raise UserError(f"max_pos={max_pos} must be >= ctx + block = {ctx + block}")
+
+    def rnd(*shape: int, scale: float = 1.0, offset: float = 0.0) -> Tensor:
+        return (torch.randn(*shape, generator=g) * scale + offset).to(dtype)
+
+    cos, sin = rope_tables(max_pos, d)
+    lens = torch.randint(0, ctx + 1, (batch,), generator=g, dtype=torch.int32)
+    return (
+        rnd(batch, block, (nh + 2 * nkv) * d),
+        rnd(d, scale=0.1, offset=1.0),
+        rnd(d, scale=0.1, offset=1.0),
+        cos,
+        sin,
+        rnd(batch, nkv, ctx, d),
+        rnd(batch, nkv, ctx, d),
+        lens,
+    )
+
+
+def export_block_attention(
+    path: str | Path | None, attrs: Mapping[str, int | float], example: Sequence[Tensor], *, dynamic: bool = True
+) -> onnx.ModelProto:
+    """Export a graph holding one ``DFlashBlockAttention`` node (dynamo exporter); save it if ``path``."""
+    module = BlockAttention(**attrs).eval()
+    dynamic_shapes = None
+    if dynamic:
+        dims = {s: torch.export.Dim(s, min=1) for s in DYNAMIC_DIMS}
+        dynamic_shapes = {
+            spec.name: {i: dims[d] for i, d in enumerate(spec.shape) if d in dims} or None
+            for spec in BLOCK_ATTENTION.inputs
+        }
+    program = torch.onnx.export(
+        module,
+        tuple(example),
+        dynamo=True,
+        custom_translation_table={torch.ops.dflash_trt.block_attention.default: _block_attention_onnx},
+        dynamic_shapes=dynamic_shapes,
+        output_names=[spec.name for spec in BLOCK_ATTENTION.outputs],
+        verbose=False,
+    )
+    model = program.model_proto
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(path))
+    return model
+
+
+@functools.cache
+def _register_ort_op() -> None:
+    """Register the reference as the onnxruntime-extensions Python op ``ai.onnx.contrib::DFlashBlockAttention``."""
+    types = {"T": PyCustomOpDef.dt_float, "float32": PyCustomOpDef.dt_float, "int32": PyCustomOpDef.dt_int32}
+    attr_types = {"int32": PyCustomOpDef.dt_int64, "float32": PyCustomOpDef.dt_float}
+
+    @onnx_op(
+        op_type=BLOCK_ATTENTION.name,
+        inputs=[types[spec.dtype] for spec in BLOCK_ATTENTION.inputs],
+        outputs=[types[spec.dtype] for spec in BLOCK_ATTENTION.outputs],
+        attrs={a.name: attr_types[a.type] for a in BLOCK_ATTENTION.attrs},
+    )
+    def _run(*arrays: np.ndarray, **attrs: int | float) -> np.ndarray:
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+        return dflash_block_attention(*tensors, **BLOCK_ATTENTION.resolve_attrs(**attrs)).numpy()
+
+
+def ort_session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
+    """onnxruntime CPU session in which ``DFlashBlockAttention`` runs the PyTorch reference.
+
+    float32 graphs only: onnxruntime-extensions' Python ops reject float16 and bfloat16 tensors.
+    """
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    elem = proto.graph.input[0].type.tensor_type.elem_type
+    if elem != onnx.TensorProto.FLOAT:
+        raise UserError(
+            f"onnxruntime runner: graph input '{proto.graph.input[0].name}' is "
+            f"{onnx.TensorProto.DataType.Name(elem).lower()}; export with dtype=torch.float32 to run it here"
+        )
+    _register_ort_op()
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(get_library_path())
+    data = proto.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def run_onnxruntime(session: ort.InferenceSession, inputs: Sequence[Tensor]) -> Tensor:
+    """Run a block-attention graph on contract-ordered torch inputs; return the output as torch."""
+    feeds = {spec.name: x.numpy() for spec, x in zip(BLOCK_ATTENTION.inputs, inputs)}
+    return torch.from_numpy(session.run(None, feeds)[0])
