@@ -72,3 +72,16 @@ def save_zlab_drafter(directory: Path, target_cfg: dict, seed: int = 1, **kwargs
                 p.normal_(0, 0.2)
     model.save_pretrained(directory, safe_serialization=True)
     return Path(directory)
+
+
+def save_tiny_tokenizer(directory: Path, vocab: int = 97) -> None:
+    """A word-level tokenizer over `w0 .. w{vocab-4}` plus <unk>/<s>/</s>, with a minimal chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i + 3 for i in range(vocab - 3)}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    fast.save_pretrained(directory)

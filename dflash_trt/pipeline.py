@@ -1,0 +1,93 @@
+"""A loaded target/drafter pair plus tokenizer: what `generate` and `bench` run.
+
+Defaults: the embedded SmolLM2-135M-Instruct target and, when the package ships one, its trained drafter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dflash_trt.decoding.runners import TorchDrafter, TorchTarget
+from dflash_trt.decoding.speculative import Request
+from dflash_trt.errors import UserError
+from dflash_trt.models.loading import load_drafter, load_target
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EMBEDDED_DRAFTER = Path(__file__).parent / "assets" / "drafter"
+
+
+@dataclass
+class Pipeline:
+    target: TorchTarget
+    drafter: TorchDrafter | None
+    tokenizer: object
+    target_dir: Path
+    drafter_dir: Path | None
+
+    def stop_ids(self) -> tuple[int, ...]:
+        """End-of-sequence ids from the tokenizer and the target config."""
+        ids = set(self.target.model.cfg.eos_token_ids)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return tuple(sorted(ids))
+
+    def encode(self, prompt: str | list[dict], chat: bool) -> list[int]:
+        """Token ids for a prompt string, or for chat messages through the tokenizer's chat template."""
+        if chat or isinstance(prompt, list):
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise UserError(f"{self.target_dir}: the tokenizer has no chat template; drop --chat")
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                           return_dict=False))
+        return self.tokenizer.encode(prompt)
+
+    def request(self, prompt: str | list[dict], chat: bool, max_new_tokens: int) -> Request:
+        return Request(self.encode(prompt, chat), max_new_tokens, self.stop_ids())
+
+
+def load_pipeline(target_dir: Path | None, drafter_dir: Path | None, use_drafter: bool = True,
+                  dtype: str = "fp32") -> Pipeline:
+    """Load the pair. target_dir None = embedded default; drafter_dir None = the embedded drafter (if any)."""
+    from transformers import AutoTokenizer
+
+    if target_dir is None:
+        from dflash_trt.embedded import ensure_default_target
+
+        target_dir = ensure_default_target()
+        if drafter_dir is None and (EMBEDDED_DRAFTER / "config.json").is_file():
+            drafter_dir = EMBEDDED_DRAFTER
+    target_dir = Path(target_dir)
+    model = load_target(target_dir, DTYPES[dtype])
+    drafter = None
+    if use_drafter and drafter_dir is not None:
+        drafter = TorchDrafter(load_drafter(Path(drafter_dir), model, DTYPES[dtype]))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(target_dir))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{target_dir}: no usable tokenizer files ({type(exc).__name__}); copy the model's "
+                        "tokenizer.json and tokenizer_config.json into it") from None
+    return Pipeline(TorchTarget(model), drafter, tokenizer, target_dir, Path(drafter_dir) if drafter else None)
+
+
+def read_prompts_file(path: Path) -> list[dict]:
+    """JSONL: one object per line with `prompt` (text) or `messages` (chat), optional `max_new_tokens`."""
+    if not path.is_file():
+        raise UserError(f"{path}: prompts file not found")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg}); one JSON object per line") from None
+        if not isinstance(row, dict) or not ({"prompt", "messages"} & row.keys()):
+            raise UserError(f"{path}:{number}: needs a 'prompt' or 'messages' field")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: no prompts in the file")
+    return rows

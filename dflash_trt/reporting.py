@@ -1,0 +1,52 @@
+"""Benchmark reports: machine description, and JSON + Markdown (+ PNG) files under results/."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, memory, torch build and threads: what a timing figure depends on."""
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal"))
+    except OSError:
+        mem_kb = 0
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "gpu": "none"}
+
+
+def write_report(name: str, data: dict[str, Any], markdown: str, figure=None, out_dir: Path = RESULTS) -> list[Path]:
+    """Write results/<name>.json, .md (with command and machine) and, given a matplotlib figure, .png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine()}
+    paths = [out_dir / f"{name}.json", out_dir / f"{name}.md"]
+    paths[0].write_text(json.dumps({**meta, **data}, indent=2) + "\n")
+    m = meta["machine"]
+    header = (f"Command: `{meta['command']}`  \nDate: {meta['date']}  \n"
+              f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, no GPU; "
+              f"torch {m['torch']} ({m['torch_threads']} threads)\n\n")
+    if figure is not None:
+        paths.append(out_dir / f"{name}.png")
+        figure.savefig(paths[2], dpi=120, bbox_inches="tight")
+        header += f"![{name}]({name}.png)\n\n"
+    paths[1].write_text(header + markdown.rstrip() + "\n")
+    return paths

