@@ -1,0 +1,166 @@
+"""`config.json` of the converted target and drafter (TensorRT-LLM `PretrainedConfig` fields + extras)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dflash_trt.checkpoint.safetensors_io import DType
+from dflash_trt.checkpoint.sharding import pad_to_multiple
+from dflash_trt.config import ARCHITECTURES, DrafterConfig, TargetConfig, read_json
+from dflash_trt.errors import UserError
+
+FORMAT_VERSION = 1
+TRT_ARCHITECTURE = {family: arch for arch, family in ARCHITECTURES.items()}
+
+
+def _rotary_scaling(scaling: dict[str, Any] | None) -> dict[str, Any] | None:
+    """HF rope scaling as TRT-LLM reads it (it looks at 'type'; newer HF writes 'rope_type')."""
+    return None if scaling is None else {**scaling, "type": scaling["rope_type"]}
+
+
+def _common(
+    *,
+    arch: str,
+    dtype: DType,
+    vocab: int,
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    inter: int,
+    eps: float,
+    theta: float,
+    scaling: dict[str, Any] | None,
+    max_pos: int,
+    bias: bool,
+    qk_norm: bool,
+    tp: int,
+) -> dict[str, Any]:
+    return {
+        "architecture": arch,
+        "dtype": dtype.trtllm,
+        "logits_dtype": "float32",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_size": head_dim,
+        "intermediate_size": inter,
+        "hidden_act": "silu",
+        "norm_epsilon": eps,
+        "position_embedding_type": "rope_gpt_neox",
+        "rotary_base": theta,
+        "rotary_scaling": _rotary_scaling(scaling),
+        "max_position_embeddings": max_pos,
+        "mapping": {"world_size": tp, "tp_size": tp, "pp_size": 1},
+        "quantization": {"quant_algo": None, "kv_cache_quant_algo": None},
+        "attn_bias": bias,
+        "mlp_bias": False,
+        "qk_layernorm": qk_norm,
+    }
+
+
+def target_config(
+    cfg: TargetConfig, hf: dict[str, Any], *, tp: int, dtype: DType, embedding: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Target config.json. `embedding` is the source-embedding fingerprint (None in a dry run)."""
+    out = _common(
+        arch=TRT_ARCHITECTURE[cfg.arch],
+        dtype=dtype,
+        vocab=cfg.vocab_size,
+        hidden=cfg.hidden_size,
+        layers=cfg.num_layers,
+        heads=cfg.num_heads,
+        kv_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        inter=cfg.intermediate_size,
+        eps=cfg.rms_norm_eps,
+        theta=cfg.rope_theta,
+        scaling=cfg.rope_scaling,
+        max_pos=cfg.max_position_embeddings,
+        bias=cfg.qkv_bias,
+        qk_norm=cfg.qk_norm,
+        tp=tp,
+    )
+    if cfg.arch != "llama":
+        out["qwen_type"] = cfg.arch
+    out.update(
+        use_parallel_embedding=True,
+        embedding_sharding_dim=0,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        dflash_trt={
+            "format_version": FORMAT_VERSION,
+            "role": "target",
+            "vocab_size_padded": pad_to_multiple(cfg.vocab_size, tp),
+            "embedding": embedding,
+            "hf_config": hf,
+        },
+    )
+    return out
+
+
+def drafter_config(
+    cfg: DrafterConfig,
+    hf: dict[str, Any],
+    target: TargetConfig,
+    *,
+    tp: int,
+    dtype: DType,
+    embedding: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Drafter config.json: Qwen3-style layers plus the `dflash` section naming the target it belongs to."""
+    out = _common(
+        arch="DFlashDraftModel",
+        dtype=dtype,
+        vocab=target.vocab_size,
+        hidden=cfg.hidden_size,
+        layers=cfg.num_layers,
+        heads=cfg.num_heads,
+        kv_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        inter=cfg.intermediate_size,
+        eps=cfg.rms_norm_eps,
+        theta=cfg.rope_theta,
+        scaling=cfg.rope_scaling,
+        max_pos=cfg.max_position_embeddings,
+        bias=cfg.qkv_bias,
+        qk_norm=True,
+        tp=tp,
+    )
+    out.update(
+        layer_types=list(cfg.layer_types) or ["full_attention"] * cfg.num_layers,
+        sliding_window=cfg.sliding_window,
+        dflash={
+            "block_size": cfg.block_size,
+            "mask_token_id": cfg.mask_token_id,
+            "target_layer_ids": list(cfg.target_layer_ids),
+            "num_target_layers": target.num_layers,
+            "target": {
+                "architecture": TRT_ARCHITECTURE[target.arch],
+                "num_hidden_layers": target.num_layers,
+                "hidden_size": target.hidden_size,
+                "vocab_size": target.vocab_size,
+                "embedding": embedding,
+            },
+        },
+        dflash_trt={"format_version": FORMAT_VERSION, "role": "drafter", "hf_config": hf},
+    )
+    return out
+
+
+def read_converted(directory: Path) -> tuple[dict[str, Any], dict[str, Any], TargetConfig, DrafterConfig]:
+    """Both config.json files of a converted checkpoint and the typed configs they were made from."""
+    target_path, drafter_path = directory / "target" / "config.json", directory / "drafter" / "config.json"
+    target_json, drafter_json = read_json(target_path), read_json(drafter_path)
+    typed = []
+    for path, cfg, cls in ((target_path, target_json, TargetConfig), (drafter_path, drafter_json, DrafterConfig)):
+        hf = (cfg.get("dflash_trt") or {}).get("hf_config")
+        if not isinstance(hf, dict):
+            raise UserError(
+                f"{path}: missing field 'dflash_trt.hf_config'; not a dflash-trt checkpoint, re-run convert"
+            )
+        typed.append(cls.from_hf(hf, f"{path} (dflash_trt.hf_config)"))
+    return target_json, drafter_json, typed[0], typed[1]
