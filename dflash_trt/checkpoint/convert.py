@@ -1,0 +1,248 @@
+"""Streaming conversion of a target + drafter pair into the TensorRT-LLM checkpoint layout.
+
+Safety: everything is validated (configs, pair, splits, every source header) before anything is
+written; output goes to `.<name>.dflash-partial-<pid>` next to `--output` and is renamed into place
+only when complete. Any failure, SIGINT, SIGTERM or SIGHUP removes the partial directory. A SIGKILL
+cannot be caught: it leaves the partial directory, which the next convert to the same output
+removes (when its pid is no longer running).
+
+Memory: source tensors are memory-mapped one entry at a time (q, k, v together for a fused qkv) and
+each rank's piece is cast and written at once, so the peak is about one source tensor plus its cast
+copy (<= 2x the largest tensor) on top of the interpreter + torch baseline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from dflash_trt import __version__
+from dflash_trt.checkpoint.plan import ModelPlan, Plan, human_bytes
+from dflash_trt.checkpoint.safetensors_io import RankWriter, SourceCheckpoint, sha256_file, tensor_bytes
+from dflash_trt.checkpoint.sharding import shard
+from dflash_trt.checkpoint.trtllm_config import FORMAT_VERSION, drafter_config, target_config
+from dflash_trt.checkpoint.validate import check_sources
+from dflash_trt.errors import UserError
+
+MANIFEST = "dflash_trt_manifest.json"
+PARTIAL = "dflash-partial"
+OLD = "dflash-old"
+EMBEDDING = "transformer.vocab_embedding.weight"
+CAUGHT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PAUSE_ENV = "DFLASH_TRT_CONVERT_PAUSE"  # test hook: seconds to sleep after each tensor
+
+
+class Interrupted(KeyboardInterrupt):
+    """A caught signal, raised in the main thread so the partial output is cleaned up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in CAUGHT_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Defer caught signals so a cleanup or the final rename is not cut in half."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def remove_stale(output: Path) -> list[Path]:
+    """Delete temp directories that killed conversions to `output` left behind; return them."""
+    removed = []
+    for kind in (PARTIAL, OLD):
+        for path in output.parent.glob(f".{output.name}.{kind}-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                _remove(path)
+                removed.append(path)
+    return removed
+
+
+def _is_within(path: Path, other: Path) -> bool:
+    return path == other or other in path.parents
+
+
+def check_output(plan: Plan, output: Path, *, overwrite: bool) -> None:
+    """Refuse outputs that exist (without --overwrite), overlap a source, lack a parent or the disk space."""
+    if not output.parent.is_dir():
+        raise UserError(f"--output {output}: parent directory {output.parent} does not exist; create it first")
+    resolved = output.resolve()
+    for source in (plan.target_dir.resolve(), plan.drafter_dir.resolve()):
+        if _is_within(resolved, source) or _is_within(source, resolved):
+            raise UserError(f"--output {output}: overlaps the source directory {source}; choose another output")
+    if (output.exists() or output.is_symlink()) and not overwrite:
+        raise UserError(f"--output {output}: already exists; pass --overwrite to replace it")
+    free = shutil.disk_usage(output.parent).free
+    if free < plan.total_bytes:
+        raise UserError(
+            f"--output {output}: needs {human_bytes(plan.total_bytes)} but only {human_bytes(free)} is free there"
+        )
+
+
+def _fingerprint(name: str, dtype: str, tensor: torch.Tensor) -> dict[str, Any]:
+    """Identity of the target's embedding: sha256 of its raw source bytes, plus dtype and shape."""
+    return {
+        "tensor": name,
+        "dtype": dtype,
+        "shape": list(tensor.shape),
+        "sha256": hashlib.sha256(tensor_bytes(tensor)).hexdigest(),
+    }
+
+
+def _write_model(
+    model: ModelPlan, source: SourceCheckpoint, plan: Plan, directory: Path, bar: tqdm, pause: float
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """Write every rank file of one model; return {relative path: {sha256, bytes}} and the embedding fingerprint."""
+    directory.mkdir()
+    writers = [RankWriter(directory / f"rank{r}.safetensors", model.specs[r]) for r in range(plan.tp)]
+    fingerprint = None
+    try:
+        for entry in model.entries:
+            parts = [source.load(name) for name in entry.sources]
+            if entry.name == EMBEDDING:
+                fingerprint = _fingerprint(entry.sources[0], source.entry(entry.sources[0]).dtype, parts[0])
+            for rank, writer in enumerate(writers):
+                writer.write(entry.name, shard(entry.rule, parts, plan.tp, rank).to(plan.dtype.torch))
+            del parts
+            bar.update()
+            if pause:
+                time.sleep(pause)
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    files = {}
+    for rank, writer in enumerate(writers):
+        files[f"{model.role}/rank{rank}.safetensors"] = {"sha256": writer.close(), "bytes": writer.path.stat().st_size}
+    return files, fingerprint
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def _write_all(plan: Plan, sources: tuple[SourceCheckpoint, SourceCheckpoint], tmp: Path, pause: float) -> None:
+    total = sum(len(m.entries) for m in plan.models)
+    with tqdm(total=total, unit="tensor", desc="convert", disable=not sys.stderr.isatty()) as bar:
+        files, embedding = _write_model(plan.models[0], sources[0], plan, tmp / "target", bar, pause)
+        drafter_files, _ = _write_model(plan.models[1], sources[1], plan, tmp / "drafter", bar, pause)
+    files.update(drafter_files)
+    t_cfg = target_config(plan.target, plan.target_hf, tp=plan.tp, dtype=plan.dtype, embedding=embedding)
+    d_cfg = drafter_config(
+        plan.drafter, plan.drafter_hf, plan.target, tp=plan.tp, dtype=plan.dtype, embedding=embedding
+    )
+    files["target/config.json"] = _write_json(tmp / "target" / "config.json", t_cfg)
+    files["drafter/config.json"] = _write_json(tmp / "drafter" / "config.json", d_cfg)
+    manifest = {
+        "format": "dflash-trt-checkpoint",
+        "format_version": FORMAT_VERSION,
+        "tool": {"name": "dflash-trt", "version": __version__},
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "sources": {
+            role: {
+                "dir": str(src.directory.resolve()),
+                "config_sha256": sha256_file(src.directory / "config.json"),
+                "weight_files": {p.name: p.stat().st_size for p in src.headers},
+            }
+            for role, src in zip(("target", "drafter"), sources, strict=True)
+        },
+        "mapping": {"world_size": plan.tp, "tp_size": plan.tp, "pp_size": 1},
+        "dtype": plan.dtype.trtllm,
+        "files": dict(sorted(files.items())),
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _swap_into_place(tmp: Path, output: Path) -> None:
+    if output.exists() or output.is_symlink():
+        old = output.parent / f".{output.name}.{OLD}-{os.getpid()}"
+        os.rename(output, old)
+        os.rename(tmp, output)
+        _remove(old)
+    else:
+        os.rename(tmp, output)
+    fd = os.open(output.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def convert(plan: Plan, output: Path, *, overwrite: bool = False, log: Callable[[str], None] | None = None) -> Path:
+    """Validate the sources, write the converted pair to `output` atomically, and return `output`."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    output = Path(os.path.abspath(output))
+    check_output(plan, output, overwrite=overwrite)
+    sources = (SourceCheckpoint(plan.target_dir), SourceCheckpoint(plan.drafter_dir))
+    for source, model in zip(sources, plan.models, strict=True):
+        check_sources(source, model.entries)
+    for path in remove_stale(output):
+        log(f"removed stale partial output {path}")
+    tmp = output.parent / f".{output.name}.{PARTIAL}-{os.getpid()}"
+    pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    start = time.monotonic()
+    with _signals_raise():
+        try:
+            tmp.mkdir()
+            log(f"converting tp {plan.tp} {plan.dtype.trtllm} ({human_bytes(plan.total_bytes)}): writing {tmp}")
+            _write_all(plan, sources, tmp, pause)
+            with _signals_blocked():
+                _swap_into_place(tmp, output)
+        except BaseException:
+            with _signals_blocked():
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log(f"wrote {output} in {time.monotonic() - start:.1f} s")
+    return output
