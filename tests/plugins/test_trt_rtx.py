@@ -1,0 +1,260 @@
+"""A real TensorRT builder (TensorRT-RTX 1.7.1, CPU-only) takes our ONNX graphs and IPluginV3 library.
+
+What runs here: the plugin library is built with CMake (host backend), loaded into TensorRT-RTX's
+registry, the ONNX parser imports each DFlashBlockAttention node as our plugin (createPlugin), and the
+builder runs the plugin's build-time methods (getOutputShapes, getOutputDataTypes,
+supportsFormatCombination, configurePlugin, getWorkspaceSize, getFieldsToSerialize) and serializes a
+plan. What does not: deserializing or running the plan needs a GPU (see the `gpu` test at the end).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from dflash_trt.errors import UserError
+from dflash_trt.plugins import trt_rtx
+from dflash_trt.plugins.contracts import BLOCK_ATTENTION
+from dflash_trt.plugins.library import (
+    BUILD_DIR,
+    ENV_VAR,
+    LIB_NAME,
+    SOURCE_ROOT,
+    find_plugin_library,
+    load_plugin_library,
+    plugin_backend,
+    register_plugins,
+)
+from dflash_trt.plugins.onnx import example_inputs, export_block_attention
+from dflash_trt.plugins.trt_rtx import build_engine
+
+HOST_BUILD = BUILD_DIR / "host"
+
+
+@pytest.fixture(scope="session")
+def plugin_lib() -> Path:
+    """libdflash_trt_plugins.so: $DFLASH_TRT_PLUGIN_LIB if set, else built now (host backend, incremental)."""
+    if os.environ.get(ENV_VAR):
+        return find_plugin_library()
+    for cmd in (["cmake", "-S", "plugins", "-B", str(HOST_BUILD)],
+                ["cmake", "--build", str(HOST_BUILD), "--target", "dflash_trt_plugins", "-j2"]):
+        proc = subprocess.run(cmd, cwd=SOURCE_ROOT, capture_output=True, text=True)
+        if proc.returncode:
+            pytest.fail(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    (lib,) = HOST_BUILD.rglob(LIB_NAME)
+    return lib
+
+
+def _profile(attrs, block: int) -> dict:
+    """(min, opt, max) shapes for the dynamic batch b in 1..8 and context capacity S in 1..256."""
+    nh, nkv, d = attrs["num_heads"], attrs["num_kv_heads"], attrs["head_dim"]
+    cache = ((1, nkv, 1, d), (2, nkv, 64, d), (8, nkv, 256, d))
+    qkv_width = (nh + 2 * nkv) * d
+    return {"qkv": tuple((b, block, qkv_width) for b in (1, 2, 8)), "k_cache": cache, "v_cache": cache,
+            "ctx_lens": ((1,), (2,), (8,))}
+
+
+GRAPHS = {  # name: (dtype, block, attributes)
+    "qwen3_8b_fp16": (torch.float16, 16, dict(num_heads=32, num_kv_heads=8, head_dim=128)),
+    "swa_bf16": (torch.bfloat16, 4, dict(num_heads=8, num_kv_heads=1, head_dim=64, window=5, qk_norm=0, eps=1e-5)),
+    "mha_fp32": (torch.float32, 4, dict(num_heads=4, num_kv_heads=4, head_dim=64, window=3)),
+}
+TRT_DTYPE = {torch.float32: "DataType.FLOAT", torch.float16: "DataType.HALF", torch.bfloat16: "DataType.BF16"}
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("trt_rtx")
+    paths = {}
+    for name, (dtype, block, attrs) in GRAPHS.items():
+        attrs = BLOCK_ATTENTION.resolve_attrs(**attrs)
+        paths[name] = out / f"{name}.onnx"
+        export_block_attention(paths[name], attrs, example_inputs(attrs, batch=2, block=block, ctx=16, max_pos=512,
+                                                                   dtype=dtype))
+    return paths
+
+
+def plan_field(plan: bytes, name: str, kind: str) -> int | float:
+    """A plugin field as serialized in a TensorRT-RTX 1.7.1 plan (name, type tag, 4-byte value).
+
+    Reverse-read from plans of the pinned version: the layout is not a public format.
+    """
+    tag = {"int32": b"INT32", "float32": b"FP32"}[kind]
+    m = re.search(re.escape(name.encode()) + rb"\x07.{0,40}?" + tag + rb"\x01\x80\x03\x80\x01\x00\x04\x00{7}(.{4})",
+                  plan, re.DOTALL)
+    assert m, f"field {name} not found in the plan"
+    return struct.unpack("<i" if kind == "int32" else "<f", m.group(1))[0]
+
+
+# --- the library ---------------------------------------------------------------------------------------
+
+def test_library_registers_contracted_creators(plugin_lib):
+    import tensorrt_rtx as trt
+
+    if not os.environ.get(ENV_VAR):  # the fixture built it
+        assert plugin_backend(plugin_lib) == "host"
+    assert register_plugins(trt, plugin_lib) == plugin_lib
+    creator = trt.get_plugin_registry().get_creator(BLOCK_ATTENTION.name, BLOCK_ATTENTION.version,
+                                                    BLOCK_ATTENTION.namespace)
+    declared = [(f.name, f.type.name) for f in creator.field_names]
+    assert declared == [(a.name, a.type.upper()) for a in BLOCK_ATTENTION.attrs]
+
+    def fields(**values):
+        return trt.PluginFieldCollection([
+            trt.PluginField(a.name, np.array([values[a.name]], dtype=np.dtype(a.type)), getattr(trt.PluginFieldType,
+                                                                                                a.type.upper()))
+            for a in BLOCK_ATTENTION.attrs if a.name in values
+        ])
+
+    good = BLOCK_ATTENTION.resolve_attrs(num_heads=8, num_kv_heads=2, head_dim=64)
+    assert creator.create_plugin("ok", fields(**good), trt.TensorRTPhase.BUILD) is not None
+    for bad in (dict(head_dim=96), dict(num_kv_heads=3), dict(qk_norm=2), dict(window=-1), dict(eps=-1.0)):
+        assert creator.create_plugin("bad", fields(**{**good, **bad}), trt.TensorRTPhase.BUILD) is None, bad
+
+
+def test_library_user_errors(monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "missing.so"))
+    with pytest.raises(UserError, match=f"{ENV_VAR}=.*missing.so: no such file"):
+        find_plugin_library()
+    with pytest.raises(UserError, match="exports no 'getCreators'"):  # a shared library, but no plugin one
+        load_plugin_library(Path(torch.__file__).parent / "lib" / "libc10.so")
+    monkeypatch.delenv(ENV_VAR)
+    monkeypatch.setattr("dflash_trt.plugins.library.BUILD_DIR", tmp_path)
+    with pytest.raises(UserError, match=r"no libdflash_trt_plugins.so under .*cmake -S plugins") as err:
+        find_plugin_library()
+    assert "\n" not in str(err.value)
+
+
+# --- engines -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(GRAPHS))
+def test_engine_builds_with_plugin(graphs, plugin_lib, tmp_path, name):
+    dtype, block, attrs = GRAPHS[name]
+    attrs = BLOCK_ATTENTION.resolve_attrs(**attrs)
+    plan_path = tmp_path / f"{name}.plan"
+    report = build_engine(graphs[name], plan_path, _profile(attrs, block), plugin_lib=plugin_lib)
+
+    assert report.parsed and not report.parser_errors, report.parser_errors
+    (layer,) = report.plugin_layers  # the parser imported the node as our plugin (createPlugin)
+    assert layer["plugin"] == [BLOCK_ATTENTION.name, BLOCK_ATTENTION.version, BLOCK_ATTENTION.namespace]
+    out_shape = [-1, block, attrs["num_heads"] * attrs["head_dim"]]  # getOutputShapes/getOutputDataTypes
+    assert layer["outputs"] == [[TRT_DTYPE[dtype], out_shape]]
+    assert report.outputs == [{"name": "out", "dtype": TRT_DTYPE[dtype], "shape": out_shape}]
+    assert report.plan_bytes > 0 and not report.log_errors, report.log_errors
+
+    plan = plan_path.read_bytes()
+    assert len(plan) == report.plan_bytes
+    assert BLOCK_ATTENTION.name.encode() in plan and BLOCK_ATTENTION.namespace.encode() in plan
+    for a in BLOCK_ATTENTION.attrs:  # getFieldsToSerialize wrote back the fields the parser passed in
+        assert plan_field(plan, a.name, a.type) == pytest.approx(attrs[a.name]), a.name
+
+
+def _edited(src: Path, dst: Path, edit) -> Path:
+    model = onnx.load(str(src))
+    edit(model)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _set_attr(name, value):
+    def edit(model):
+        for a in model.graph.node[0].attribute:
+            if a.name == name:
+                a.CopyFrom(onnx.helper.make_attribute(name, value))
+    return edit
+
+
+def _set_input_type(*indices):
+    def edit(model):
+        for i, elem in indices:
+            model.graph.input[i].type.tensor_type.elem_type = elem
+    return edit
+
+
+@pytest.mark.parametrize("edit,stage", [
+    pytest.param(_set_attr("num_kv_heads", 3), "createPlugin", id="num_kv_heads=3"),
+    pytest.param(_set_attr("head_dim", 96), "createPlugin", id="head_dim=96"),
+    pytest.param(_set_input_type((3, onnx.TensorProto.FLOAT16), (4, onnx.TensorProto.FLOAT16)),
+                 "supportsFormatCombination", id="fp16-rope-tables"),
+    pytest.param(_set_input_type((7, onnx.TensorProto.INT64)), "supportsFormatCombination", id="int64-ctx_lens"),
+])
+def test_engine_build_rejects_contract_violations(graphs, plugin_lib, tmp_path, edit, stage):
+    """The plugin's own checks run inside TensorRT: each violation stops the build with no plan."""
+    dtype, block, attrs = GRAPHS["mha_fp32"]
+    bad = _edited(graphs["mha_fp32"], tmp_path / "bad.onnx", edit)
+    report = build_engine(bad, tmp_path / "bad.plan", _profile(BLOCK_ATTENTION.resolve_attrs(**attrs), block),
+                          plugin_lib=plugin_lib)
+    assert report.plan_bytes == 0 and not (tmp_path / "bad.plan").exists()
+    if stage == "createPlugin":
+        assert not report.parsed and "Could not create the plugin" in " ".join(report.parser_errors)
+    else:
+        assert report.parsed and "supported plugin/custom tactic format" in " ".join(report.log_errors)
+
+
+def test_engine_build_rejects_wrong_qkv_width(graphs, plugin_lib, tmp_path):
+    """getOutputShapes refuses a fused qkv width that does not match the attributes."""
+    dtype, block, attrs = GRAPHS["mha_fp32"]
+    attrs = BLOCK_ATTENTION.resolve_attrs(**attrs)
+    width = (attrs["num_heads"] + 2 * attrs["num_kv_heads"]) * attrs["head_dim"] + 64
+
+    def widen(model):
+        model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = width
+
+    profile = dict(_profile(attrs, block), qkv=tuple((b, block, width) for b in (1, 2, 8)))
+    report = build_engine(_edited(graphs["mha_fp32"], tmp_path / "w.onnx", widen), tmp_path / "w.plan", profile,
+                          plugin_lib=plugin_lib)
+    assert not report.parsed and report.plan_bytes == 0
+    assert "output shape computation failed" in " ".join(report.parser_errors)
+    assert report.plugin_layers[0]["outputs"] == [["DataType.FLOAT", None]]
+
+
+def test_cli_missing_library_is_one_line_error(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "nope.so"))
+    assert trt_rtx.main([str(tmp_path / "m.onnx"), str(tmp_path / "m.plan")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "nope.so" in err
+
+
+# --- GPU: the plan runs and matches the reference -------------------------------------------------------
+
+@pytest.mark.gpu
+def test_engine_runs_on_gpu_and_matches_reference(tmp_path):
+    """On a GPU host with datacenter TensorRT and a CUDA build of the plugins: build, run, compare.
+
+    TensorRT-RTX cannot stand in here: it targets neither SM90 nor SM100, the plugin's architectures.
+    """
+    trt = pytest.importorskip("tensorrt", reason="datacenter TensorRT (NVIDIA's package index / containers)")
+    lib = find_plugin_library(backend="cuda")
+    dtype, block, attrs = GRAPHS["qwen3_8b_fp16"]
+    attrs = BLOCK_ATTENTION.resolve_attrs(**attrs)
+    onnx_path = tmp_path / "g.onnx"
+    export_block_attention(onnx_path, attrs, example_inputs(attrs, batch=2, block=block, ctx=16, max_pos=512,
+                                                            dtype=dtype))
+    report = trt_rtx.build_in_process(trt, onnx_path, tmp_path / "g.plan", lib, _profile(attrs, block))
+    assert report.plan_bytes, report.log_errors
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    engine = trt.Runtime(logger).deserialize_cuda_engine((tmp_path / "g.plan").read_bytes())
+    context = engine.create_execution_context()
+    inputs = example_inputs(attrs, batch=5, block=block, ctx=200, max_pos=512, dtype=dtype, seed=3)
+    device = [x.cuda() for x in inputs]
+    for spec, x in zip(BLOCK_ATTENTION.inputs, device):
+        context.set_input_shape(spec.name, tuple(x.shape))
+        context.set_tensor_address(spec.name, x.data_ptr())
+    out = torch.empty(5, block, attrs["num_heads"] * attrs["head_dim"], dtype=dtype, device="cuda")
+    context.set_tensor_address("out", out.data_ptr())
+    stream = torch.cuda.current_stream()
+    assert context.execute_async_v3(stream.cuda_stream)
+    stream.synchronize()
+    from dflash_trt.plugins.reference import dflash_block_attention
+
+    want = dflash_block_attention(*inputs, **attrs)
+    torch.testing.assert_close(out.cpu().float(), want.float(), atol=2e-3, rtol=2e-3)
