@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
+    from dflash_trt import bench
+
+    bench.add_parser(sub)
     return parser
 
 

@@ -64,3 +64,21 @@ def _full(model, seq):
     for layer, (cache, lens, cos, sin) in zip(model.layers, saved):
         layer.attn.cache, model.lens, model.cos, model.sin = cache, lens, cos, sin
     return out
+
+
+@pytest.mark.slow
+def test_real_smollm2_matches_transformers():
+    """The embedded SmolLM2-135M-Instruct: our logits equal HF transformers' on one chat prompt."""
+    from dflash_trt.embedded import ensure_default_target
+
+    directory = ensure_default_target()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Write a haiku about the sea."}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=False)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    ours = load_target(directory)
+    with torch.no_grad():
+        ref = hf(ids).logits
+        ours.setup_caches(1, ids.shape[1])
+        logits = ours.lm_head(ours(ids)[0])
+    assert (logits - ref).abs().max() <= 1e-4

@@ -1,0 +1,216 @@
+"""`dflash-trt bench`: tau, per-position acceptance and speedup of DFlash vs the autoregressive baseline.
+
+Both run on the same backend, weights and prompts, interleaved batch by batch so machine noise hits them
+alike. Speedup is z-lab's: mean TPOT (decode only, prefill excluded) of the baseline / that of DFlash.
+Optionally, side by side at batch 1 and T=0: z-lab's own `dflash_generate` on identical weights (outputs
+must be identical) and HF transformers prompt-lookup decoding. Writes JSON + Markdown + PNG to results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from dflash_trt.decoding.metrics import summarize
+from dflash_trt.decoding.sampling import SamplingParams
+from dflash_trt.decoding.speculative import Request, generate
+from dflash_trt.errors import UserError
+from dflash_trt.pipeline import Pipeline, load_pipeline
+from dflash_trt.reporting import RESULTS, write_report
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark tau and speedup vs the autoregressive baseline",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", type=Path, help="HF target directory (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--drafter", type=Path, help="z-lab drafter directory (default: the embedded drafter)")
+    p.add_argument("--datasets", nargs="+", default=["humaneval", "mtbench"],
+                   help="humaneval, mtbench, or .jsonl files of {\"prompt\": ...} (default: humaneval mtbench)")
+    p.add_argument("--num-prompts", type=int, default=16, help="prompts per dataset (default 16)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--block-sizes", type=int, nargs="+", help="block sizes to run (default: the trained one)")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    p.add_argument("--compare-zlab", action="store_true", help="also run z-lab's dflash_generate (batch 1, T=0)")
+    p.add_argument("--compare-prompt-lookup", action="store_true",
+                   help="also run HF transformers prompt-lookup decoding (batch 1, T=0)")
+    p.add_argument("--name", default="bench", help="report name: results/<name>.{json,md,png} (default bench)")
+    p.add_argument("--output-dir", type=Path, default=RESULTS, help="where reports go (default results/)")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dflash_trt import datasets
+
+    torch.manual_seed(args.seed)
+    pipe = load_pipeline(args.target, args.drafter)
+    if pipe.drafter is None:
+        raise UserError("bench needs a drafter: pass --drafter DIR (no drafter is shipped for this target)")
+    blocks = args.block_sizes or [pipe.drafter.block_size]
+    prompts = {name: datasets.load(name, args.num_prompts) for name in args.datasets}
+    rows, gens_by_key = [], {}
+    for name, texts in prompts.items():
+        requests = [pipe.request(t, not args.no_chat, args.max_new_tokens) for t in texts]
+        for temperature in args.temperatures:
+            params = SamplingParams(temperature, args.top_k, args.top_p, args.seed)
+            for batch in args.batch_sizes:
+                for block in blocks:
+                    row, gens = _run_pair(pipe, requests, params, batch, block)
+                    rows.append({"dataset": name, "temperature": temperature, "batch": batch, **row})
+                    gens_by_key[(name, temperature, batch, block)] = gens
+                    print(_row_line(rows[-1]))
+    costs = [_step_costs(pipe, block) for block in blocks]
+    peers = _run_peers(args, pipe, prompts, blocks[0], gens_by_key) if args.compare_zlab or args.compare_prompt_lookup else []
+    data = {"target": str(pipe.target_dir), "drafter": str(pipe.drafter_dir), "max_new_tokens": args.max_new_tokens,
+            "num_prompts": args.num_prompts, "rows": rows, "step_costs": costs, "peers": peers}
+    paths = write_report(args.name, data, _markdown(data), _figure(rows), args.output_dir)
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _run_pair(pipe: Pipeline, requests: list[Request], params: SamplingParams, batch: int, block: int):
+    """Baseline and DFlash over the same requests, alternating which goes first per batch."""
+    ar, spec, wall = [], [], {"ar": 0.0, "dflash": 0.0}
+    for i in range(0, len(requests), batch):
+        chunk = requests[i: i + batch]
+        order = [("ar", None, ar), ("dflash", pipe.drafter, spec)]
+        for label, drafter, out in order if (i // batch) % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            out += generate(pipe.target, drafter, chunk, params, block if drafter else None)
+            wall[label] += time.perf_counter() - start
+    s_ar, s_spec = summarize(ar, wall["ar"]), summarize(spec, wall["dflash"])
+    row = {"block": block, "tau": s_spec["tau"], "position_acceptance": s_spec["position_acceptance"],
+           "histogram": s_spec["histogram"], "ar_tpot_ms": s_ar["tpot_s"] * 1e3, "dflash_tpot_ms": s_spec["tpot_s"] * 1e3,
+           "tpot_speedup": s_ar["tpot_s"] / s_spec["tpot_s"], "ar_tokens_per_s": s_ar["tokens_per_s"],
+           "dflash_tokens_per_s": s_spec["tokens_per_s"], "e2e_speedup": s_spec["tokens_per_s"] / s_ar["tokens_per_s"],
+           "identical_outputs": sum(a.tokens == b.tokens for a, b in zip(ar, spec)), "requests": len(requests)}
+    return row, spec
+
+
+def _row_line(r: dict) -> str:
+    return (f"{r['dataset']:>10} T={r['temperature']:g} batch={r['batch']} B={r['block']}: tau={r['tau']:.2f} "
+            f"TPOT {r['ar_tpot_ms']:.1f} -> {r['dflash_tpot_ms']:.1f} ms ({r['tpot_speedup']:.2f}x), "
+            f"tok/s {r['ar_tokens_per_s']:.1f} -> {r['dflash_tokens_per_s']:.1f}")
+
+
+@torch.inference_mode()
+def _step_costs(pipe: Pipeline, block: int, context: int = 256, repeats: int = 15) -> dict:
+    """Median ms of one decode step, one B-token verify and one drafter pass at `context` committed tokens."""
+    target, drafter = pipe.target, pipe.drafter
+    prompt = torch.randint(0, target.vocab_size, (context,)).tolist()
+    target.reset(1, context + block + 1)
+    drafter.reset(1, context + block + 1)
+    _, features = target.prefill([prompt])
+    drafter.append_context(features, torch.tensor([context]))
+    blk = torch.full((1, block), drafter.mask_token_id)
+    calls = {"decode_ms": lambda: target.verify(blk[:, :1]), "verify_ms": lambda: target.verify(blk),
+             "draft_ms": lambda: drafter.draft(blk)}
+    times = {k: [] for k in calls}
+    for i in range(repeats + 2):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if i >= 2:
+                times[key].append((time.perf_counter() - start) * 1e3)
+    out = {"block": block, "context": context, **{k: statistics.median(v) for k, v in times.items()}}
+    out["break_even_tau"] = (out["verify_ms"] + out["draft_ms"]) / out["decode_ms"]
+    return out
+
+
+def _run_peers(args, pipe: Pipeline, prompts: dict, block: int, gens_by_key: dict) -> list[dict]:
+    from dflash_trt.peers import HFTarget, ZLabDFlash
+
+    hf = HFTarget(pipe.target_dir)
+    zlab = ZLabDFlash(hf, pipe.drafter_dir) if args.compare_zlab else None
+    rows = []
+    params = SamplingParams(0.0)
+    for name, texts in prompts.items():
+        requests = [pipe.request(t, not args.no_chat, args.max_new_tokens) for t in texts]
+        ours_s, zlab_s, pld_s, identical, pld_tokens, pld_calls, ours_tokens = 0.0, 0.0, 0.0, 0, 0, 0, 0
+        for r in requests:
+            start = time.perf_counter()
+            ours = generate(pipe.target, pipe.drafter, [r], params, block)[0]
+            ours_s += time.perf_counter() - start
+            ours_tokens += len(ours.tokens)
+            if zlab:
+                run = zlab.generate(r.prompt, r.max_new_tokens, r.stop_token_ids, block)
+                zlab_s += run.seconds
+                identical += run.tokens == ours.tokens
+            if args.compare_prompt_lookup:
+                run = hf.prompt_lookup(r.prompt, r.max_new_tokens, r.stop_token_ids)
+                pld_s += run.seconds
+                pld_tokens += len(run.tokens)
+                pld_calls += run.target_forwards
+        row = {"dataset": name, "block": block, "requests": len(requests), "ours_tokens_per_s": ours_tokens / ours_s}
+        if zlab:
+            row |= {"zlab_tokens_per_s": ours_tokens / zlab_s, "ours_vs_zlab_speed": zlab_s / ours_s,
+                    "zlab_identical_outputs": identical}
+        if args.compare_prompt_lookup:
+            row |= {"prompt_lookup_tau": pld_tokens / max(pld_calls, 1), "prompt_lookup_tokens_per_s": pld_tokens / pld_s}
+        rows.append(row)
+        print(f"peers {name}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    return rows
+
+
+def _markdown(data: dict) -> str:
+    lines = [f"# DFlash benchmark\n\nTarget `{data['target']}`, drafter `{data['drafter']}`, "
+             f"{data['num_prompts']} prompts per dataset, up to {data['max_new_tokens']} new tokens. "
+             "Speedup = baseline TPOT / DFlash TPOT (decode only, prefill excluded), same backend, run side by side.\n",
+             "| dataset | T | batch | B | tau | accept@1,2,3 | AR TPOT ms | DFlash TPOT ms | TPOT speedup | AR tok/s | DFlash tok/s | greedy-identical |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        acc = ", ".join(f"{a:.2f}" for a in r["position_acceptance"][:3])
+        same = f"{r['identical_outputs']}/{r['requests']}" if r["temperature"] == 0 else "n/a (sampled)"
+        lines.append(f"| {r['dataset']} | {r['temperature']:g} | {r['batch']} | {r['block']} | {r['tau']:.2f} | {acc} | "
+                     f"{r['ar_tpot_ms']:.1f} | {r['dflash_tpot_ms']:.1f} | **{r['tpot_speedup']:.2f}x** | "
+                     f"{r['ar_tokens_per_s']:.1f} | {r['dflash_tokens_per_s']:.1f} | {same} |")
+    lines += ["\n## Cost of one step (batch 1, context 256)\n",
+              "| B | decode ms | verify(B) ms | draft(B) ms | break-even tau |", "|---|---|---|---|---|"]
+    lines += [f"| {c['block']} | {c['decode_ms']:.1f} | {c['verify_ms']:.1f} | {c['draft_ms']:.1f} | {c['break_even_tau']:.2f} |"
+              for c in data["step_costs"]]
+    lines.append("\nDFlash beats the baseline when tau > (t_verify(B) + t_draft(B)) / t_decode(1).")
+    if data["peers"]:
+        lines += ["\n## Side by side at batch 1, T=0 (same weights, same prompts)\n",
+                  "| dataset | B | ours tok/s | z-lab dflash_generate tok/s | ours / z-lab speed | identical to z-lab | "
+                  "HF prompt-lookup tau | HF prompt-lookup tok/s |", "|---|---|---|---|---|---|---|---|"]
+        for p in data["peers"]:
+            def f(key, fmt="{:.2f}"):
+                return fmt.format(p[key]) if key in p else "-"
+            same = f"{p['zlab_identical_outputs']}/{p['requests']}" if "zlab_identical_outputs" in p else "-"
+            lines.append(f"| {p['dataset']} | {p['block']} | {p['ours_tokens_per_s']:.1f} | {f('zlab_tokens_per_s', '{:.1f}')} | "
+                         f"{f('ours_vs_zlab_speed')}x | {same} | {f('prompt_lookup_tau')} | {f('prompt_lookup_tokens_per_s', '{:.1f}')} |")
+    return "\n".join(lines)
+
+
+def _figure(rows: list[dict]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_hist, ax_bar) = plt.subplots(1, 2, figsize=(12, 4))
+    for r in rows:
+        if r["temperature"] == 0 and r["batch"] == min(x["batch"] for x in rows):
+            total = sum(r["histogram"]) or 1
+            ax_hist.plot(range(1, len(r["histogram"]) + 1), [h / total for h in r["histogram"]], marker="o",
+                         label=f"{r['dataset']} B={r['block']}")
+    ax_hist.set_xlabel("tokens committed per verify step")
+    ax_hist.set_ylabel("fraction of steps")
+    ax_hist.set_title("Acceptance histogram (T=0)")
+    ax_hist.legend()
+    labels = [f"{r['dataset']}\nT={r['temperature']:g} b={r['batch']} B={r['block']}" for r in rows]
+    ax_bar.bar(range(len(rows)), [r["tpot_speedup"] for r in rows], color="tab:blue")
+    ax_bar.axhline(1.0, color="grey", ls=":")
+    ax_bar.set_xticks(range(len(rows)), labels, fontsize=7, rotation=45, ha="right")
+    ax_bar.set_ylabel("TPOT speedup vs autoregressive")
+    ax_bar.set_title("DFlash speedup (same backend)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,33 @@
+"""`dflash-trt bench` runs end to end on a tiny model, with both peers, and writes its reports."""
+
+from __future__ import annotations
+
+import json
+
+from dflash_trt.cli import main
+from tiny import hf_config, save_hf_target, save_tiny_tokenizer, save_zlab_drafter
+
+
+def test_bench_end_to_end(tmp_path):
+    target = save_hf_target(tmp_path / "t", "qwen3")
+    save_tiny_tokenizer(target)
+    drafter = save_zlab_drafter(tmp_path / "d", hf_config("qwen3"), block_size=8, layer_ids=(0, 2))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"w{i} w{i + 3} w{i + 1}"}) for i in range(4)))
+    code = main(["bench", "--target", str(target), "--drafter", str(drafter), "--datasets", str(prompts),
+                 "--num-prompts", "3", "--max-new-tokens", "12", "--batch-sizes", "1", "2", "--block-sizes", "4", "8",
+                 "--temperatures", "0", "1", "--compare-zlab", "--compare-prompt-lookup",
+                 "--output-dir", str(tmp_path / "out"), "--name", "tiny"])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "tiny.json").read_text())
+    assert len(report["rows"]) == 2 * 2 * 2
+    for row in report["rows"]:
+        assert 1.0 <= row["tau"] <= row["block"]
+        assert len(row["position_acceptance"]) == row["block"] - 1
+        if row["temperature"] == 0:
+            assert row["identical_outputs"] == row["requests"] == 3
+    peer = report["peers"][0]
+    assert peer["zlab_identical_outputs"] == 3 and peer["prompt_lookup_tau"] >= 1.0
+    assert all(c["break_even_tau"] > 0 for c in report["step_costs"])
+    assert (tmp_path / "out" / "tiny.png").stat().st_size > 0
+    assert "| dataset |" in (tmp_path / "out" / "tiny.md").read_text()
