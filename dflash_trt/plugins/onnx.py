@@ -109,10 +109,17 @@ def example_inputs(
 def export_block_attention(
     path: str | Path | None, attrs: Mapping[str, int | float], example: Sequence[Tensor], *, dynamic: bool = True
 ) -> onnx.ModelProto:
-    """Export a graph holding one ``DFlashBlockAttention`` node (dynamo exporter); save it if ``path``."""
+    """Export a graph holding one ``DFlashBlockAttention`` node (dynamo exporter); save it if ``path``.
+
+    With ``dynamic``, batch and context capacity stay symbolic; the example must then have both >= 2
+    (torch.export specializes sizes 0 and 1).
+    """
     module = BlockAttention(**attrs).eval()
     dynamic_shapes = None
     if dynamic:
+        b, ctx = example[0].shape[0], example[5].shape[2]
+        if min(b, ctx) < 2:
+            raise UserError(f"dynamic ONNX export needs an example with batch >= 2 and context >= 2, got {b} and {ctx}")
         dims = {s: torch.export.Dim(s, min=1) for s in DYNAMIC_DIMS}
         dynamic_shapes = {
             spec.name: {i: dims[d] for i, d in enumerate(spec.shape) if d in dims} or None
