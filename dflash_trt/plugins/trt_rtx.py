@@ -57,7 +57,10 @@ def build_engine(
 ) -> BuildReport:
     """Build ``onnx_path`` into ``plan_path`` in a child process; ``profile`` maps each dynamic input to
     its (min, opt, max) shape. A plan of 0 bytes means the build failed; the report says why."""
-    lib = Path(plugin_lib) if plugin_lib else find_plugin_library()
+    lib = Path(plugin_lib).resolve() if plugin_lib else find_plugin_library()
+    onnx_path, plan_path = Path(onnx_path).resolve(), Path(plan_path).resolve()  # the child runs elsewhere
+    if not onnx_path.is_file():
+        raise UserError(f"{onnx_path}: no such ONNX file")
     with tempfile.TemporaryDirectory(prefix="dflash_trt_rtx_") as tmp:
         (Path(tmp) / "libtensorrt_rtx.so").symlink_to(_lib_dir() / "libtensorrt_rtx.so.1")
         env = dict(os.environ)
@@ -69,8 +72,9 @@ def build_engine(
             cmd += ["--profile", f"{name}=" + ":".join("x".join(map(str, s)) for s in shapes)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
                               cwd=Path(__file__).resolve().parents[2])
-        if proc.returncode == 2 and proc.stderr.startswith("error: "):
-            raise UserError(proc.stderr.strip().splitlines()[-1].removeprefix("error: "))
+        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+        if proc.returncode == 2 and last.startswith("error: "):
+            raise UserError(last.removeprefix("error: "))
         if not report_path.is_file():
             raise RuntimeError(f"TensorRT-RTX build process died (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         return BuildReport(**json.loads(report_path.read_text()))
@@ -141,8 +145,11 @@ def _parse_profile(items: Sequence[str]) -> dict[str, tuple[Shape, Shape, Shape]
     profile = {}
     for item in items:
         name, _, shapes = item.partition("=")
-        parts = [tuple(int(d) for d in s.split("x")) for s in shapes.split(":")]
-        if len(parts) != 3:
+        try:
+            parts = [tuple(int(d) for d in s.split("x")) for s in shapes.split(":")]
+        except ValueError:
+            parts = []
+        if not name or len(parts) != 3:
             raise UserError(f"--profile {item}: expected NAME=MIN:OPT:MAX with shapes like 1x16x3072")
         profile[name] = tuple(parts)
     return profile

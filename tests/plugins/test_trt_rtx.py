@@ -9,6 +9,7 @@ plan. What does not: deserializing or running the plan needs a GPU (see the `gpu
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import struct
@@ -216,11 +217,28 @@ def test_engine_build_rejects_wrong_qkv_width(graphs, plugin_lib, tmp_path):
     assert report.plugin_layers[0]["outputs"] == [["DataType.FLOAT", None]]
 
 
-def test_cli_missing_library_is_one_line_error(monkeypatch, capsys, tmp_path):
+@pytest.mark.parametrize("extra,message", [
+    ([], "nope.so"),
+    (["--profile", "qkv=1x4:2x4"], "--profile qkv=1x4:2x4"),
+    (["--profile", "qkv=1xa:1:1"], "NAME=MIN:OPT:MAX"),
+])
+def test_cli_user_errors_are_one_line(graphs, monkeypatch, capsys, tmp_path, extra, message):
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "nope.so"))
-    assert trt_rtx.main([str(tmp_path / "m.onnx"), str(tmp_path / "m.plan")]) == 2
+    assert trt_rtx.main([str(graphs["mha_fp32"]), str(tmp_path / "m.plan"), *extra]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "nope.so" in err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def test_cli_builds_a_plan(graphs, plugin_lib, capsys, monkeypatch, tmp_path):
+    """The command-line entry point: relative paths, profile flags, JSON report on stdout."""
+    dtype, block, attrs = GRAPHS["mha_fp32"]
+    flags = [f"--profile={name}=" + ":".join("x".join(map(str, s)) for s in shapes)
+             for name, shapes in _profile(BLOCK_ATTENTION.resolve_attrs(**attrs), block).items()]
+    monkeypatch.chdir(tmp_path)
+    onnx_rel = os.path.relpath(graphs["mha_fp32"], tmp_path)
+    assert trt_rtx.main([onnx_rel, "m.plan", "--plugin-lib", str(plugin_lib), *flags]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["plan_bytes"] == (tmp_path / "m.plan").stat().st_size > 0
 
 
 # --- GPU: the plan runs and matches the reference -------------------------------------------------------
