@@ -73,12 +73,10 @@ def dtype_named(name: str) -> DType | None:
 
 @dataclass(frozen=True)
 class HeaderEntry:
-    """Where one tensor lives: dtype, shape and absolute byte range in its file."""
+    """A tensor as its file's header declares it."""
 
     dtype: str
     shape: Shape
-    begin: int
-    end: int
 
 
 def _bad(path: Path, what: str) -> UserError:
@@ -113,7 +111,8 @@ def read_header(path: Path) -> dict[str, HeaderEntry]:
         if name == "__metadata__":
             continue
         try:
-            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+            dtype, shape = info["dtype"], tuple(int(d) for d in info["shape"])
+            begin, end = (int(x) for x in info["data_offsets"])
             itemsize = ITEMSIZE[dtype]
         except (KeyError, TypeError, ValueError):
             raise _bad(path, f"tensor '{name}' has a malformed header entry {info!r}") from None
@@ -121,7 +120,7 @@ def read_header(path: Path) -> dict[str, HeaderEntry]:
             raise _bad(path, f"tensor '{name}' byte range [{begin}, {end}) does not match {dtype} {list(shape)}")
         if 8 + n + end > size:
             raise _bad(path, f"truncated: tensor '{name}' needs {8 + n + end} bytes but the file has {size}")
-        entries[name] = HeaderEntry(dtype, shape, 8 + n + begin, 8 + n + end)
+        entries[name] = HeaderEntry(dtype, shape)
     return entries
 
 
@@ -133,7 +132,8 @@ class SourceCheckpoint:
         index = self.directory / "model.safetensors.index.json"
         single = self.directory / "model.safetensors"
         if index.is_file():
-            weight_map = read_json(index).get("weight_map")
+            index_json = read_json(index)
+            weight_map = index_json.get("weight_map") if isinstance(index_json, dict) else None
             if not isinstance(weight_map, dict) or not weight_map:
                 raise UserError(
                     f"{index}: field 'weight_map' is missing or empty; restore the index from the original checkpoint"

@@ -20,44 +20,29 @@ def _rotary_scaling(scaling: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _common(
-    *,
-    arch: str,
-    dtype: DType,
-    vocab: int,
-    hidden: int,
-    layers: int,
-    heads: int,
-    kv_heads: int,
-    head_dim: int,
-    inter: int,
-    eps: float,
-    theta: float,
-    scaling: dict[str, Any] | None,
-    max_pos: int,
-    bias: bool,
-    qk_norm: bool,
-    tp: int,
+    cfg: TargetConfig | DrafterConfig, *, arch: str, dtype: DType, vocab: int, qk_norm: bool, tp: int
 ) -> dict[str, Any]:
+    """The PretrainedConfig fields both models share (their typed configs use the same attribute names)."""
     return {
         "architecture": arch,
         "dtype": dtype.trtllm,
         "logits_dtype": "float32",
         "vocab_size": vocab,
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_size": head_dim,
-        "intermediate_size": inter,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_size": cfg.head_dim,
+        "intermediate_size": cfg.intermediate_size,
         "hidden_act": "silu",
-        "norm_epsilon": eps,
+        "norm_epsilon": cfg.rms_norm_eps,
         "position_embedding_type": "rope_gpt_neox",
-        "rotary_base": theta,
-        "rotary_scaling": _rotary_scaling(scaling),
-        "max_position_embeddings": max_pos,
+        "rotary_base": cfg.rope_theta,
+        "rotary_scaling": _rotary_scaling(cfg.rope_scaling),
+        "max_position_embeddings": cfg.max_position_embeddings,
         "mapping": {"world_size": tp, "tp_size": tp, "pp_size": 1},
         "quantization": {"quant_algo": None, "kv_cache_quant_algo": None},
-        "attn_bias": bias,
+        "attn_bias": cfg.qkv_bias,
         "mlp_bias": False,
         "qk_layernorm": qk_norm,
     }
@@ -66,25 +51,8 @@ def _common(
 def target_config(
     cfg: TargetConfig, hf: dict[str, Any], *, tp: int, dtype: DType, embedding: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """Target config.json. `embedding` is the source-embedding fingerprint (None in a dry run)."""
-    out = _common(
-        arch=TRT_ARCHITECTURE[cfg.arch],
-        dtype=dtype,
-        vocab=cfg.vocab_size,
-        hidden=cfg.hidden_size,
-        layers=cfg.num_layers,
-        heads=cfg.num_heads,
-        kv_heads=cfg.num_kv_heads,
-        head_dim=cfg.head_dim,
-        inter=cfg.intermediate_size,
-        eps=cfg.rms_norm_eps,
-        theta=cfg.rope_theta,
-        scaling=cfg.rope_scaling,
-        max_pos=cfg.max_position_embeddings,
-        bias=cfg.qkv_bias,
-        qk_norm=cfg.qk_norm,
-        tp=tp,
-    )
+    """Target config.json; `embedding` fingerprints the source embedding table (see README)."""
+    out = _common(cfg, arch=TRT_ARCHITECTURE[cfg.arch], dtype=dtype, vocab=cfg.vocab_size, qk_norm=cfg.qk_norm, tp=tp)
     if cfg.arch != "llama":
         out["qwen_type"] = cfg.arch
     out.update(
@@ -112,24 +80,7 @@ def drafter_config(
     embedding: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Drafter config.json: Qwen3-style layers plus the `dflash` section naming the target it belongs to."""
-    out = _common(
-        arch="DFlashDraftModel",
-        dtype=dtype,
-        vocab=target.vocab_size,
-        hidden=cfg.hidden_size,
-        layers=cfg.num_layers,
-        heads=cfg.num_heads,
-        kv_heads=cfg.num_kv_heads,
-        head_dim=cfg.head_dim,
-        inter=cfg.intermediate_size,
-        eps=cfg.rms_norm_eps,
-        theta=cfg.rope_theta,
-        scaling=cfg.rope_scaling,
-        max_pos=cfg.max_position_embeddings,
-        bias=cfg.qkv_bias,
-        qk_norm=True,
-        tp=tp,
-    )
+    out = _common(cfg, arch="DFlashDraftModel", dtype=dtype, vocab=target.vocab_size, qk_norm=True, tp=tp)
     out.update(
         layer_types=list(cfg.layer_types) or ["full_attention"] * cfg.num_layers,
         sliding_window=cfg.sliding_window,

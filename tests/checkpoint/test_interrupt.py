@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dflash_trt.checkpoint.cli import main
-from dflash_trt.checkpoint.convert import PAUSE_ENV
+from dflash_trt.checkpoint.convert import PAUSE_ENV, remove_stale
 
 REPO = Path(__file__).parents[2]
 
@@ -94,3 +94,14 @@ def test_sigkill_leaves_only_a_temp_dir_that_the_next_run_removes(pair, tmp_path
     )
     assert f"removed stale partial output {partial}" in capsys.readouterr().err
     assert leftovers(out) == [] and (out / "dflash_trt_manifest.json").is_file()
+
+
+def test_stale_cleanup_spares_running_conversions(tmp_path):
+    out = tmp_path / "ckpt"
+    alive = tmp_path / ".ckpt.dflash-partial-1"  # pid 1 always runs: a conversion in progress
+    dead = tmp_path / ".ckpt.dflash-partial-99999999"  # above pid_max: its process is gone
+    other = tmp_path / ".other.dflash-partial-99999999"  # another output's temp dir
+    for path in (alive, dead, other):
+        path.mkdir()
+    assert remove_stale(out) == [dead]
+    assert alive.is_dir() and other.is_dir() and not dead.exists()
