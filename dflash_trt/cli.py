@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", type=Path, help="Hugging Face target directory (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--drafter", type=Path, help="z-lab DFlash drafter directory (default: the embedded drafter)")
     p.add_argument("--no-drafter", action="store_true", help="run the autoregressive baseline")
+    p.add_argument("--checkpoint", type=Path,
+                   help="a `dflash-trt convert` output instead of --target/--drafter; run under "
+                        "`mpirun -n TP` for a tensor-parallel checkpoint (each rank loads only its shard)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer directory for --checkpoint (default: its source target)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text (default: a short chat question)")
     src.add_argument("--prompts-file", type=Path,
@@ -57,7 +62,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     rows = read_prompts_file(args.prompts_file) if args.prompts_file else [
         {"prompt": args.prompt or "What is the capital of France?"}]
     chat = args.chat or (args.prompt is None and args.prompts_file is None)
-    pipe = load_pipeline(args.target, args.drafter, use_drafter=not args.no_drafter, dtype=args.dtype)
+    if args.checkpoint:
+        from dflash_trt.parallel.comm import init_distributed
+        from dflash_trt.pipeline import load_converted_pipeline
+
+        if args.target or args.drafter:
+            raise UserError("--checkpoint replaces --target/--drafter; pass one or the other")
+        mapping = init_distributed()
+        if not mapping.is_first:  # only rank 0 prints
+            sys.stdout = sys.stderr = open(os.devnull, "w")
+        pipe = load_converted_pipeline(args.checkpoint, args.tokenizer, mapping, not args.no_drafter, args.dtype)
+    else:
+        pipe = load_pipeline(args.target, args.drafter, use_drafter=not args.no_drafter, dtype=args.dtype)
     if pipe.drafter is None and not args.no_drafter:
         print("dflash-trt: no drafter given or shipped for this target: running the autoregressive baseline",
               file=sys.stderr)
@@ -110,8 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
     from dflash_trt import bench
+    from dflash_trt.checkpoint import cli as checkpoint_cli
 
     bench.add_parser(sub)
+    checkpoint_cli.add_parsers(sub)
     return parser
 
 

@@ -52,8 +52,6 @@ class Pipeline:
 def load_pipeline(target_dir: Path | None, drafter_dir: Path | None, use_drafter: bool = True,
                   dtype: str = "fp32") -> Pipeline:
     """Load the pair. target_dir None = embedded default; drafter_dir None = the embedded drafter (if any)."""
-    from transformers import AutoTokenizer
-
     if target_dir is None:
         from dflash_trt.embedded import ensure_default_target
 
@@ -65,12 +63,34 @@ def load_pipeline(target_dir: Path | None, drafter_dir: Path | None, use_drafter
     drafter = None
     if use_drafter and drafter_dir is not None:
         drafter = TorchDrafter(load_drafter(Path(drafter_dir), model, DTYPES[dtype]))
+    return Pipeline(TorchTarget(model), drafter, load_tokenizer(target_dir), target_dir,
+                    Path(drafter_dir) if drafter else None)
+
+
+def load_converted_pipeline(checkpoint: Path, tokenizer_dir: Path | None, mapping, use_drafter: bool = True,
+                            dtype: str = "fp32") -> Pipeline:
+    """This rank's shards of a converted checkpoint; the tokenizer comes from the target it was converted
+    from (recorded in the manifest) unless `tokenizer_dir` is given."""
+    from dflash_trt.checkpoint.convert import MANIFEST
+    from dflash_trt.config import read_json
+    from dflash_trt.models.loading import load_converted
+
+    checkpoint = Path(checkpoint)
+    target, drafter = load_converted(checkpoint, mapping, DTYPES[dtype])
+    if tokenizer_dir is None:
+        tokenizer_dir = Path(read_json(checkpoint / MANIFEST)["sources"]["target"]["dir"])
+    return Pipeline(TorchTarget(target), TorchDrafter(drafter) if use_drafter else None, load_tokenizer(tokenizer_dir),
+                    checkpoint / "target", checkpoint / "drafter" if use_drafter else None)
+
+
+def load_tokenizer(directory: Path):
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(target_dir))
+        return AutoTokenizer.from_pretrained(str(directory))
     except (OSError, ValueError) as exc:
-        raise UserError(f"{target_dir}: no usable tokenizer files ({type(exc).__name__}); copy the model's "
-                        "tokenizer.json and tokenizer_config.json into it") from None
-    return Pipeline(TorchTarget(model), drafter, tokenizer, target_dir, Path(drafter_dir) if drafter else None)
+        raise UserError(f"{directory}: no usable tokenizer files ({type(exc).__name__}); copy the model's "
+                        "tokenizer.json and tokenizer_config.json into it, or pass --tokenizer") from None
 
 
 def read_prompts_file(path: Path) -> list[dict]:

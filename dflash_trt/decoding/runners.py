@@ -49,7 +49,7 @@ class TorchTarget:
 
     def __init__(self, model: Transformer) -> None:
         self.model = model
-        self.vocab_size = model.cfg.vocab_size
+        self.vocab_size = model.vocab_size
         self.max_positions = model.cfg.max_position_embeddings
         self.device = model.embed.weight.device
 

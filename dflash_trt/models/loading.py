@@ -139,3 +139,67 @@ def load_drafter(directory: Path, target: Transformer, dtype: torch.dtype = torc
     model.bind(target.embed, target.lm_head)
     target.capture_layers = cfg.target_layer_ids
     return model.to(dtype).eval()
+
+
+def _converted_layers(tensors: dict[str, Tensor], num_layers: int) -> dict[str, Tensor]:
+    """TensorRT-LLM layer names (dflash_trt.checkpoint.layout) onto our fused parameter names."""
+    state = {}
+    for i in range(num_layers):
+        src, dst = f"transformer.layers.{i}.", f"layers.{i}."
+        renames = {"attention.qkv.weight": "attn.wqkv.weight", "attention.qkv.bias": "attn.wqkv.bias",
+                   "attention.q_layernorm.weight": "attn.q_norm.weight",
+                   "attention.k_layernorm.weight": "attn.k_norm.weight", "attention.dense.weight": "attn.wo.weight",
+                   "mlp.proj.weight": "mlp.w2.weight", "input_layernorm.weight": "attn_norm.weight",
+                   "post_layernorm.weight": "mlp_norm.weight"}
+        state |= {dst + new: tensors[src + old] for old, new in renames.items() if src + old in tensors}
+        # TRT-LLM's GatedMLP: mlp.fc is gate_proj (activated), mlp.gate is up_proj; our w13 is [gate; up].
+        state[dst + "mlp.w13.weight"] = torch.cat([tensors[src + "mlp.fc.weight"], tensors[src + "mlp.gate.weight"]])
+    return state
+
+
+def load_converted(directory: Path, mapping=None, dtype: torch.dtype = torch.float32):
+    """Load this rank's shards of a `dflash-trt convert` checkpoint: (target, drafter), bound together.
+
+    Only `rank{mapping.tp_rank}.safetensors` of each model is read. Outside mpirun (`mapping` None) the
+    checkpoint must have been converted for tp=1.
+    """
+    from dflash_trt.checkpoint.layout import drafter_entries, rank_specs, target_entries
+    from dflash_trt.checkpoint.safetensors_io import dtype_named
+    from dflash_trt.checkpoint.trtllm_config import read_converted
+    from dflash_trt.checkpoint.validate import check_rank_files
+    from dflash_trt.parallel.comm import Mapping
+    from dflash_trt.parallel.tensor_parallel import build_drafter, build_target
+
+    directory = Path(directory)
+    mapping = mapping or Mapping()
+    target_json, drafter_json, target_cfg, drafter_cfg = read_converted(directory)
+    tp = int(target_json["mapping"]["tp_size"])
+    if tp != mapping.tp_size:
+        raise UserError(f"{directory / 'target' / 'config.json'}: converted for tp_size {tp} but running on "
+                        f"{mapping.tp_size} rank(s); launch with `mpirun -n {tp} dflash-trt ...`")
+    check_pair(target_cfg, drafter_cfg, str(directory / "drafter" / "config.json"))
+    stored = dtype_named(str(target_json.get("dtype")))
+    if stored is None:
+        raise UserError(f"{directory / 'target' / 'config.json'}: unknown 'dtype' {target_json.get('dtype')!r}")
+    check_rank_files(directory / "target", rank_specs(target_entries(target_cfg), tp, stored))
+    check_rank_files(directory / "drafter", rank_specs(drafter_entries(drafter_cfg), tp, stored))
+    rank_file = f"rank{mapping.tp_rank}.safetensors"
+
+    def read(sub: str) -> dict[str, Tensor]:
+        with safe_open(str(directory / sub / rank_file), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}
+
+    t = read("target")
+    target = build_target(target_cfg, mapping)
+    target.load_state_dict({"embed.weight": t["transformer.vocab_embedding.weight"], "lm_head.weight": t["lm_head.weight"],
+                            "norm.weight": t["transformer.ln_f.weight"],
+                            **_converted_layers(t, target_cfg.num_layers)}, strict=True)
+    d = read("drafter")
+    drafter = build_drafter(drafter_cfg, mapping)
+    drafter.load_state_dict({"fc.weight": d["dflash.fc.weight"], "hidden_norm.weight": d["dflash.hidden_norm.weight"],
+                             "norm.weight": d["transformer.ln_f.weight"],
+                             **_converted_layers(d, drafter_cfg.num_layers)}, strict=True)
+    target, drafter = target.to(dtype).eval(), drafter.to(dtype).eval()
+    drafter.bind(target.embed, target.lm_head)
+    target.capture_layers = drafter_cfg.target_layer_ids
+    return target, drafter

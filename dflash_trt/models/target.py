@@ -77,6 +77,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: TargetConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.vocab_size = cfg.vocab_size
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
