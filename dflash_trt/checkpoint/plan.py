@@ -27,6 +27,8 @@ class ModelPlan:
 
 @dataclass(frozen=True)
 class Plan:
+    """Everything `convert` will write, known before reading any weights."""
+
     target_dir: Path
     drafter_dir: Path
     target: TargetConfig
