@@ -249,6 +249,16 @@ def check_pair(target: TargetConfig, drafter: DrafterConfig, source: str = "draf
             f"{source}: 'vocab_size' is {drafter.vocab_size} but the target's is {target.vocab_size}; "
             "use the drafter trained for this target"
         )
+    if drafter.num_target_layers and drafter.num_target_layers != target.num_layers:
+        raise UserError(
+            f"{source}: 'num_target_layers' is {drafter.num_target_layers} but the target has {target.num_layers} "
+            "layers; use the drafter trained for this target"
+        )
+    if not 2 <= drafter.block_size <= drafter.max_position_embeddings:
+        raise UserError(
+            f"{source}: 'block_size' {drafter.block_size} is not usable; a block needs the anchor plus at least "
+            "one mask position (>= 2) and must fit 'max_position_embeddings'"
+        )
     bad = [i for i in drafter.target_layer_ids if not 0 <= i < target.num_layers]
     if bad:
         raise UserError(

@@ -30,7 +30,7 @@ def machine() -> dict[str, Any]:
         mem_kb = 0
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
             "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "gpu": "none"}
+            "gpu": "none", "load_average_1m": round(os.getloadavg()[0], 2)}
 
 
 def write_report(name: str, data: dict[str, Any], markdown: str, figure=None, out_dir: Path = RESULTS) -> list[Path]:
@@ -43,7 +43,7 @@ def write_report(name: str, data: dict[str, Any], markdown: str, figure=None, ou
     m = meta["machine"]
     header = (f"Command: `{meta['command']}`  \nDate: {meta['date']}  \n"
               f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, no GPU; "
-              f"torch {m['torch']} ({m['torch_threads']} threads)\n\n")
+              f"torch {m['torch']} ({m['torch_threads']} threads); load average {m['load_average_1m']} at start\n\n")
     if figure is not None:
         paths.append(out_dir / f"{name}.png")
         figure.savefig(paths[2], dpi=120, bbox_inches="tight")
