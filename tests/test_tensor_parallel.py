@@ -79,3 +79,29 @@ def test_wrong_world_size_is_refused(checkpoints, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "tp_size 2" in err and "mpirun -n 2" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_embedded_pair_tp3_equals_hf_directory(tmp_path, capsys):
+    """The embedded SmolLM2 pair at TP=3 (its 9 query / 3 KV heads allow tp 1, 3, 9; tp 2 and 4 are
+    impossible splits, refused by convert) gives the HF-directory path's greedy tokens."""
+    from dflash_trt.embedded import ensure_default_target
+    from dflash_trt.pipeline import EMBEDDED_DRAFTER
+
+    assert (EMBEDDED_DRAFTER / "config.json").is_file(), "the embedded drafter ships with the package"
+    target = ensure_default_target()
+    for tp in (2, 4):
+        assert main(["convert", "--target", str(target), "--drafter", str(EMBEDDED_DRAFTER), "--output",
+                     str(tmp_path / f"tp{tp}"), "--tp", str(tp), "--dry-run"]) == 2
+        assert "num_attention_heads" in capsys.readouterr().err and not (tmp_path / f"tp{tp}").exists()
+    assert main(["convert", "--target", str(target), "--drafter", str(EMBEDDED_DRAFTER), "--output",
+                 str(tmp_path / "tp3"), "--tp", "3", "--dtype", "fp32"]) == 0
+    args = ["generate", "--prompt", "def fibonacci(n):", "--max-new-tokens", "48", "--json"]
+    assert main(args) == 0
+    reference = json.loads(capsys.readouterr().out)["results"][0]
+    result = subprocess.run([*mpirun(), "-n", "3", sys.executable, "-m", "dflash_trt.cli", *args,
+                             "--checkpoint", str(tmp_path / "tp3")],
+                            capture_output=True, text=True, env=mpi_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = json.loads(result.stdout)["results"][0]
+    assert got["tokens"] == reference["tokens"] and got["step_lengths"] == reference["step_lengths"]
