@@ -13,7 +13,6 @@ import json
 import os
 import re
 import struct
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +24,7 @@ from dflash_trt.errors import UserError
 from dflash_trt.plugins import trt_rtx
 from dflash_trt.plugins.contracts import BLOCK_ATTENTION
 from dflash_trt.plugins.library import (
-    BUILD_DIR,
     ENV_VAR,
-    LIB_NAME,
-    SOURCE_ROOT,
     find_plugin_library,
     load_plugin_library,
     plugin_backend,
@@ -37,21 +33,12 @@ from dflash_trt.plugins.library import (
 from dflash_trt.plugins.onnx import example_inputs, export_block_attention
 from dflash_trt.plugins.trt_rtx import build_engine
 
-HOST_BUILD = BUILD_DIR / "host"
-
-
 @pytest.fixture(scope="session")
-def plugin_lib() -> Path:
-    """libdflash_trt_plugins.so: $DFLASH_TRT_PLUGIN_LIB if set, else built now (host backend, incremental)."""
+def plugin_lib(request) -> Path:
+    """libdflash_trt_plugins.so: $DFLASH_TRT_PLUGIN_LIB if set, else the host CMake build (conftest.py)."""
     if os.environ.get(ENV_VAR):
         return find_plugin_library()
-    for cmd in (["cmake", "-S", "plugins", "-B", str(HOST_BUILD)],
-                ["cmake", "--build", str(HOST_BUILD), "--target", "dflash_trt_plugins", "-j2"]):
-        proc = subprocess.run(cmd, cwd=SOURCE_ROOT, capture_output=True, text=True)
-        if proc.returncode:
-            pytest.fail(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    (lib,) = HOST_BUILD.rglob(LIB_NAME)
-    return lib
+    return request.getfixturevalue("host_build").plugin_library
 
 
 def _profile(attrs, block: int) -> dict:
@@ -132,6 +119,19 @@ def test_library_user_errors(monkeypatch, tmp_path):
     with pytest.raises(UserError, match=r"no libdflash_trt_plugins.so under .*cmake -S plugins") as err:
         find_plugin_library()
     assert "\n" not in str(err.value)
+
+
+def test_find_library_by_backend(plugin_lib, monkeypatch, tmp_path):
+    """Only a CUDA build may serve GPU engines: the backend filter never hands out a host build."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    (tmp_path / "host").mkdir()
+    (tmp_path / "host" / plugin_lib.name).symlink_to(plugin_lib)
+    monkeypatch.setattr("dflash_trt.plugins.library.BUILD_DIR", tmp_path)
+    backend = plugin_backend(plugin_lib)
+    assert find_plugin_library(backend=backend) == tmp_path / "host" / plugin_lib.name
+    other = {"host": "cuda", "cuda": "host"}[backend]
+    with pytest.raises(UserError, match=f"no {other} build of libdflash_trt_plugins.so under .*plugins/build/{other}"):
+        find_plugin_library(backend=other)
 
 
 # --- engines -------------------------------------------------------------------------------------------
@@ -244,13 +244,13 @@ def test_cli_builds_a_plan(graphs, plugin_lib, capsys, monkeypatch, tmp_path):
 # --- GPU: the plan runs and matches the reference -------------------------------------------------------
 
 @pytest.mark.gpu
-def test_engine_runs_on_gpu_and_matches_reference(tmp_path):
+def test_engine_runs_on_gpu_and_matches_reference(cuda_build, tmp_path):
     """On a GPU host with datacenter TensorRT and a CUDA build of the plugins: build, run, compare.
 
     TensorRT-RTX cannot stand in here: it targets neither SM90 nor SM100, the plugin's architectures.
     """
     trt = pytest.importorskip("tensorrt", reason="datacenter TensorRT (NVIDIA's package index / containers)")
-    lib = find_plugin_library(backend="cuda")
+    lib = cuda_build.plugin_library
     dtype, block, attrs = GRAPHS["qwen3_8b_fp16"]
     attrs = BLOCK_ATTENTION.resolve_attrs(**attrs)
     onnx_path = tmp_path / "g.onnx"
