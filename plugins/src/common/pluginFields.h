@@ -1,0 +1,31 @@
+// Typed plugin attributes <-> nvinfer1::PluginFieldCollection.
+#pragma once
+
+#include "common/tensorrt.h"
+
+#include <string>
+#include <vector>
+
+namespace dflash
+{
+
+// One attribute of a plugin: its field name and type, where its value lives, and whether the
+// creator requires it (optional attributes keep the value they already hold).
+struct FieldRef
+{
+    char const* name;
+    nvinfer1::PluginFieldType type; // kINT32 or kFLOAT32
+    void* value;
+    bool required;
+};
+
+// Reads fc into refs. INT32 attributes also accept an in-range INT64 field, FLOAT32 ones a
+// FLOAT64 field (ONNX attributes are 64-bit). Returns "" on success, else the reason: unknown,
+// duplicate or missing fields, wrong types or lengths.
+std::string readFields(nvinfer1::PluginFieldCollection const* fc, std::vector<FieldRef> const& refs);
+
+// Fields describing refs, pointing at the values when withData (serialization), else at nothing
+// (a creator's field names).
+std::vector<nvinfer1::PluginField> toPluginFields(std::vector<FieldRef> const& refs, bool withData);
+
+} // namespace dflash

@@ -1,0 +1,78 @@
+// Shape checks shared by build time (unknown extents are -1 and skipped) and run time.
+#pragma once
+
+#include "common/tensorrt.h"
+
+#include <cstdint>
+#include <limits>
+#include <string>
+
+namespace dflash
+{
+
+class ShapeCheck
+{
+public:
+    // Checks the rank of input `index` and that its extents fit int32; false stops further checks.
+    bool rank(int32_t index, char const* tensor, nvinfer1::Dims const& dims, int32_t expected)
+    {
+        if (!mError.empty())
+        {
+            return false;
+        }
+        if (dims.nbDims != expected)
+        {
+            mError = where(index, tensor) + " has rank " + std::to_string(dims.nbDims) + ", expected "
+                + std::to_string(expected);
+            return false;
+        }
+        for (int32_t axis = 0; axis < dims.nbDims; ++axis)
+        {
+            if (dims.d[axis] > std::numeric_limits<int32_t>::max())
+            {
+                mError = where(index, tensor) + " dim " + std::to_string(axis) + " exceeds INT32";
+                return false;
+            }
+        }
+        return true;
+    }
+
+    // Checks dims.d[axis] == expected when both are known (>= 0).
+    void equal(int32_t index, char const* tensor, nvinfer1::Dims const& dims, int32_t axis, int64_t expected,
+        char const* meaning)
+    {
+        int64_t const actual = dims.d[axis];
+        if (mError.empty() && actual >= 0 && expected >= 0 && actual != expected)
+        {
+            mError = where(index, tensor) + " dim " + std::to_string(axis) + " is " + std::to_string(actual)
+                + ", expected " + meaning + " = " + std::to_string(expected);
+        }
+    }
+
+    std::string const& error() const
+    {
+        return mError;
+    }
+
+private:
+    static std::string where(int32_t index, char const* tensor)
+    {
+        return "input " + std::to_string(index) + " (" + tensor + ")";
+    }
+
+    std::string mError;
+};
+
+// Dims of build-time dimension expressions: constants are kept, the rest become -1.
+inline nvinfer1::Dims toDims(nvinfer1::DimsExprs const& exprs)
+{
+    nvinfer1::Dims dims{};
+    dims.nbDims = exprs.nbDims;
+    for (int32_t axis = 0; axis < exprs.nbDims; ++axis)
+    {
+        dims.d[axis] = exprs.d[axis]->isConstant() ? exprs.d[axis]->getConstantValue() : -1;
+    }
+    return dims;
+}
+
+} // namespace dflash

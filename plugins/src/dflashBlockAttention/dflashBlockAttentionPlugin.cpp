@@ -1,0 +1,248 @@
+#include "dflashBlockAttention/dflashBlockAttentionPlugin.h"
+
+#include "common/shapeCheck.h"
+#include "dflashBlockAttention/dflashBlockAttentionLaunch.h"
+
+#include <array>
+
+namespace dflash
+{
+
+using nvinfer1::DataType;
+using nvinfer1::Dims;
+
+DFlashBlockAttentionPlugin::DFlashBlockAttentionPlugin(Attributes const& attributes)
+    : mAttributes(attributes)
+{
+}
+
+char const* DFlashBlockAttentionPlugin::getPluginName() const noexcept
+{
+    return kName;
+}
+
+nvinfer1::IPluginV3* DFlashBlockAttentionPlugin::clone() noexcept
+{
+    try
+    {
+        return new DFlashBlockAttentionPlugin(mAttributes);
+    }
+    catch (std::exception const& e)
+    {
+        logError(std::string(kName) + " clone: " + e.what());
+        return nullptr;
+    }
+}
+
+std::vector<FieldRef> DFlashBlockAttentionPlugin::fieldRefs()
+{
+    return mAttributes.fieldRefs();
+}
+
+int32_t DFlashBlockAttentionPlugin::getNbOutputs() const noexcept
+{
+    return 1;
+}
+
+int32_t DFlashBlockAttentionPlugin::getOutputDataTypes(
+    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
+{
+    if (nbInputs != kNumInputs || nbOutputs != 1 || !isActivationType(inputTypes[kQKV]))
+    {
+        logError(std::string(kName) + ": expects 8 inputs with qkv of type FLOAT, HALF or BF16, and 1 output");
+        return -1;
+    }
+    outputTypes[0] = inputTypes[kQKV];
+    return 0;
+}
+
+std::string DFlashBlockAttentionPlugin::checkShapes(Dims const* dims, int32_t nbInputs) const
+{
+    if (nbInputs != kNumInputs)
+    {
+        return "expects 8 inputs, got " + std::to_string(nbInputs);
+    }
+    int64_t const numHeads = mAttributes.numHeads;
+    int64_t const numKvHeads = mAttributes.numKvHeads;
+    int64_t const headDim = mAttributes.headDim;
+    ShapeCheck c;
+    if (c.rank(kQKV, "qkv", dims[kQKV], 3))
+    {
+        c.equal(kQKV, "qkv", dims[kQKV], 2, (numHeads + 2 * numKvHeads) * headDim,
+            "(num_heads + 2 * num_kv_heads) * head_dim");
+    }
+    for (int32_t i : {kQNormWeight, kKNormWeight})
+    {
+        char const* const name = i == kQNormWeight ? "q_norm_weight" : "k_norm_weight";
+        if (c.rank(i, name, dims[i], 1))
+        {
+            c.equal(i, name, dims[i], 0, headDim, "head_dim");
+        }
+    }
+    for (int32_t i : {kRopeCos, kRopeSin})
+    {
+        char const* const name = i == kRopeCos ? "rope_cos" : "rope_sin";
+        if (c.rank(i, name, dims[i], 2))
+        {
+            c.equal(i, name, dims[i], 1, headDim / 2, "head_dim / 2");
+            c.equal(i, name, dims[i], 0, dims[kRopeCos].d[0], "rope_cos dim 0");
+        }
+    }
+    for (int32_t i : {kKCache, kVCache})
+    {
+        char const* const name = i == kKCache ? "k_cache" : "v_cache";
+        if (c.rank(i, name, dims[i], 4))
+        {
+            c.equal(i, name, dims[i], 0, dims[kQKV].d[0], "batch");
+            c.equal(i, name, dims[i], 1, numKvHeads, "num_kv_heads");
+            c.equal(i, name, dims[i], 2, dims[kKCache].d[2], "k_cache dim 2");
+            c.equal(i, name, dims[i], 3, headDim, "head_dim");
+        }
+    }
+    if (c.rank(kCtxLens, "ctx_lens", dims[kCtxLens], 1))
+    {
+        c.equal(kCtxLens, "ctx_lens", dims[kCtxLens], 0, dims[kQKV].d[0], "batch");
+    }
+    return c.error();
+}
+
+int32_t DFlashBlockAttentionPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
+    nvinfer1::DimsExprs const*, int32_t, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
+    nvinfer1::IExprBuilder& exprBuilder) noexcept
+{
+    std::array<Dims, kNumInputs> dims{};
+    for (int32_t i = 0; i < nbInputs && i < kNumInputs; ++i)
+    {
+        dims[i] = toDims(inputs[i]);
+    }
+    std::string const error = nbOutputs == 1 ? checkShapes(dims.data(), nbInputs) : "expects 1 output";
+    if (!error.empty())
+    {
+        logError(std::string(kName) + ": " + error);
+        return -1;
+    }
+    outputs[0].nbDims = 3;
+    outputs[0].d[0] = inputs[kQKV].d[0];
+    outputs[0].d[1] = inputs[kQKV].d[1];
+    outputs[0].d[2] = exprBuilder.constant(static_cast<int64_t>(mAttributes.numHeads) * mAttributes.headDim);
+    return 0;
+}
+
+bool DFlashBlockAttentionPlugin::supportsFormatCombination(
+    int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    if (nbInputs != kNumInputs || nbOutputs != 1 || pos < 0 || pos >= nbInputs + nbOutputs
+        || inOut[pos].desc.format != nvinfer1::TensorFormat::kLINEAR)
+    {
+        return false;
+    }
+    DataType const type = inOut[pos].desc.type;
+    switch (pos)
+    {
+    case kQKV: return isActivationType(type);
+    case kRopeCos:
+    case kRopeSin: return type == DataType::kFLOAT;
+    case kCtxLens: return type == DataType::kINT32;
+    default: return type == inOut[kQKV].desc.type; // norm weights, caches and the output share qkv's type
+    }
+}
+
+int32_t DFlashBlockAttentionPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+    nvinfer1::DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
+{
+    std::array<Dims, kNumInputs> dims{};
+    for (int32_t i = 0; i < nbInputs && i < kNumInputs; ++i)
+    {
+        dims[i] = in[i].desc.dims;
+    }
+    std::string const error = nbOutputs == 1 ? checkShapes(dims.data(), nbInputs) : "expects 1 output";
+    if (!error.empty())
+    {
+        logError(std::string(kName) + ": " + error);
+        return -1;
+    }
+    return 0;
+}
+
+blockattn::Dims DFlashBlockAttentionPlugin::callDims(Dims const* dims) const
+{
+    blockattn::Dims d{};
+    d.batch = static_cast<int32_t>(dims[kQKV].d[0]);
+    d.blockLen = static_cast<int32_t>(dims[kQKV].d[1]);
+    d.numHeads = mAttributes.numHeads;
+    d.numKvHeads = mAttributes.numKvHeads;
+    d.headDim = mAttributes.headDim;
+    d.cacheLen = static_cast<int32_t>(dims[kKCache].d[2]);
+    d.maxPos = static_cast<int32_t>(dims[kRopeCos].d[0]);
+    d.window = mAttributes.window;
+    d.qkNorm = mAttributes.qkNorm;
+    d.eps = mAttributes.eps;
+    return d;
+}
+
+size_t DFlashBlockAttentionPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs,
+    int32_t nbInputs, nvinfer1::DynamicPluginTensorDesc const*, int32_t) const noexcept
+{
+    if (nbInputs != kNumInputs)
+    {
+        return 0;
+    }
+    std::array<Dims, kNumInputs> maxDims{};
+    for (int32_t i = 0; i < kNumInputs; ++i)
+    {
+        maxDims[i] = inputs[i].max;
+    }
+    blockattn::Dims const dims = callDims(maxDims.data());
+    return blockattn::workspaceBytes(dims, blockattn::makePlan(dims));
+}
+
+int32_t DFlashBlockAttentionPlugin::onShapeChange(
+    nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const*, int32_t nbOutputs) noexcept
+{
+    std::array<Dims, kNumInputs> dims{};
+    for (int32_t i = 0; i < nbInputs && i < kNumInputs; ++i)
+    {
+        dims[i] = in[i].dims;
+    }
+    std::string const error = nbOutputs == 1 ? checkShapes(dims.data(), nbInputs) : "expects 1 output";
+    if (!error.empty())
+    {
+        logError(std::string(kName) + ": " + error);
+        return -1;
+    }
+    return 0;
+}
+
+int32_t DFlashBlockAttentionPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
+    nvinfer1::PluginTensorDesc const*, void const* const* inputs, void* const* outputs, void* workspace,
+    cudaStream_t stream) noexcept
+{
+    std::array<Dims, kNumInputs> dims{};
+    for (int32_t i = 0; i < kNumInputs; ++i)
+    {
+        dims[i] = inputDesc[i].dims;
+    }
+    ElemType type;
+    std::string error = checkShapes(dims.data(), kNumInputs);
+    if (error.empty() && !toElemType(inputDesc[kQKV].type, type))
+    {
+        error = "unsupported qkv type";
+    }
+    if (!error.empty())
+    {
+        logError(std::string(kName) + " enqueue: " + error);
+        return -1;
+    }
+    blockattn::Dims const d = callDims(dims.data());
+    blockattn::RawTensors const tensors{inputs[kQKV], inputs[kQNormWeight], inputs[kKNormWeight],
+        static_cast<float const*>(inputs[kRopeCos]), static_cast<float const*>(inputs[kRopeSin]), inputs[kKCache],
+        inputs[kVCache], static_cast<int32_t const*>(inputs[kCtxLens]), outputs[0]};
+    int32_t const status = blockattn::launchBlockAttention(type, d, tensors, blockattn::makePlan(d), workspace, stream);
+    if (status != 0)
+    {
+        logError(std::string(kName) + " enqueue: launch failed");
+    }
+    return status;
+}
+
+} // namespace dflash

@@ -1,0 +1,226 @@
+#include "dflashContextKVAppend/dflashContextKVAppendPlugin.h"
+
+#include "common/shapeCheck.h"
+#include "dflashContextKVAppend/dflashContextKVAppendLaunch.h"
+
+#include <array>
+
+namespace dflash
+{
+
+using nvinfer1::DataType;
+using nvinfer1::Dims;
+
+DFlashContextKVAppendPlugin::DFlashContextKVAppendPlugin(Attributes const& attributes)
+    : mAttributes(attributes)
+{
+}
+
+char const* DFlashContextKVAppendPlugin::getPluginName() const noexcept
+{
+    return kName;
+}
+
+nvinfer1::IPluginV3* DFlashContextKVAppendPlugin::clone() noexcept
+{
+    try
+    {
+        return new DFlashContextKVAppendPlugin(mAttributes);
+    }
+    catch (std::exception const& e)
+    {
+        logError(std::string(kName) + " clone: " + e.what());
+        return nullptr;
+    }
+}
+
+std::vector<FieldRef> DFlashContextKVAppendPlugin::fieldRefs()
+{
+    return mAttributes.fieldRefs();
+}
+
+int32_t DFlashContextKVAppendPlugin::getNbOutputs() const noexcept
+{
+    return 2;
+}
+
+int32_t DFlashContextKVAppendPlugin::getOutputDataTypes(
+    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
+{
+    if (nbInputs != kNumInputs || nbOutputs != 2 || !isActivationType(inputTypes[kKV]))
+    {
+        logError(std::string(kName) + ": expects 8 inputs with kv of type FLOAT, HALF or BF16, and 2 outputs");
+        return -1;
+    }
+    outputTypes[0] = inputTypes[kKV];
+    outputTypes[1] = inputTypes[kKV];
+    return 0;
+}
+
+std::string DFlashContextKVAppendPlugin::checkShapes(Dims const* dims, int32_t nbInputs, int32_t nbOutputs) const
+{
+    if (nbInputs != kNumInputs || nbOutputs != 2)
+    {
+        return "expects 8 inputs and 2 outputs, got " + std::to_string(nbInputs) + " and " + std::to_string(nbOutputs);
+    }
+    int64_t const numKvHeads = mAttributes.numKvHeads;
+    int64_t const headDim = mAttributes.headDim;
+    ShapeCheck c;
+    if (c.rank(kKV, "kv", dims[kKV], 3))
+    {
+        c.equal(kKV, "kv", dims[kKV], 2, 2 * numKvHeads * headDim, "2 * num_kv_heads * head_dim");
+    }
+    if (c.rank(kKNormWeight, "k_norm_weight", dims[kKNormWeight], 1))
+    {
+        c.equal(kKNormWeight, "k_norm_weight", dims[kKNormWeight], 0, headDim, "head_dim");
+    }
+    for (int32_t i : {kRopeCos, kRopeSin})
+    {
+        char const* const name = i == kRopeCos ? "rope_cos" : "rope_sin";
+        if (c.rank(i, name, dims[i], 2))
+        {
+            c.equal(i, name, dims[i], 1, headDim / 2, "head_dim / 2");
+            c.equal(i, name, dims[i], 0, dims[kRopeCos].d[0], "rope_cos dim 0");
+        }
+    }
+    for (int32_t i : {kKCache, kVCache})
+    {
+        char const* const name = i == kKCache ? "k_cache" : "v_cache";
+        if (c.rank(i, name, dims[i], 4))
+        {
+            c.equal(i, name, dims[i], 0, dims[kKV].d[0], "batch");
+            c.equal(i, name, dims[i], 1, numKvHeads, "num_kv_heads");
+            c.equal(i, name, dims[i], 2, dims[kKCache].d[2], "k_cache dim 2");
+            c.equal(i, name, dims[i], 3, headDim, "head_dim");
+        }
+    }
+    for (int32_t i : {kCtxLens, kNewLens})
+    {
+        char const* const name = i == kCtxLens ? "ctx_lens" : "new_lens";
+        if (c.rank(i, name, dims[i], 1))
+        {
+            c.equal(i, name, dims[i], 0, dims[kKV].d[0], "batch");
+        }
+    }
+    return c.error();
+}
+
+int32_t DFlashContextKVAppendPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
+    nvinfer1::DimsExprs const*, int32_t, nvinfer1::DimsExprs* outputs, int32_t nbOutputs, nvinfer1::IExprBuilder&) noexcept
+{
+    std::array<Dims, kNumInputs> dims{};
+    for (int32_t i = 0; i < nbInputs && i < kNumInputs; ++i)
+    {
+        dims[i] = toDims(inputs[i]);
+    }
+    std::string const error = checkShapes(dims.data(), nbInputs, nbOutputs);
+    if (!error.empty())
+    {
+        logError(std::string(kName) + ": " + error);
+        return -1;
+    }
+    outputs[0] = inputs[kKCache];
+    outputs[1] = inputs[kVCache];
+    return 0;
+}
+
+bool DFlashContextKVAppendPlugin::supportsFormatCombination(
+    int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    if (nbInputs != kNumInputs || nbOutputs != 2 || pos < 0 || pos >= nbInputs + nbOutputs
+        || inOut[pos].desc.format != nvinfer1::TensorFormat::kLINEAR)
+    {
+        return false;
+    }
+    DataType const type = inOut[pos].desc.type;
+    switch (pos)
+    {
+    case kKV: return isActivationType(type);
+    case kRopeCos:
+    case kRopeSin: return type == DataType::kFLOAT;
+    case kCtxLens:
+    case kNewLens: return type == DataType::kINT32;
+    default: return type == inOut[kKV].desc.type; // k_norm_weight, the caches and the outputs share kv's type
+    }
+}
+
+int32_t DFlashContextKVAppendPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+    nvinfer1::DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
+{
+    std::array<Dims, kNumInputs> dims{};
+    for (int32_t i = 0; i < nbInputs && i < kNumInputs; ++i)
+    {
+        dims[i] = in[i].desc.dims;
+    }
+    std::string const error = checkShapes(dims.data(), nbInputs, nbOutputs);
+    if (!error.empty())
+    {
+        logError(std::string(kName) + ": " + error);
+        return -1;
+    }
+    return 0;
+}
+
+int32_t DFlashContextKVAppendPlugin::getAliasedInput(int32_t outputIndex) noexcept
+{
+    return outputIndex == 0 ? kKCache : (outputIndex == 1 ? kVCache : -1);
+}
+
+int32_t DFlashContextKVAppendPlugin::onShapeChange(
+    nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const*, int32_t nbOutputs) noexcept
+{
+    std::array<Dims, kNumInputs> dims{};
+    for (int32_t i = 0; i < nbInputs && i < kNumInputs; ++i)
+    {
+        dims[i] = in[i].dims;
+    }
+    std::string const error = checkShapes(dims.data(), nbInputs, nbOutputs);
+    if (!error.empty())
+    {
+        logError(std::string(kName) + ": " + error);
+        return -1;
+    }
+    return 0;
+}
+
+int32_t DFlashContextKVAppendPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
+    nvinfer1::PluginTensorDesc const*, void const* const* inputs, void* const* outputs, void*, cudaStream_t stream) noexcept
+{
+    std::array<Dims, kNumInputs> dims{};
+    for (int32_t i = 0; i < kNumInputs; ++i)
+    {
+        dims[i] = inputDesc[i].dims;
+    }
+    ElemType type;
+    std::string error = checkShapes(dims.data(), kNumInputs, 2);
+    if (error.empty() && !toElemType(inputDesc[kKV].type, type))
+    {
+        error = "unsupported kv type";
+    }
+    if (!error.empty())
+    {
+        logError(std::string(kName) + " enqueue: " + error);
+        return -1;
+    }
+    kvappend::Dims d{};
+    d.batch = static_cast<int32_t>(dims[kKV].d[0]);
+    d.newLen = static_cast<int32_t>(dims[kKV].d[1]);
+    d.numKvHeads = mAttributes.numKvHeads;
+    d.headDim = mAttributes.headDim;
+    d.cacheLen = static_cast<int32_t>(dims[kKCache].d[2]);
+    d.maxPos = static_cast<int32_t>(dims[kRopeCos].d[0]);
+    d.qkNorm = mAttributes.qkNorm;
+    d.eps = mAttributes.eps;
+    kvappend::RawTensors const tensors{inputs[kKV], inputs[kKNormWeight], static_cast<float const*>(inputs[kRopeCos]),
+        static_cast<float const*>(inputs[kRopeSin]), inputs[kKCache], inputs[kVCache],
+        static_cast<int32_t const*>(inputs[kCtxLens]), static_cast<int32_t const*>(inputs[kNewLens]), outputs[0],
+        outputs[1]};
+    int32_t const status = kvappend::launchContextKvAppend(type, d, tensors, stream);
+    if (status != 0)
+    {
+        logError(std::string(kName) + " enqueue: launch failed");
+    }
+    return status;
+}
+
+} // namespace dflash
