@@ -161,6 +161,16 @@ def test_windowed_rows_that_see_nothing_in_a_split(math):
     torch.testing.assert_close(got, dflash_block_attention(*inputs, **attrs), **TOLERANCE[torch.float32])
 
 
+def test_row_tiles_with_a_partial_last_tile(math):
+    """GQA group 8 x block 11 = 88 query rows per kv head: a CTA takes 64 rows, the next one 24."""
+    inputs = make_inputs(torch.bfloat16, 2, 11, 16, 2, 128, 200, [150, 7], seed=13)
+    attrs = dict(num_heads=16, num_kv_heads=2, head_dim=128, window=0, qk_norm=1, eps=1e-6)
+    for keys_per_split in (0, 64):
+        got = math.block_attention(*inputs, **attrs, keys_per_split=keys_per_split)
+        torch.testing.assert_close(got.float(), dflash_block_attention(*inputs, **attrs).float(),
+                                   **TOLERANCE[torch.bfloat16])
+
+
 def test_invalid_context_lengths_give_nan_rows(math):
     """ctx_lens outside [0, S] or past the RoPE table: that sequence's rows are NaN, the others exact."""
     dtype = torch.float16
