@@ -1,0 +1,130 @@
+"""Make training data: the frozen target's features and labels, cached per sequence in shards.
+
+Two sources, both labelled by the target itself:
+- generated: the target answers prompts (the project's batched `generate`, greedy or sampled); the
+  response tokens are the labels and the features are recorded during decoding, with no second pass.
+- teacher-forced: one target forward over real text gives the features and the target's greedy
+  prediction at every position (the labels).
+Each shard is written atomically and skipped when it already exists, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from dflash_trt.decoding.runners import TorchTarget
+from dflash_trt.decoding.sampling import SamplingParams
+from dflash_trt.decoding.speculative import Request, generate
+from dflash_trt.models.target import Transformer
+from dflash_trt.train.shards import Sequence, write_shard
+
+
+class RecordingTarget(TorchTarget):
+    """A `TorchTarget` that keeps the features of every committed position, per row."""
+
+    def reset(self, batch: int, max_len: int) -> None:
+        super().reset(batch, max_len)
+        self.rows: list[list[Tensor]] = [[] for _ in range(batch)]
+        self.pending: Tensor | None = None
+
+    def prefill(self, prompts: list[list[int]]) -> tuple[Tensor, Tensor | None]:
+        logits, features = super().prefill(prompts)
+        for row, prompt in enumerate(prompts):
+            self.rows[row].append(features[row, : len(prompt)].half())
+        return logits, features
+
+    def verify(self, block: Tensor) -> tuple[Tensor, Tensor | None]:
+        logits, self.pending = super().verify(block)
+        return logits, self.pending
+
+    def commit(self, n: Tensor) -> None:
+        super().commit(n)
+        for row, k in enumerate(n.tolist()):
+            if k:
+                self.rows[row].append(self.pending[row, :k].half())
+
+    def features(self, row: int, length: int) -> Tensor:
+        """Row's recorded features padded with zeros to `length` positions (the last token has none yet)."""
+        f = torch.cat(self.rows[row])
+        return torch.cat([f, f.new_zeros(length - len(f), f.shape[1])])
+
+
+def generate_shard(target: Transformer, prompts: list[list[int]], max_new_tokens: int, stop_ids: tuple[int, ...],
+                   params: SamplingParams, batch_size: int) -> list[Sequence]:
+    """Let the target answer `prompts` in batches; one Sequence (prompt + response) per prompt."""
+    runner = RecordingTarget(target)
+    seqs = []
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo: lo + batch_size]
+        requests = [Request(prompts[i], max_new_tokens, stop_ids) for i in idx]
+        gens = generate(runner, None, requests, params)
+        for row, (i, gen) in enumerate(zip(idx, gens)):
+            tokens = torch.tensor(prompts[i] + gen.tokens)
+            seqs.append(Sequence(tokens, tokens.clone(), runner.features(row, len(tokens)), len(prompts[i])))
+    return seqs
+
+
+@torch.inference_mode()
+def teacher_force(target: Transformer, windows: list[list[int]], batch_size: int, first_anchor: int) -> list[Sequence]:
+    """Features and the target's greedy next-token labels over real-text windows."""
+    seqs = []
+    for lo in range(0, len(windows), batch_size):
+        chunk = windows[lo: lo + batch_size]
+        width = max(len(w) for w in chunk)
+        tokens = torch.zeros(len(chunk), width, dtype=torch.long)
+        for row, w in enumerate(chunk):
+            tokens[row, : len(w)] = torch.tensor(w)
+        target.setup_caches(len(chunk), width)
+        hidden, features = target(tokens)
+        preds = target.lm_head(hidden).argmax(-1)
+        for row, w in enumerate(chunk):
+            n = len(w)
+            labels = torch.cat([tokens[row, :1], preds[row, : n - 1]])
+            seqs.append(Sequence(tokens[row, :n], labels, features[row, :n].half(), first_anchor))
+    return seqs
+
+
+def text_windows(texts: list[str], tokenizer, window: int, min_len: int) -> list[list[int]]:
+    """Token windows of up to `window` tokens cut from each text; shorter tails below `min_len` are dropped."""
+    out = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        out += [ids[i: i + window] for i in range(0, len(ids), window) if len(ids[i: i + window]) >= min_len]
+    return out
+
+
+def encode_prompts(tokenizer, prompts: list[tuple[str, bool]], max_len: int) -> list[list[int]]:
+    """Token ids of each (text, use_chat_template) prompt, cut to its last `max_len` tokens."""
+    out = []
+    for text, chat in prompts:
+        if chat:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+        out.append(tokenizer(text, add_special_tokens=False).input_ids[-max_len:])
+    return out
+
+
+def write_shards(out_dir: Path, kind: str, items: list, shard_size: int, layer_ids: tuple[int, ...], make) -> int:
+    """Write `make(items[k*shard_size:...])` to shard-{kind}-{k}; skip existing shards. Returns shards written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    n_shards = (len(items) + shard_size - 1) // shard_size
+    for k in tqdm(range(n_shards), desc=f"data {kind}", unit="shard"):
+        path = out_dir / f"shard-{kind}-{k:05d}.safetensors"
+        if path.exists():
+            continue
+        write_shard(path, make(items[k * shard_size: (k + 1) * shard_size]), layer_ids, kind)
+        written += 1
+    return written
+
+
+def shuffled(items: list, seed: int) -> list:
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    return items

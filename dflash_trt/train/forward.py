@@ -1,0 +1,102 @@
+"""Training forward and loss of a DFlash drafter, built from the drafter's own modules.
+
+Only the attention layout differs from inference (`DFlashDrafter.append_context` + `draft_logits`): here
+the fused context of the whole sequence and all blocks go through each layer in one pass, under the
+block mask of `blocks.block_mask`. Norms, projections, RoPE, MLP, embedding and LM head are the same
+module calls, so there is one source of truth for the math.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dflash_trt.models.drafter import DFlashDrafter
+from dflash_trt.models.layers import apply_rope, attention, rope_inv_freq, rope_tables
+
+
+@dataclass
+class Batch:
+    """Padded sequences with sampled anchors. Positions are absolute (context j sits at pos_offset + j)."""
+
+    features: Tensor  # [b, L, F] target features of the (cropped) sequences
+    pos_offset: Tensor  # [b] absolute position of column 0
+    block_ids: Tensor  # [b, n, B] = [token at anchor, MASK ...]
+    anchors: Tensor  # [b, n] column of each anchor (padded anchors: any column, valid False)
+    valid: Tensor  # [b, n] bool
+    labels: Tensor  # [b, n, B-1] target tokens at anchor+1 .. anchor+B-1
+
+
+class RopeTables:
+    """cos/sin tables for the drafter's rope config, grown on demand."""
+
+    def __init__(self, drafter: DFlashDrafter) -> None:
+        self.inv_freq = rope_inv_freq(drafter.cfg.head_dim, drafter.cfg.rope_theta, drafter.cfg.rope_scaling)
+        self.cos, self.sin = rope_tables(self.inv_freq, 0)
+
+    def __call__(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        need = int(positions.max()) + 1
+        if need > len(self.cos):
+            self.cos, self.sin = rope_tables(self.inv_freq, max(need, 2 * len(self.cos)))
+        return self.cos[positions], self.sin[positions]
+
+
+def _heads(x: Tensor, n: int, d: int) -> Tensor:
+    return x.view(*x.shape[:2], n, d)
+
+
+def block_hidden(drafter: DFlashDrafter, batch: Batch, visible: Tensor, rope: RopeTables) -> Tensor:
+    """Final-normed hidden states [b, n*B, H] of every block position."""
+    b, n, block = batch.block_ids.shape
+    ctx_len = batch.features.shape[1]
+    ctx_pos = batch.pos_offset[:, None] + torch.arange(ctx_len)
+    blk_pos = (batch.pos_offset[:, None, None] + batch.anchors[:, :, None] + torch.arange(block)).view(b, n * block)
+    cos_c, sin_c = rope(ctx_pos)
+    cos_b, sin_b = rope(blk_pos)
+    c = drafter.hidden_norm(drafter.fc(batch.features))
+    x = drafter.embed(batch.block_ids.view(b, n * block))
+    for layer in drafter.layers:
+        attn = layer.attn
+        d, hq, hkv = attn.head_dim, attn.n_heads, attn.n_kv
+        q_dim, kv_dim = hq * d, hkv * d
+        q, k, v = attn.wqkv(layer.attn_norm(x)).split([q_dim, kv_dim, kv_dim], dim=-1)
+        bias = attn.wqkv.bias[q_dim:] if attn.wqkv.bias is not None else None
+        kc, vc = F.linear(c, attn.wqkv.weight[q_dim:], bias).chunk(2, dim=-1)
+        q = apply_rope(attn.q_norm(_heads(q, hq, d)), cos_b, sin_b)
+        k = torch.cat([apply_rope(attn.k_norm(_heads(kc, hkv, d)), cos_c, sin_c),
+                       apply_rope(attn.k_norm(_heads(k, hkv, d)), cos_b, sin_b)], dim=1)
+        v = torch.cat([_heads(vc, hkv, d), _heads(v, hkv, d)], dim=1)
+        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), visible[:, None])
+        x = x + attn.wo(out.transpose(1, 2).reshape(b, n * block, q_dim))
+        x = x + layer.mlp(layer.mlp_norm(x))
+    return drafter.norm(x)
+
+
+def mask_logits(drafter: DFlashDrafter, hidden: Tensor, valid: Tensor, block: int) -> Tensor:
+    """LM-head logits [m, B-1, V] at the mask positions of the m valid blocks."""
+    b = hidden.shape[0]
+    h = hidden.view(b, -1, block, hidden.shape[-1])[:, :, 1:][valid]
+    return drafter.lm_head(h)
+
+
+def loss_and_accuracy(logits: Tensor, labels: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Position-decayed cross-entropy (mean over blocks of sum_k w_k CE_k) and accuracy per position [B-1]."""
+    logits = logits.float()  # one fp32 copy serves the loss and the (much faster than bf16) argmax
+    ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
+    loss = (ce * weights).sum(-1).mean()
+    acc = (logits.detach().argmax(-1) == labels).float().mean(0)
+    return loss, acc.detach()
+
+
+def expected_tau(acc: Tensor | list[float]) -> float:
+    """Tokens per step if position k is accepted with probability acc_k independently: 1 + sum_k prod_{j<=k} acc_j."""
+    acc = torch.as_tensor(acc, dtype=torch.float64)
+    return 1.0 + float(torch.cumprod(acc, 0).sum())
+
+
+def frozen(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)

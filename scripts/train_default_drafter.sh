@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Reproduce the embedded default drafter for SmolLM2-135M-Instruct from scratch:
+#   1. data: target-generated answers to templated chat/math/code prompts and stdlib function stubs, plus
+#      target greedy labels on Python stdlib source (no HumanEval anywhere), cached as target features;
+#   2. training per build_configs/train_smollm2_135m.yaml, in stages of STAGE_MIN minutes (each stage
+#      resumes from the last checkpoint and picks up data shards written since);
+#   3. tau of the best checkpoint on the held-out prompts (greedy, block 4 and 8) and the loss curve;
+#   4. the checkpoint copied into dflash_trt/assets/drafter/.
+# Every step resumes where it stopped when re-run. Long; run it detached, e.g.
+#   nohup scripts/train_default_drafter.sh > train.log 2>&1 &
+# Env: PYTHON (default python), DATA, OUT (default: the recipe's paths), GEN_LIMIT / TF_LIMIT (prompts /
+# windows, default all / 3000), STAGE_MIN (default 20), RESULTS (default results/train_smollm2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+RECIPE=build_configs/train_smollm2_135m.yaml
+DATA=${DATA:-$HOME/.cache/dflash-trt/train/smollm2-data}
+OUT=${OUT:-$HOME/.cache/dflash-trt/train/smollm2-drafter}
+RESULTS=${RESULTS:-results/train_smollm2}
+STAGE_MIN=${STAGE_MIN:-20}
+
+# 1. data (two single-threaded workers side by side: generation is latency-bound, teacher forcing is not)
+$PY scripts/make_train_data.py --source generated --out "$DATA" --threads 1 --batch-size 32 \
+    --max-new-tokens 256 --heldout 48 --limit "${GEN_LIMIT:-0}" &
+GEN=$!
+$PY scripts/make_train_data.py --source teacher --out "$DATA" --threads 1 --heldout 16 --shard-size 32 \
+    --limit "${TF_LIMIT:-3000}" &
+TF=$!
+# training starts once the validation shards and some training shards exist
+until [ -n "$(ls "$DATA"/val/shard-gen-* 2>/dev/null)" ] && [ "$(ls "$DATA"/train 2>/dev/null | wc -l)" -ge 4 ]; do
+    sleep 30
+done
+
+# 2. training in resumable stages
+RESUME=""
+[ -f "$OUT/train_state.pt" ] && RESUME=--resume
+while true; do
+    $PY -m dflash_trt.train.cli train --config "$RECIPE" --data "$DATA" --output "$OUT" $RESUME --time-limit "$STAGE_MIN"
+    RESUME=--resume
+    $PY - "$OUT" <<'PYEOF' && break
+import sys, torch
+state = torch.load(f"{sys.argv[1]}/train_state.pt", weights_only=False)
+sys.exit(0 if state["step"] >= state["recipe"]["steps"] else 1)
+PYEOF
+done
+wait $GEN $TF
+
+# 3. tau on held-out prompts, loss curve, results JSON
+mkdir -p "$RESULTS"
+$PY -m dflash_trt.train.evaluate --drafter "$OUT/best" --prompts "$DATA/heldout_prompts.jsonl" \
+    --block-sizes 4 8 --limit 24 --max-new-tokens 128 --json "$RESULTS/tau.json" > /dev/null
+$PY -m dflash_trt.train.report --log "$OUT/train_log.json" --tau "$RESULTS/tau.json" --out "$RESULTS"
+
+# 4. ship it
+mkdir -p dflash_trt/assets/drafter
+cp "$OUT/best/config.json" "$OUT/best/model.safetensors" dflash_trt/assets/drafter/
+echo "drafter copied to dflash_trt/assets/drafter/ (update its README.md with $RESULTS/summary.json)"

@@ -1,0 +1,47 @@
+"""Cached training data: recorded features equal a fresh target pass; shards round-trip; bad inputs are named."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dflash_trt.errors import UserError
+from dflash_trt.models.loading import load_target
+from dflash_trt.train.recipe import load_recipe
+from dflash_trt.train.shards import read_shard, shard_files
+
+
+def test_cached_features_and_labels_match_the_target(tiny_target, tiny_data):
+    target = load_target(tiny_target)
+    target.capture_layers = (0, 2)
+    for kind in ("gen", "tf"):
+        seqs = read_shard(sorted((tiny_data / "train").glob(f"shard-{kind}-*"))[0], (0, 2))
+        for s in seqs:
+            with torch.no_grad():
+                target.setup_caches(1, len(s.tokens))
+                hidden, features = target(s.tokens[None])
+                preds = target.lm_head(hidden[0]).argmax(-1)
+            n = len(s.tokens) - (kind == "gen")  # a response's last token has not been through the target yet
+            assert (s.features[:n].float() - features[0, :n]).abs().max() < 2e-2
+            # labels are the target's greedy tokens: generated text is greedy; teacher-forced labels are predictions
+            assert torch.equal(s.labels[s.start:], preds[s.start - 1: -1])
+
+
+def test_shard_layer_ids_are_checked(tiny_data):
+    with pytest.raises(UserError, match="target_layer_ids"):
+        read_shard(shard_files(tiny_data / "train")[0], (1, 2))
+
+
+def test_recipe_errors_name_the_field(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("output: out\ndata: [d]\nblock_sizes: 8\n")
+    with pytest.raises(UserError, match="unknown field 'block_sizes'"):
+        load_recipe(path)
+    path.write_text("output: out\ndata: [d]\nsteps: many\n")
+    with pytest.raises(UserError, match="field 'steps'"):
+        load_recipe(path)
+    path.write_text("data: [d]\n")
+    with pytest.raises(UserError, match="missing field 'output'"):
+        load_recipe(path)
+    with pytest.raises(UserError, match="not found"):
+        load_recipe(tmp_path / "missing.yaml")
