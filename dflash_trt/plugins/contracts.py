@@ -75,7 +75,10 @@ class OpContract:
     def bind_inputs(
         self, shapes: Sequence[Sequence[int]], dtypes: Sequence[str], attrs: Mapping[str, int | float]
     ) -> tuple[dict[str, int], dict[str, str]]:
-        """Check input shapes/dtypes against the contract; return (dimension symbols, type params)."""
+        """Check input shapes/dtypes against the contract; return (dimension symbols, type params).
+
+        Free symbols are bound first (by their first occurrence), then every dimension is checked.
+        """
         if len(shapes) != len(self.inputs) or len(dtypes) != len(self.inputs):
             raise ValueError(f"{self.name}: expected {len(self.inputs)} inputs, got {len(shapes)}")
         symbols: dict[str, int] = {}  # may hold SymInts under export
@@ -99,35 +102,32 @@ class OpContract:
                     f"{self.name}: input '{spec.name}' has rank {len(shape)}, expected shape {list(spec.shape)}"
                 )
             for dim, size in zip(spec.shape, shape):
-                if dim.isidentifier() and dim not in attrs and dim not in symbols:
-                    symbols[dim] = size
-                    continue
-                want = _eval(dim, {**attrs, **symbols})
-                if want != size:
-                    raise ValueError(
-                        f"{self.name}: input '{spec.name}' has shape {list(shape)}, "
-                        f"expected {list(spec.shape)} = {[_eval(d, {**attrs, **symbols}) for d in spec.shape]}"
-                    )
+                if dim.isidentifier() and dim not in attrs:
+                    symbols.setdefault(dim, size)
+        env = {**attrs, **symbols}
+        for spec, shape in zip(self.inputs, shapes):
+            want = [_eval(d, env) for d in spec.shape]
+            if any(w != size for w, size in zip(want, shape)):
+                raise ValueError(
+                    f"{self.name}: input '{spec.name}' has shape {list(shape)}, expected {list(spec.shape)} = {want}"
+                )
         return symbols, types
 
     def output_shapes(self, symbols: Mapping[str, int], attrs: Mapping[str, int | float]) -> list[list[int]]:
-        """Concrete output shapes for bound symbols and resolved attributes."""
+        """Output shapes for bound symbols (ints, or SymInts under export) and resolved attributes."""
         env = {**attrs, **symbols}
-        return [[int(_eval(d, env)) for d in spec.shape] for spec in self.outputs]
+        return [[_eval(d, env) for d in spec.shape] for spec in self.outputs]
 
     def to_markdown(self) -> str:
         """Human-readable contract (the plugins README embeds this text verbatim)."""
-        types = ", ".join(f"{k} in {{{', '.join(v)}}}" for k, v in self.type_params.items())
-        lines = [
-            f"### `{self.name}` (version \"{self.version}\", namespace `{self.namespace}`)",
-            "",
-            self.semantics,
-            "",
-            f"Type parameters: {types}.",
-            "",
-            "| attribute | type | default | allowed | meaning |",
-            "|---|---|---|---|---|",
-        ]
+        lines = [f"### `{self.name}` (version \"{self.version}\", namespace `{self.namespace}`)", "", self.semantics, ""]
+        if self.type_params:
+            types = ", ".join(f"{k} in {{{', '.join(v)}}}" for k, v in self.type_params.items())
+            lines += [f"Type parameters: {types}.", ""]
+        if self.attrs:
+            lines += ["| attribute | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+        else:
+            lines.append("No attributes.")
         for a in self.attrs:
             allowed = (
                 ", ".join(map(str, a.choices)) if a.choices
@@ -136,7 +136,9 @@ class OpContract:
             )
             default = "required" if a.default is None else repr(a.default)
             lines.append(f"| `{a.name}` | {a.type} | {default} | {allowed} | {a.doc} |")
-        lines += ["", "Constraints: " + "; ".join(f"`{e}`" for e, _ in self.constraints) + ".", ""]
+        if self.constraints:
+            lines += ["", "Constraints: " + "; ".join(f"`{e}`" for e, _ in self.constraints) + "."]
+        lines.append("")
         lines += ["| # | tensor | shape | dtype | meaning |", "|---|---|---|---|---|"]
         for kind, specs in (("in", self.inputs), ("out", self.outputs)):
             for i, t in enumerate(specs):
@@ -228,7 +230,60 @@ BLOCK_ATTENTION = OpContract(
     ),
 )
 
-CONTRACTS: dict[str, OpContract] = {BLOCK_ATTENTION.name: BLOCK_ATTENTION}
+CONTEXT_KV_APPEND = OpContract(
+    name="DFlashContextKVAppend",
+    version="1",
+    namespace="dflash_trt",
+    type_params={"T": ("float32", "float16", "bfloat16")},
+    inputs=(
+        TensorSpec("kv", ("b", "N", "2*num_kv_heads*head_dim"), "T",
+                   "new context tokens' k heads then v heads, before norm and RoPE"),
+        TensorSpec("k_norm_weight", ("head_dim",), "T", "per-head RMSNorm weight for k (ignored when qk_norm=0)"),
+        TensorSpec("rope_cos", ("max_pos", "head_dim // 2"), "float32", "RoPE cos table (rotate-half layout)"),
+        TensorSpec("rope_sin", ("max_pos", "head_dim // 2"), "float32", "RoPE sin table (rotate-half layout)"),
+        TensorSpec("k_cache", ("b", "num_kv_heads", "S", "head_dim"), "T", "layer's key cache"),
+        TensorSpec("v_cache", ("b", "num_kv_heads", "S", "head_dim"), "T", "layer's value cache"),
+        TensorSpec("ctx_lens", ("b",), "int32", "current valid length per sequence = write offset"),
+        TensorSpec("new_lens", ("b",), "int32", "valid rows of kv per sequence (ragged acceptance)"),
+    ),
+    outputs=(
+        TensorSpec("k_cache_out", ("b", "num_kv_heads", "S", "head_dim"), "T", "updated keys; aliases k_cache"),
+        TensorSpec("v_cache_out", ("b", "num_kv_heads", "S", "head_dim"), "T", "updated values; aliases v_cache"),
+    ),
+    attrs=(
+        AttrSpec("num_kv_heads", "int32", "key/value heads", ge=1),
+        AttrSpec("head_dim", "int32", "head dimension", choices=(64, 128)),
+        AttrSpec("qk_norm", "int32", "1: RMSNorm k per head before RoPE", default=1, choices=(0, 1)),
+        AttrSpec("eps", "float32", "RMSNorm epsilon", default=1e-6, ge=0.0),
+    ),
+    constraints=(),
+    semantics=(
+        "Row n < new_lens[s] of sequence s goes to position p = ctx_lens[s] + n when p < min(S, max_pos): "
+        "its key is normed and roped exactly like a DFlashBlockAttention block key and written to "
+        "k_cache_out[s, :, p], its value raw to v_cache_out[s, :, p]. Every other cache element is unchanged; "
+        "ctx_lens is not advanced (the runtime adds new_lens)."
+    ),
+)
+
+ACCEPT_TOKENS = OpContract(
+    name="DFlashAcceptTokens",
+    version="1",
+    namespace="dflash_trt",
+    type_params={},
+    inputs=(
+        TensorSpec("draft_tokens", ("b", "B - 1"), "int32", "drafted block tokens 1..B-1"),
+        TensorSpec("target_tokens", ("b", "B"), "int32", "target argmax after block tokens 0..B-1"),
+    ),
+    outputs=(
+        TensorSpec("accepted_len", ("b",), "int32", "leading i with draft_tokens[s, i] == target_tokens[s, i]"),
+        TensorSpec("bonus_token", ("b",), "int32", "target_tokens[s, accepted_len[s]]"),
+    ),
+    attrs=(),
+    constraints=(),
+    semantics="Greedy acceptance: sequence s commits accepted_len[s] drafted tokens, then bonus_token[s].",
+)
+
+CONTRACTS: dict[str, OpContract] = {c.name: c for c in (BLOCK_ATTENTION, CONTEXT_KV_APPEND, ACCEPT_TOKENS)}
 
 if __name__ == "__main__":
     print("\n".join(c.to_markdown() for c in CONTRACTS.values()), end="")

@@ -72,16 +72,21 @@ def _dlopen(path: Path) -> ctypes.CDLL:
 
 
 def register_plugins(trt: ModuleType, path: Path | None = None) -> Path:
-    """Load the library into ``trt``'s plugin registry (``tensorrt`` or ``tensorrt_rtx``) and check that
-    every contracted op is there under its name, version and namespace. Returns the library path."""
+    """Load the library into ``trt``'s plugin registry (``tensorrt`` or ``tensorrt_rtx``) unless its
+    creators are already registered, and check every contracted op is there under its name, version and
+    namespace. Returns the library path."""
     path = path or find_plugin_library()
     registry = trt.get_plugin_registry()
-    if registry.load_library(str(path)) is None:
+
+    def missing() -> list[str]:
+        return [f"{op.namespace}::{op.name} v{op.version}" for op in CONTRACTS.values()
+                if registry.get_creator(op.name, op.version, op.namespace) is None]
+
+    if missing() and registry.load_library(str(path)) is None:
         raise UserError(f"{path}: TensorRT's plugin registry could not load it; rebuild it with '{BUILD_COMMAND}'")
-    for op in CONTRACTS.values():
-        if registry.get_creator(op.name, op.version, op.namespace) is None:
-            raise UserError(
-                f"{path}: provides no plugin {op.name} version {op.version} in namespace '{op.namespace}'; "
-                f"rebuild it with '{BUILD_COMMAND}'"
-            )
+    if absent := missing():
+        raise UserError(
+            f"{path}: does not provide {', '.join(absent)}; "
+            f"rebuild it with '{BUILD_COMMAND}'"
+        )
     return path

@@ -6,6 +6,8 @@ reference the CUDA plugin is checked against; its fake kernel gives shapes for e
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 from torch import Tensor
 
@@ -26,7 +28,7 @@ def rope_tables(max_pos: int, head_dim: int, theta: float = 1_000_000.0) -> tupl
     return angles.cos().float(), angles.sin().float()
 
 
-def _bind(tensors: tuple[Tensor, ...], attrs: dict[str, int | float]) -> dict[str, int]:
+def _bind(tensors: tuple[Tensor, ...], attrs: Mapping[str, int | float]) -> dict[str, int]:
     shapes = [tuple(t.shape) for t in tensors]
     dtypes = [DTYPE_NAMES.get(t.dtype, str(t.dtype)) for t in tensors]
     symbols, _ = BLOCK_ATTENTION.bind_inputs(shapes, dtypes, attrs)
@@ -123,4 +125,5 @@ def _(
         num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, window=window, qk_norm=qk_norm, eps=eps
     )
     sym = _bind((qkv, q_norm_weight, k_norm_weight, rope_cos, rope_sin, k_cache, v_cache, ctx_lens), attrs)
-    return qkv.new_empty((sym["b"], sym["B"], num_heads * head_dim))
+    (shape,) = BLOCK_ATTENTION.output_shapes(sym, attrs)
+    return qkv.new_empty(shape)

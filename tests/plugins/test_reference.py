@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dflash_trt.errors import UserError
-from dflash_trt.plugins.contracts import BLOCK_ATTENTION
+from dflash_trt.plugins.contracts import ACCEPT_TOKENS, BLOCK_ATTENTION, CONTRACTS
 from dflash_trt.plugins.reference import dflash_block_attention, rope_tables
 
 # |reference - float64 loop| bounds: the reference does fp32 math, then rounds the output to T once.
@@ -159,11 +159,21 @@ def test_contract_violations_rejected():
 
 
 def test_contract_markdown_is_in_readme():
-    """dflash_trt/plugins/README.md embeds the contract exactly as the code states it."""
+    """dflash_trt/plugins/README.md embeds every contract exactly as the code states it."""
     from pathlib import Path
 
     readme = (Path(__file__).parents[2] / "dflash_trt" / "plugins" / "README.md").read_text()
-    assert BLOCK_ATTENTION.to_markdown() in readme, "regenerate with: python -m dflash_trt.plugins.contracts"
+    for op in CONTRACTS.values():
+        assert op.to_markdown() in readme, f"{op.name}: regenerate with python -m dflash_trt.plugins.contracts"
+
+
+def test_contract_binds_symbols_before_checking():
+    """A dimension may use a symbol that a later input binds (draft_tokens [b, B - 1], target_tokens [b, B])."""
+    symbols, types = ACCEPT_TOKENS.bind_inputs([(3, 15), (3, 16)], ["int32", "int32"], {})
+    assert symbols == {"b": 3, "B": 16} and types == {}
+    assert ACCEPT_TOKENS.output_shapes(symbols, {}) == [[3], [3]]
+    with pytest.raises(ValueError, match=r"draft_tokens.*\[3, 14\]"):
+        ACCEPT_TOKENS.bind_inputs([(3, 15), (3, 15)], ["int32", "int32"], {})
 
 
 # --- the project's PyTorch drafter -------------------------------------------------------------------

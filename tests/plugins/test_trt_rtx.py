@@ -22,7 +22,7 @@ import torch
 
 from dflash_trt.errors import UserError
 from dflash_trt.plugins import trt_rtx
-from dflash_trt.plugins.contracts import BLOCK_ATTENTION
+from dflash_trt.plugins.contracts import BLOCK_ATTENTION, CONTRACTS
 from dflash_trt.plugins.library import (
     ENV_VAR,
     find_plugin_library,
@@ -85,27 +85,43 @@ def plan_field(plan: bytes, name: str, kind: str) -> int | float:
 # --- the library ---------------------------------------------------------------------------------------
 
 def test_library_registers_contracted_creators(plugin_lib):
+    """Every contracted op has a creator whose declared fields are the contract's attributes."""
     import tensorrt_rtx as trt
 
     if not os.environ.get(ENV_VAR):  # the fixture built it
         assert plugin_backend(plugin_lib) == "host"
     assert register_plugins(trt, plugin_lib) == plugin_lib
+    registry = trt.get_plugin_registry()
+    for op in CONTRACTS.values():
+        creator = registry.get_creator(op.name, op.version, op.namespace)
+        assert [(f.name, f.type.name) for f in creator.field_names] == [(a.name, a.type.upper()) for a in op.attrs]
+
+
+def test_creator_applies_contract_validation(plugin_lib):
+    """The C++ creator accepts what the contract accepts and refuses what it refuses."""
+    import tensorrt_rtx as trt
+
+    register_plugins(trt, plugin_lib)
     creator = trt.get_plugin_registry().get_creator(BLOCK_ATTENTION.name, BLOCK_ATTENTION.version,
                                                     BLOCK_ATTENTION.namespace)
-    declared = [(f.name, f.type.name) for f in creator.field_names]
-    assert declared == [(a.name, a.type.upper()) for a in BLOCK_ATTENTION.attrs]
 
     def fields(**values):
         return trt.PluginFieldCollection([
-            trt.PluginField(a.name, np.array([values[a.name]], dtype=np.dtype(a.type)), getattr(trt.PluginFieldType,
-                                                                                                a.type.upper()))
+            trt.PluginField(a.name, np.array([values[a.name]], dtype=np.dtype(a.type)),
+                            getattr(trt.PluginFieldType, a.type.upper()))
             for a in BLOCK_ATTENTION.attrs if a.name in values
         ])
 
     good = BLOCK_ATTENTION.resolve_attrs(num_heads=8, num_kv_heads=2, head_dim=64)
     assert creator.create_plugin("ok", fields(**good), trt.TensorRTPhase.BUILD) is not None
+    required = dict(num_heads=8, num_kv_heads=2, head_dim=128)  # defaults filled by the creator
+    assert creator.create_plugin("defaults", fields(**required), trt.TensorRTPhase.BUILD) is not None
     for bad in (dict(head_dim=96), dict(num_kv_heads=3), dict(qk_norm=2), dict(window=-1), dict(eps=-1.0)):
+        with pytest.raises(UserError):
+            BLOCK_ATTENTION.resolve_attrs(**{**good, **bad})
         assert creator.create_plugin("bad", fields(**{**good, **bad}), trt.TensorRTPhase.BUILD) is None, bad
+    missing = {k: v for k, v in good.items() if k != "head_dim"}
+    assert creator.create_plugin("missing", fields(**missing), trt.TensorRTPhase.BUILD) is None
 
 
 def test_library_user_errors(monkeypatch, tmp_path):
