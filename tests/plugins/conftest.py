@@ -1,7 +1,7 @@
 """Session fixtures that build the `plugins/` CMake project once and hand out its artifacts.
 
 Builds go to ``plugins/build/host`` (DFLASH_TRT_CUDA=OFF) and ``plugins/build/cuda`` (ON) and are
-reused across sessions: ``cmake --build`` only recompiles what changed. A file lock serialises
+reused across sessions: configuring again is cheap and ``cmake --build`` only recompiles what changed. A file lock serialises
 concurrent pytest processes building the same directory.
 """
 
@@ -58,7 +58,7 @@ def _run(cmd: list[str]) -> None:
 
 
 def cmake_build(variant: str, *options: str) -> PluginBuild:
-    """Configure (first time only) and build plugins/ into plugins/build/<variant>."""
+    """Configure and build plugins/ into plugins/build/<variant> (incremental after the first time)."""
     cmake = shutil.which("cmake")
     if cmake is None:
         pytest.skip("cmake is not installed")
@@ -66,14 +66,13 @@ def cmake_build(variant: str, *options: str) -> PluginBuild:
     BUILD_ROOT.mkdir(parents=True, exist_ok=True)
     with open(BUILD_ROOT / f".{variant}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (build_dir / "CMakeCache.txt").is_file():
-            _run([
-                cmake, "-S", str(PLUGINS), "-B", str(build_dir),
-                f"-DPython3_EXECUTABLE={sys.executable}",
-                f"-DDFLASH_TRT_HEADERS_CACHE={BUILD_ROOT / '_deps' / 'kernel-lens'}",
-                "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
-                *options,
-            ])
+        _run([  # re-running it on a configured directory is cheap and keeps the options current
+            cmake, "-S", str(PLUGINS), "-B", str(build_dir),
+            f"-DPython3_EXECUTABLE={sys.executable}",
+            f"-DDFLASH_TRT_HEADERS_CACHE={BUILD_ROOT / '_deps' / 'kernel-lens'}",
+            "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
+            *options,
+        ])
         _run([cmake, "--build", str(build_dir), "-j", str(min(2, os.cpu_count() or 1))])
     return PluginBuild(build_dir)
 
