@@ -97,7 +97,8 @@ def markdown(rows: list[dict], batches: list[int], contexts: list[int]) -> str:
     for s in SHAPES:
         lines += [f"## {s.name}: {s.num_heads} q heads, {s.num_kv_heads} kv heads, head_dim {s.head_dim}, "
                   f"block {s.block}", "",
-                  "| batch | ctx | MB moved | GFLOP | FLOP/B | " + " | ".join(f"{g.name} µs" for g in GPUS) + " | bound |",
+                  "| batch | ctx | MB moved | GFLOP | FLOP/B | "
+                  + " | ".join(f"{g.name} µs" for g in GPUS) + " | bound |",
                   "|---:|---:|---:|---:|---:|" + "---:|" * len(GPUS) + "---|"]
         for batch in batches:
             for ctx in contexts:

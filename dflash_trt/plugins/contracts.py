@@ -120,7 +120,8 @@ class OpContract:
 
     def to_markdown(self) -> str:
         """Human-readable contract (the plugins README embeds this text verbatim)."""
-        lines = [f"### `{self.name}` (version \"{self.version}\", namespace `{self.namespace}`)", "", self.semantics, ""]
+        title = f"### `{self.name}` (version \"{self.version}\", namespace `{self.namespace}`)"
+        lines = [title, "", self.semantics, ""]
         if self.type_params:
             types = ", ".join(f"{k} in {{{', '.join(v)}}}" for k, v in self.type_params.items())
             lines += [f"Type parameters: {types}.", ""]

@@ -218,7 +218,8 @@ def test_matches_drafter_block_attention(nh, nkv, d, window, lens, dtype):
 def test_replaces_drafter_attention_core():
     """wo(op(wqkv(x))) equals the drafter's DraftAttention forward: same qkv layout, norms and RoPE."""
     from dflash_trt.config import DrafterConfig
-    from dflash_trt.models.layers import rope_inv_freq, rope_tables as model_rope_tables
+    from dflash_trt.models.layers import rope_inv_freq
+    from dflash_trt.models.layers import rope_tables as model_rope_tables
     from dflash_trt.models.target import KVCache
 
     torch.manual_seed(0)

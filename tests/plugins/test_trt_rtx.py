@@ -33,6 +33,7 @@ from dflash_trt.plugins.library import (
 from dflash_trt.plugins.onnx import example_inputs, export_block_attention
 from dflash_trt.plugins.trt_rtx import build_engine
 
+
 @pytest.fixture(scope="session")
 def plugin_lib(request) -> Path:
     """libdflash_trt_plugins.so: $DFLASH_TRT_PLUGIN_LIB if set, else the host CMake build (conftest.py)."""
