@@ -82,13 +82,34 @@ def mask_logits(drafter: DFlashDrafter, hidden: Tensor, valid: Tensor, block: in
     return drafter.lm_head(h)
 
 
+class DecayedCrossEntropy(torch.autograd.Function):
+    """mean over blocks of sum_k w_k CE(logits_k, label_k), and the argmax, in one pass over the logits.
+
+    The backward writes (softmax - onehot) * w_k / m straight into a gradient of the logits' dtype,
+    instead of autograd's chain of fp32 copies, log-softmax and NLL backward over the [m, B-1, V] tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        lf = logits.float()
+        lse = torch.logsumexp(lf, dim=-1)
+        ce = lse - lf.gather(-1, labels[..., None])[..., 0]
+        ctx.save_for_backward(logits, labels, lse, weights)
+        return (ce * weights).sum(-1).mean(), lf.argmax(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _argmax_grad: Tensor) -> tuple[Tensor, None, None]:
+        logits, labels, lse, weights = ctx.saved_tensors
+        g = logits.to(torch.float32, copy=True).sub_(lse[..., None]).exp_()
+        g.scatter_add_(-1, labels[..., None], torch.full_like(lse[..., None], -1.0))
+        g.mul_((grad * weights / logits.shape[0])[None, :, None])
+        return g.to(logits.dtype), None, None
+
+
 def loss_and_accuracy(logits: Tensor, labels: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-    """Position-decayed cross-entropy (mean over blocks of sum_k w_k CE_k) and accuracy per position [B-1]."""
-    logits = logits.float()  # one fp32 copy serves the loss and the (much faster than bf16) argmax
-    ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
-    loss = (ce * weights).sum(-1).mean()
-    acc = (logits.detach().argmax(-1) == labels).float().mean(0)
-    return loss, acc.detach()
+    """Position-decayed cross-entropy over logits [m, B-1, V] and accuracy per position [B-1]."""
+    loss, pred = DecayedCrossEntropy.apply(logits, labels, weights)
+    return loss, (pred == labels).float().mean(0)
 
 
 def expected_tau(acc: Tensor | list[float]) -> float:

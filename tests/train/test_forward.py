@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from dflash_trt.models.loading import load_drafter, load_target
-from dflash_trt.train.blocks import block_mask
-from dflash_trt.train.forward import Batch, RopeTables, block_hidden, expected_tau, mask_logits
+from dflash_trt.train.blocks import block_mask, decay_weights
+from dflash_trt.train.forward import (Batch, RopeTables, block_hidden, expected_tau, loss_and_accuracy,
+                                     mask_logits)
 from tiny import hf_config, save_hf_target, save_zlab_drafter
 
 BLOCK, MASK = 5, 5
@@ -45,3 +48,20 @@ def test_expected_tau():
     assert expected_tau([1.0, 1.0, 1.0]) == 4.0
     assert abs(expected_tau([0.5, 0.5]) - 1.75) < 1e-12
     assert expected_tau([0.0, 1.0]) == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decayed_cross_entropy_matches_autograd(dtype):
+    gen = torch.Generator().manual_seed(3)
+    logits = (3 * torch.randn(5, 4, 50, generator=gen)).to(dtype).requires_grad_()
+    labels = torch.randint(0, 50, (5, 4), generator=gen)
+    weights = decay_weights(5, 4.0)
+    loss, acc = loss_and_accuracy(logits, labels, weights)
+    (2 * loss).backward()
+    ref = logits.detach().float().requires_grad_()
+    ce = F.cross_entropy(ref.flatten(0, 1), labels.flatten(), reduction="none").view(5, 4)
+    (2 * (ce * weights).sum(-1).mean()).backward()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert abs(float(loss) - float((ce * weights).sum(-1).mean().detach())) < 1e-4
+    assert (logits.grad.float() - ref.grad).abs().max() < tol and logits.grad.dtype == dtype
+    assert torch.equal(acc, (ref.argmax(-1) == labels).float().mean(0))
