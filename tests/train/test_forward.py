@@ -62,6 +62,6 @@ def test_decayed_cross_entropy_matches_autograd(dtype):
     ce = F.cross_entropy(ref.flatten(0, 1), labels.flatten(), reduction="none").view(5, 4)
     (2 * (ce * weights).sum(-1).mean()).backward()
     tol = 1e-5 if dtype == torch.float32 else 1e-2
-    assert abs(float(loss) - float((ce * weights).sum(-1).mean().detach())) < 1e-4
+    assert abs(float(loss.detach()) - float((ce * weights).sum(-1).mean().detach())) < 1e-4
     assert (logits.grad.float() - ref.grad).abs().max() < tol and logits.grad.dtype == dtype
     assert torch.equal(acc, (ref.argmax(-1) == labels).float().mean(0))
