@@ -4,8 +4,11 @@
 
 #include "common/pluginFields.h"
 #include "common/pluginLogging.h"
+#include "common/shapeCheck.h"
 #include "common/tensorrt.h"
 
+#include <array>
+#include <cstdint>
 #include <exception>
 #include <string>
 #include <vector>
@@ -13,14 +16,30 @@
 namespace dflash
 {
 
+// The IPluginV3 plumbing every plugin shares, written once for a plugin class Derived (CRTP).
 // BuildInterface is IPluginV3OneBuild, or IPluginV3OneBuildV2 for plugins that alias outputs to inputs.
-template <typename BuildInterface>
+//
+// Derived provides:
+//  - kName, kNumInputs (an enumerator of its input enum) and kNumOutputs;
+//  - a constructor from Attributes (inheriting PluginBase's does);
+//  - std::string checkShapes(nvinfer1::Dims const* dims, int32_t nbInputs, int32_t nbOutputs) const
+//    (it may be static): "" when the inputs' shapes (unknown extents -1) fit the contract, else the
+//    reason. configurePlugin and onShapeChange run it; getOutputShapes and enqueue should too.
+// Attributes has fieldRefs() and validate() (see PluginCreator); its fields are serialized.
+template <typename Derived, typename AttributesT, typename BuildInterface>
 class PluginBase : public nvinfer1::IPluginV3,
                    public nvinfer1::IPluginV3OneCore,
                    public BuildInterface,
                    public nvinfer1::IPluginV3OneRuntime
 {
 public:
+    using Attributes = AttributesT;
+
+    explicit PluginBase(Attributes const& attributes)
+        : mAttributes(attributes)
+    {
+    }
+
     nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override
     {
         switch (type)
@@ -30,6 +49,24 @@ public:
         case nvinfer1::PluginCapabilityType::kRUNTIME: return static_cast<nvinfer1::IPluginV3OneRuntime*>(this);
         }
         return nullptr;
+    }
+
+    nvinfer1::IPluginV3* clone() noexcept override
+    {
+        try
+        {
+            return new Derived(mAttributes);
+        }
+        catch (std::exception const& e)
+        {
+            logError(std::string(Derived::kName) + " clone: " + e.what());
+            return nullptr;
+        }
+    }
+
+    char const* getPluginName() const noexcept override
+    {
+        return Derived::kName;
     }
 
     char const* getPluginVersion() const noexcept override
@@ -42,6 +79,23 @@ public:
         return kPluginNamespace;
     }
 
+    int32_t getNbOutputs() const noexcept override
+    {
+        return Derived::kNumOutputs;
+    }
+
+    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept override
+    {
+        return checkInputs(in, nbInputs, nbOutputs);
+    }
+
+    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const*,
+        int32_t nbOutputs) noexcept override
+    {
+        return checkInputs(in, nbInputs, nbOutputs);
+    }
+
     nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext*) noexcept override
     {
         return clone();
@@ -49,23 +103,89 @@ public:
 
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override
     {
-        mSerialized = toPluginFields(fieldRefs(), true);
+        mSerialized = toPluginFields(mAttributes.fieldRefs(), true);
         mSerializedCollection.nbFields = static_cast<int32_t>(mSerialized.size());
         mSerializedCollection.fields = mSerialized.data();
         return &mSerializedCollection;
     }
 
 protected:
-    // The plugin's attributes, pointing into this object.
-    virtual std::vector<FieldRef> fieldRefs() = 0;
+    // The dims of the first min(nbInputs, kNumInputs) inputs, as an array of kNumInputs (the rest
+    // are empty). Build-time expressions keep their constants; the other extents become -1.
+    template <typename Desc>
+    static auto inputDims(Desc const* inputs, int32_t nbInputs)
+    {
+        std::array<nvinfer1::Dims, Derived::kNumInputs> dims{};
+        for (int32_t i = 0; i < nbInputs && i < Derived::kNumInputs; ++i)
+        {
+            dims[i] = dimsOf(inputs[i]);
+        }
+        return dims;
+    }
+
+    // Runs Derived::checkShapes on the inputs; logs "<name>: <reason>" and returns -1 when they do
+    // not fit, else returns 0.
+    template <typename Desc>
+    int32_t checkInputs(Desc const* inputs, int32_t nbInputs, int32_t nbOutputs) const
+    {
+        auto const dims = inputDims(inputs, nbInputs);
+        return reportError(static_cast<Derived const*>(this)->checkShapes(dims.data(), nbInputs, nbOutputs));
+    }
+
+    // 0 when error is empty; else logs "<name><context>: <error>" and returns -1.
+    static int32_t reportError(std::string const& error, char const* context = "")
+    {
+        if (error.empty())
+        {
+            return 0;
+        }
+        logError(std::string(Derived::kName) + context + ": " + error);
+        return -1;
+    }
+
+    // The status of a launch, logged when it failed.
+    static int32_t reportLaunch(int32_t status)
+    {
+        if (status != 0)
+        {
+            logError(std::string(Derived::kName) + " enqueue: launch failed");
+        }
+        return status;
+    }
+
+    // Whether pos is a tensor of a call with the plugin's input and output counts, in linear format:
+    // what supportsFormatCombination requires of every tensor before looking at its type.
+    static bool isLinearTensor(
+        int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs)
+    {
+        return nbInputs == Derived::kNumInputs && nbOutputs == Derived::kNumOutputs && pos >= 0
+            && pos < nbInputs + nbOutputs && inOut[pos].desc.format == nvinfer1::TensorFormat::kLINEAR;
+    }
+
+    Attributes mAttributes;
 
 private:
+    static nvinfer1::Dims dimsOf(nvinfer1::DimsExprs const& exprs)
+    {
+        return toDims(exprs);
+    }
+
+    static nvinfer1::Dims dimsOf(nvinfer1::DynamicPluginTensorDesc const& desc)
+    {
+        return desc.desc.dims;
+    }
+
+    static nvinfer1::Dims dimsOf(nvinfer1::PluginTensorDesc const& desc)
+    {
+        return desc.dims;
+    }
+
     std::vector<nvinfer1::PluginField> mSerialized;
     nvinfer1::PluginFieldCollection mSerializedCollection{};
 };
 
 // Plugin provides kName, an Attributes type with fieldRefs() and validate() ("" when valid), and
-// a constructor from Attributes.
+// a constructor from Attributes (a PluginBase gives the last two).
 template <typename Plugin>
 class PluginCreator : public nvinfer1::IPluginCreatorV3One
 {

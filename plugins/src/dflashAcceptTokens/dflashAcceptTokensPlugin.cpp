@@ -3,52 +3,19 @@
 #include "common/shapeCheck.h"
 #include "dflashAcceptTokens/dflashAcceptTokensLaunch.h"
 
-#include <array>
-
 namespace dflash
 {
 
 using nvinfer1::DataType;
 using nvinfer1::Dims;
 
-DFlashAcceptTokensPlugin::DFlashAcceptTokensPlugin(Attributes const&) {}
-
-char const* DFlashAcceptTokensPlugin::getPluginName() const noexcept
-{
-    return kName;
-}
-
-nvinfer1::IPluginV3* DFlashAcceptTokensPlugin::clone() noexcept
-{
-    try
-    {
-        return new DFlashAcceptTokensPlugin(Attributes{});
-    }
-    catch (std::exception const& e)
-    {
-        logError(std::string(kName) + " clone: " + e.what());
-        return nullptr;
-    }
-}
-
-std::vector<FieldRef> DFlashAcceptTokensPlugin::fieldRefs()
-{
-    return {};
-}
-
-int32_t DFlashAcceptTokensPlugin::getNbOutputs() const noexcept
-{
-    return 2;
-}
-
 int32_t DFlashAcceptTokensPlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
-    if (nbInputs != kNumInputs || nbOutputs != 2 || inputTypes[kDraftTokens] != DataType::kINT32
+    if (nbInputs != kNumInputs || nbOutputs != kNumOutputs || inputTypes[kDraftTokens] != DataType::kINT32
         || inputTypes[kTargetTokens] != DataType::kINT32)
     {
-        logError(std::string(kName) + ": expects 2 INT32 inputs and 2 outputs");
-        return -1;
+        return reportError("expects 2 INT32 inputs and 2 outputs");
     }
     outputTypes[0] = DataType::kINT32;
     outputTypes[1] = DataType::kINT32;
@@ -57,7 +24,7 @@ int32_t DFlashAcceptTokensPlugin::getOutputDataTypes(
 
 std::string DFlashAcceptTokensPlugin::checkShapes(Dims const* dims, int32_t nbInputs, int32_t nbOutputs)
 {
-    if (nbInputs != kNumInputs || nbOutputs != 2)
+    if (nbInputs != kNumInputs || nbOutputs != kNumOutputs)
     {
         return "expects 2 inputs and 2 outputs, got " + std::to_string(nbInputs) + " and " + std::to_string(nbOutputs);
     }
@@ -76,18 +43,11 @@ std::string DFlashAcceptTokensPlugin::checkShapes(Dims const* dims, int32_t nbIn
 int32_t DFlashAcceptTokensPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
     nvinfer1::DimsExprs const*, int32_t, nvinfer1::DimsExprs* outputs, int32_t nbOutputs, nvinfer1::IExprBuilder&) noexcept
 {
-    std::array<Dims, kNumInputs> dims{};
-    for (int32_t i = 0; i < nbInputs && i < kNumInputs; ++i)
+    if (checkInputs(inputs, nbInputs, nbOutputs) != 0)
     {
-        dims[i] = toDims(inputs[i]);
-    }
-    std::string const error = checkShapes(dims.data(), nbInputs, nbOutputs);
-    if (!error.empty())
-    {
-        logError(std::string(kName) + ": " + error);
         return -1;
     }
-    for (int32_t o = 0; o < 2; ++o)
+    for (int32_t o = 0; o < kNumOutputs; ++o)
     {
         outputs[o].nbDims = 1;
         outputs[o].d[0] = inputs[kDraftTokens].d[0];
@@ -98,64 +58,22 @@ int32_t DFlashAcceptTokensPlugin::getOutputShapes(nvinfer1::DimsExprs const* inp
 bool DFlashAcceptTokensPlugin::supportsFormatCombination(
     int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
-    return nbInputs == kNumInputs && nbOutputs == 2 && pos >= 0 && pos < nbInputs + nbOutputs
-        && inOut[pos].desc.format == nvinfer1::TensorFormat::kLINEAR && inOut[pos].desc.type == DataType::kINT32;
-}
-
-int32_t DFlashAcceptTokensPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-    nvinfer1::DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
-{
-    std::array<Dims, kNumInputs> dims{};
-    for (int32_t i = 0; i < nbInputs && i < kNumInputs; ++i)
-    {
-        dims[i] = in[i].desc.dims;
-    }
-    std::string const error = checkShapes(dims.data(), nbInputs, nbOutputs);
-    if (!error.empty())
-    {
-        logError(std::string(kName) + ": " + error);
-        return -1;
-    }
-    return 0;
-}
-
-int32_t DFlashAcceptTokensPlugin::onShapeChange(
-    nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const*, int32_t nbOutputs) noexcept
-{
-    std::array<Dims, kNumInputs> dims{};
-    for (int32_t i = 0; i < nbInputs && i < kNumInputs; ++i)
-    {
-        dims[i] = in[i].dims;
-    }
-    std::string const error = checkShapes(dims.data(), nbInputs, nbOutputs);
-    if (!error.empty())
-    {
-        logError(std::string(kName) + ": " + error);
-        return -1;
-    }
-    return 0;
+    return isLinearTensor(pos, inOut, nbInputs, nbOutputs) && inOut[pos].desc.type == DataType::kINT32;
 }
 
 int32_t DFlashAcceptTokensPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
     nvinfer1::PluginTensorDesc const*, void const* const* inputs, void* const* outputs, void*, cudaStream_t stream) noexcept
 {
-    std::array<Dims, kNumInputs> dims{inputDesc[kDraftTokens].dims, inputDesc[kTargetTokens].dims};
-    std::string const error = checkShapes(dims.data(), kNumInputs, 2);
-    if (!error.empty())
+    auto const dims = inputDims(inputDesc, kNumInputs);
+    if (reportError(checkShapes(dims.data(), kNumInputs, kNumOutputs), " enqueue") != 0)
     {
-        logError(std::string(kName) + " enqueue: " + error);
         return -1;
     }
     accept::Tensors const tensors{static_cast<int32_t const*>(inputs[kDraftTokens]),
         static_cast<int32_t const*>(inputs[kTargetTokens]), static_cast<int32_t*>(outputs[0]),
         static_cast<int32_t*>(outputs[1])};
-    int32_t const status = accept::launchAcceptTokens(tensors, static_cast<int32_t>(dims[kDraftTokens].d[0]),
-        static_cast<int32_t>(dims[kTargetTokens].d[1]), stream);
-    if (status != 0)
-    {
-        logError(std::string(kName) + " enqueue: launch failed");
-    }
-    return status;
+    return reportLaunch(accept::launchAcceptTokens(tensors, static_cast<int32_t>(dims[kDraftTokens].d[0]),
+        static_cast<int32_t>(dims[kTargetTokens].d[1]), stream));
 }
 
 } // namespace dflash

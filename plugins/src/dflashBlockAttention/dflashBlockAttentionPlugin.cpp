@@ -11,53 +11,23 @@ namespace dflash
 using nvinfer1::DataType;
 using nvinfer1::Dims;
 
-DFlashBlockAttentionPlugin::DFlashBlockAttentionPlugin(Attributes const& attributes)
-    : mAttributes(attributes)
-{
-}
-
-char const* DFlashBlockAttentionPlugin::getPluginName() const noexcept
-{
-    return kName;
-}
-
-nvinfer1::IPluginV3* DFlashBlockAttentionPlugin::clone() noexcept
-{
-    try
-    {
-        return new DFlashBlockAttentionPlugin(mAttributes);
-    }
-    catch (std::exception const& e)
-    {
-        logError(std::string(kName) + " clone: " + e.what());
-        return nullptr;
-    }
-}
-
-std::vector<FieldRef> DFlashBlockAttentionPlugin::fieldRefs()
-{
-    return mAttributes.fieldRefs();
-}
-
-int32_t DFlashBlockAttentionPlugin::getNbOutputs() const noexcept
-{
-    return 1;
-}
-
 int32_t DFlashBlockAttentionPlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
-    if (nbInputs != kNumInputs || nbOutputs != 1 || !isActivationType(inputTypes[kQKV]))
+    if (nbInputs != kNumInputs || nbOutputs != kNumOutputs || !isActivationType(inputTypes[kQKV]))
     {
-        logError(std::string(kName) + ": expects 8 inputs with qkv of type FLOAT, HALF or BF16, and 1 output");
-        return -1;
+        return reportError("expects 8 inputs with qkv of type FLOAT, HALF or BF16, and 1 output");
     }
     outputTypes[0] = inputTypes[kQKV];
     return 0;
 }
 
-std::string DFlashBlockAttentionPlugin::checkShapes(Dims const* dims, int32_t nbInputs) const
+std::string DFlashBlockAttentionPlugin::checkShapes(Dims const* dims, int32_t nbInputs, int32_t nbOutputs) const
 {
+    if (nbOutputs != kNumOutputs)
+    {
+        return "expects 1 output";
+    }
     if (nbInputs != kNumInputs)
     {
         return "expects 8 inputs, got " + std::to_string(nbInputs);
@@ -110,15 +80,8 @@ int32_t DFlashBlockAttentionPlugin::getOutputShapes(nvinfer1::DimsExprs const* i
     nvinfer1::DimsExprs const*, int32_t, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
     nvinfer1::IExprBuilder& exprBuilder) noexcept
 {
-    std::array<Dims, kNumInputs> dims{};
-    for (int32_t i = 0; i < nbInputs && i < kNumInputs; ++i)
+    if (checkInputs(inputs, nbInputs, nbOutputs) != 0)
     {
-        dims[i] = toDims(inputs[i]);
-    }
-    std::string const error = nbOutputs == 1 ? checkShapes(dims.data(), nbInputs) : "expects 1 output";
-    if (!error.empty())
-    {
-        logError(std::string(kName) + ": " + error);
         return -1;
     }
     outputs[0].nbDims = 3;
@@ -131,8 +94,7 @@ int32_t DFlashBlockAttentionPlugin::getOutputShapes(nvinfer1::DimsExprs const* i
 bool DFlashBlockAttentionPlugin::supportsFormatCombination(
     int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
-    if (nbInputs != kNumInputs || nbOutputs != 1 || pos < 0 || pos >= nbInputs + nbOutputs
-        || inOut[pos].desc.format != nvinfer1::TensorFormat::kLINEAR)
+    if (!isLinearTensor(pos, inOut, nbInputs, nbOutputs))
     {
         return false;
     }
@@ -145,23 +107,6 @@ bool DFlashBlockAttentionPlugin::supportsFormatCombination(
     case kCtxLens: return type == DataType::kINT32;
     default: return type == inOut[kQKV].desc.type; // norm weights, caches and the output share qkv's type
     }
-}
-
-int32_t DFlashBlockAttentionPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-    nvinfer1::DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
-{
-    std::array<Dims, kNumInputs> dims{};
-    for (int32_t i = 0; i < nbInputs && i < kNumInputs; ++i)
-    {
-        dims[i] = in[i].desc.dims;
-    }
-    std::string const error = nbOutputs == 1 ? checkShapes(dims.data(), nbInputs) : "expects 1 output";
-    if (!error.empty())
-    {
-        logError(std::string(kName) + ": " + error);
-        return -1;
-    }
-    return 0;
 }
 
 blockattn::Dims DFlashBlockAttentionPlugin::callDims(Dims const* dims) const
@@ -196,53 +141,26 @@ size_t DFlashBlockAttentionPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTenso
     return blockattn::workspaceBytes(dims, blockattn::makePlan(dims));
 }
 
-int32_t DFlashBlockAttentionPlugin::onShapeChange(
-    nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const*, int32_t nbOutputs) noexcept
-{
-    std::array<Dims, kNumInputs> dims{};
-    for (int32_t i = 0; i < nbInputs && i < kNumInputs; ++i)
-    {
-        dims[i] = in[i].dims;
-    }
-    std::string const error = nbOutputs == 1 ? checkShapes(dims.data(), nbInputs) : "expects 1 output";
-    if (!error.empty())
-    {
-        logError(std::string(kName) + ": " + error);
-        return -1;
-    }
-    return 0;
-}
-
 int32_t DFlashBlockAttentionPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
     nvinfer1::PluginTensorDesc const*, void const* const* inputs, void* const* outputs, void* workspace,
     cudaStream_t stream) noexcept
 {
-    std::array<Dims, kNumInputs> dims{};
-    for (int32_t i = 0; i < kNumInputs; ++i)
-    {
-        dims[i] = inputDesc[i].dims;
-    }
+    auto const dims = inputDims(inputDesc, kNumInputs);
     ElemType type;
-    std::string error = checkShapes(dims.data(), kNumInputs);
+    std::string error = checkShapes(dims.data(), kNumInputs, kNumOutputs);
     if (error.empty() && !toElemType(inputDesc[kQKV].type, type))
     {
         error = "unsupported qkv type";
     }
-    if (!error.empty())
+    if (reportError(error, " enqueue") != 0)
     {
-        logError(std::string(kName) + " enqueue: " + error);
         return -1;
     }
     blockattn::Dims const d = callDims(dims.data());
     blockattn::RawTensors const tensors{inputs[kQKV], inputs[kQNormWeight], inputs[kKNormWeight],
         static_cast<float const*>(inputs[kRopeCos]), static_cast<float const*>(inputs[kRopeSin]), inputs[kKCache],
         inputs[kVCache], static_cast<int32_t const*>(inputs[kCtxLens]), outputs[0]};
-    int32_t const status = blockattn::launchBlockAttention(type, d, tensors, blockattn::makePlan(d), workspace, stream);
-    if (status != 0)
-    {
-        logError(std::string(kName) + " enqueue: launch failed");
-    }
-    return status;
+    return reportLaunch(blockattn::launchBlockAttention(type, d, tensors, blockattn::makePlan(d), workspace, stream));
 }
 
 } // namespace dflash

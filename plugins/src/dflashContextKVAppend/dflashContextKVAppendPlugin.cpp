@@ -3,54 +3,18 @@
 #include "common/shapeCheck.h"
 #include "dflashContextKVAppend/dflashContextKVAppendLaunch.h"
 
-#include <array>
-
 namespace dflash
 {
 
 using nvinfer1::DataType;
 using nvinfer1::Dims;
 
-DFlashContextKVAppendPlugin::DFlashContextKVAppendPlugin(Attributes const& attributes)
-    : mAttributes(attributes)
-{
-}
-
-char const* DFlashContextKVAppendPlugin::getPluginName() const noexcept
-{
-    return kName;
-}
-
-nvinfer1::IPluginV3* DFlashContextKVAppendPlugin::clone() noexcept
-{
-    try
-    {
-        return new DFlashContextKVAppendPlugin(mAttributes);
-    }
-    catch (std::exception const& e)
-    {
-        logError(std::string(kName) + " clone: " + e.what());
-        return nullptr;
-    }
-}
-
-std::vector<FieldRef> DFlashContextKVAppendPlugin::fieldRefs()
-{
-    return mAttributes.fieldRefs();
-}
-
-int32_t DFlashContextKVAppendPlugin::getNbOutputs() const noexcept
-{
-    return 2;
-}
-
 int32_t DFlashContextKVAppendPlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
-    if (nbInputs != kNumInputs || nbOutputs != 2 || !isActivationType(inputTypes[kKV]))
+    if (nbInputs != kNumInputs || nbOutputs != kNumOutputs || !isActivationType(inputTypes[kKV]))
     {
-        logError(std::string(kName) + ": expects 8 inputs with kv of type FLOAT, HALF or BF16, and 2 outputs");
-        return -1;
+        return reportError("expects 8 inputs with kv of type FLOAT, HALF or BF16, and 2 outputs");
     }
     outputTypes[0] = inputTypes[kKV];
     outputTypes[1] = inputTypes[kKV];
@@ -59,7 +23,7 @@ int32_t DFlashContextKVAppendPlugin::getOutputDataTypes(
 
 std::string DFlashContextKVAppendPlugin::checkShapes(Dims const* dims, int32_t nbInputs, int32_t nbOutputs) const
 {
-    if (nbInputs != kNumInputs || nbOutputs != 2)
+    if (nbInputs != kNumInputs || nbOutputs != kNumOutputs)
     {
         return "expects 8 inputs and 2 outputs, got " + std::to_string(nbInputs) + " and " + std::to_string(nbOutputs);
     }
@@ -108,15 +72,8 @@ std::string DFlashContextKVAppendPlugin::checkShapes(Dims const* dims, int32_t n
 int32_t DFlashContextKVAppendPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
     nvinfer1::DimsExprs const*, int32_t, nvinfer1::DimsExprs* outputs, int32_t nbOutputs, nvinfer1::IExprBuilder&) noexcept
 {
-    std::array<Dims, kNumInputs> dims{};
-    for (int32_t i = 0; i < nbInputs && i < kNumInputs; ++i)
+    if (checkInputs(inputs, nbInputs, nbOutputs) != 0)
     {
-        dims[i] = toDims(inputs[i]);
-    }
-    std::string const error = checkShapes(dims.data(), nbInputs, nbOutputs);
-    if (!error.empty())
-    {
-        logError(std::string(kName) + ": " + error);
         return -1;
     }
     outputs[0] = inputs[kKCache];
@@ -127,8 +84,7 @@ int32_t DFlashContextKVAppendPlugin::getOutputShapes(nvinfer1::DimsExprs const* 
 bool DFlashContextKVAppendPlugin::supportsFormatCombination(
     int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
-    if (nbInputs != kNumInputs || nbOutputs != 2 || pos < 0 || pos >= nbInputs + nbOutputs
-        || inOut[pos].desc.format != nvinfer1::TensorFormat::kLINEAR)
+    if (!isLinearTensor(pos, inOut, nbInputs, nbOutputs))
     {
         return false;
     }
@@ -144,62 +100,23 @@ bool DFlashContextKVAppendPlugin::supportsFormatCombination(
     }
 }
 
-int32_t DFlashContextKVAppendPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-    nvinfer1::DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept
-{
-    std::array<Dims, kNumInputs> dims{};
-    for (int32_t i = 0; i < nbInputs && i < kNumInputs; ++i)
-    {
-        dims[i] = in[i].desc.dims;
-    }
-    std::string const error = checkShapes(dims.data(), nbInputs, nbOutputs);
-    if (!error.empty())
-    {
-        logError(std::string(kName) + ": " + error);
-        return -1;
-    }
-    return 0;
-}
-
 int32_t DFlashContextKVAppendPlugin::getAliasedInput(int32_t outputIndex) noexcept
 {
     return outputIndex == 0 ? kKCache : (outputIndex == 1 ? kVCache : -1);
 }
 
-int32_t DFlashContextKVAppendPlugin::onShapeChange(
-    nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const*, int32_t nbOutputs) noexcept
-{
-    std::array<Dims, kNumInputs> dims{};
-    for (int32_t i = 0; i < nbInputs && i < kNumInputs; ++i)
-    {
-        dims[i] = in[i].dims;
-    }
-    std::string const error = checkShapes(dims.data(), nbInputs, nbOutputs);
-    if (!error.empty())
-    {
-        logError(std::string(kName) + ": " + error);
-        return -1;
-    }
-    return 0;
-}
-
 int32_t DFlashContextKVAppendPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
     nvinfer1::PluginTensorDesc const*, void const* const* inputs, void* const* outputs, void*, cudaStream_t stream) noexcept
 {
-    std::array<Dims, kNumInputs> dims{};
-    for (int32_t i = 0; i < kNumInputs; ++i)
-    {
-        dims[i] = inputDesc[i].dims;
-    }
+    auto const dims = inputDims(inputDesc, kNumInputs);
     ElemType type;
-    std::string error = checkShapes(dims.data(), kNumInputs, 2);
+    std::string error = checkShapes(dims.data(), kNumInputs, kNumOutputs);
     if (error.empty() && !toElemType(inputDesc[kKV].type, type))
     {
         error = "unsupported kv type";
     }
-    if (!error.empty())
+    if (reportError(error, " enqueue") != 0)
     {
-        logError(std::string(kName) + " enqueue: " + error);
         return -1;
     }
     kvappend::Dims d{};
@@ -215,12 +132,7 @@ int32_t DFlashContextKVAppendPlugin::enqueue(nvinfer1::PluginTensorDesc const* i
         static_cast<float const*>(inputs[kRopeSin]), inputs[kKCache], inputs[kVCache],
         static_cast<int32_t const*>(inputs[kCtxLens]), static_cast<int32_t const*>(inputs[kNewLens]), outputs[0],
         outputs[1]};
-    int32_t const status = kvappend::launchContextKvAppend(type, d, tensors, stream);
-    if (status != 0)
-    {
-        logError(std::string(kName) + " enqueue: launch failed");
-    }
-    return status;
+    return reportLaunch(kvappend::launchContextKvAppend(type, d, tensors, stream));
 }
 
 } // namespace dflash

@@ -7,16 +7,16 @@
 #include "dflashContextKVAppend/dflashContextKVAppendAttributes.h"
 
 #include <string>
-#include <vector>
 
 namespace dflash
 {
 
-class DFlashContextKVAppendPlugin : public PluginBase<nvinfer1::IPluginV3OneBuildV2>
+class DFlashContextKVAppendPlugin
+    : public PluginBase<DFlashContextKVAppendPlugin, kvappend::Attributes, nvinfer1::IPluginV3OneBuildV2>
 {
 public:
     static constexpr char const* kName = "DFlashContextKVAppend";
-    using Attributes = kvappend::Attributes;
+    static constexpr int32_t kNumOutputs = 2;
 
     enum Input : int32_t
     {
@@ -31,12 +31,8 @@ public:
         kNumInputs
     };
 
-    explicit DFlashContextKVAppendPlugin(Attributes const& attributes);
+    using PluginBase::PluginBase;
 
-    char const* getPluginName() const noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    int32_t getNbOutputs() const noexcept override;
     int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
         int32_t nbInputs) const noexcept override;
     int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
@@ -44,22 +40,13 @@ public:
         nvinfer1::IExprBuilder& exprBuilder) noexcept override;
     bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
         int32_t nbOutputs) noexcept override;
-    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t getAliasedInput(int32_t outputIndex) noexcept override;
 
-    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
-        int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
 
-protected:
-    std::vector<FieldRef> fieldRefs() override;
-
-private:
+    // "" when the inputs' shapes (unknown extents -1) fit the contract, else the reason.
     std::string checkShapes(nvinfer1::Dims const* dims, int32_t nbInputs, int32_t nbOutputs) const;
-
-    Attributes mAttributes;
 };
 
 } // namespace dflash
