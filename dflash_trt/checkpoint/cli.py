@@ -1,6 +1,4 @@
-"""`convert` and `inspect` subcommands. `dflash_trt/cli.py` registers them with `add_parsers`;
-`python -m dflash_trt.checkpoint.cli` runs them stand-alone (same exit codes: 2 on a `UserError`).
-"""
+"""`convert` and `inspect` subcommands, registered on `dflash-trt` by `dflash_trt/cli.py` (`add_parsers`)."""
 
 from __future__ import annotations
 
@@ -121,18 +119,3 @@ def add_parsers(subparsers: Any) -> None:
     )
     q.add_argument("dir", type=Path, metavar="DIR", help="a directory written by `convert`")
     q.set_defaults(func=run_inspect)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dflash_trt.checkpoint.cli", description=__doc__)
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from dflash_trt.config import DrafterConfig
-from dflash_trt.models.layers import RMSNorm, SwiGLU, apply_rope, attention, rope_inv_freq, rope_tables
-from dflash_trt.models.target import KVCache
+from dflash_trt.models.layers import RMSNorm, SwiGLU, apply_rope, attention
+from dflash_trt.models.target import KVCache, allocate_caches
 
 
 def block_attention(
@@ -107,12 +107,8 @@ class DFlashDrafter(nn.Module):
         object.__setattr__(self, "lm_head", lm_head)
 
     def setup_caches(self, batch: int, max_len: int) -> None:
-        dtype, device = self.fc.weight.dtype, self.fc.weight.device
-        for layer in self.layers:
-            layer.attn.cache = KVCache(batch, self.cfg.num_kv_heads, max_len, self.cfg.head_dim, dtype).to(device)
-        inv_freq = rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling)
-        self.cos, self.sin = (t.to(device) for t in rope_tables(inv_freq, max_len))
-        self.lens = torch.zeros(batch, dtype=torch.long, device=device)
+        """Allocate empty context caches for `batch` rows of up to `max_len` positions each."""
+        allocate_caches(self, batch, max_len, self.fc.weight)
 
     def append_context(self, features: Tensor, n: Tensor) -> None:
         """Cache context K/V for target features [b, t, n_feat*H]; keep the first n[b] of each row."""

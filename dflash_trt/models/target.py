@@ -30,6 +30,16 @@ class KVCache(nn.Module):
         self.v[rows, :, positions] = v
 
 
+def allocate_caches(model: nn.Module, batch: int, max_len: int, weight: Tensor) -> None:
+    """Give a target or drafter empty per-layer KV caches, RoPE tables and per-row lengths (all zero)."""
+    cfg = model.cfg
+    for layer in model.layers:
+        layer.attn.cache = KVCache(batch, cfg.num_kv_heads, max_len, cfg.head_dim, weight.dtype).to(weight.device)
+    inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    model.cos, model.sin = (t.to(weight.device) for t in rope_tables(inv_freq, max_len))
+    model.lens = torch.zeros(batch, dtype=torch.long, device=weight.device)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TargetConfig) -> None:
         super().__init__()
@@ -89,12 +99,7 @@ class Transformer(nn.Module):
 
     def setup_caches(self, batch: int, max_len: int) -> None:
         """Allocate empty caches for `batch` rows of up to `max_len` positions each."""
-        dtype, device = self.embed.weight.dtype, self.embed.weight.device
-        for layer in self.layers:
-            layer.attn.cache = KVCache(batch, self.cfg.num_kv_heads, max_len, self.cfg.head_dim, dtype).to(device)
-        inv_freq = rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling)
-        self.cos, self.sin = (t.to(device) for t in rope_tables(inv_freq, max_len))
-        self.lens = torch.zeros(batch, dtype=torch.long, device=device)
+        allocate_caches(self, batch, max_len, self.embed.weight)
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
         """tokens [b, t] placed after each row's committed cache. Returns (hidden [b, t, H], features).

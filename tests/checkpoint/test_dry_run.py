@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dflash_trt.checkpoint.cli import main
+from dflash_trt.cli import main
 from dflash_trt.checkpoint.plan import make_plan
 
 CONFIGS = Path(__file__).parents[1] / "fixtures" / "configs"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dflash_trt.checkpoint.cli import main
+from dflash_trt.cli import main
 from dflash_trt.checkpoint.convert import PAUSE_ENV, remove_stale
 
 REPO = Path(__file__).parents[2]
@@ -23,7 +23,7 @@ def start(pair, out: Path) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
-        "dflash_trt.checkpoint.cli",
+        "dflash_trt.cli",
         "convert",
         "--target",
         str(pair[0]),

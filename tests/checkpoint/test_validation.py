@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dflash_trt.checkpoint.cli import main
+from dflash_trt.cli import main
 
 from .conftest import read_source
 
@@ -47,7 +47,7 @@ def run(tmp_path: Path, target: Path, drafter: Path, *extra: str, capsys) -> str
     code = main(["convert", "--target", str(target), "--drafter", str(drafter), "--output", str(out), *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2, err
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    assert err.startswith("dflash-trt: error: ") and "\n" not in err and "Traceback" not in err
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ckpt.")]  # no partial directory either
     return err
