@@ -63,6 +63,50 @@ private:
     std::string mError;
 };
 
+// Inputs DFlashBlockAttention and DFlashContextKVAppend share. Each check reports the first
+// mismatch through c, as ShapeCheck does; the indices are the inputs' positions in the plugin.
+
+// rope_cos and rope_sin: [max_pos, head_dim / 2], the same max_pos.
+inline void checkRopeTables(
+    ShapeCheck& c, nvinfer1::Dims const* dims, int32_t cosIndex, int32_t sinIndex, int64_t headDim)
+{
+    for (int32_t i : {cosIndex, sinIndex})
+    {
+        char const* const name = i == cosIndex ? "rope_cos" : "rope_sin";
+        if (c.rank(i, name, dims[i], 2))
+        {
+            c.equal(i, name, dims[i], 1, headDim / 2, "head_dim / 2");
+            c.equal(i, name, dims[i], 0, dims[cosIndex].d[0], "rope_cos dim 0");
+        }
+    }
+}
+
+// k_cache and v_cache: [batch, num_kv_heads, S, head_dim], the same S.
+inline void checkKvCaches(ShapeCheck& c, nvinfer1::Dims const* dims, int32_t kIndex, int32_t vIndex, int64_t batch,
+    int64_t numKvHeads, int64_t headDim)
+{
+    for (int32_t i : {kIndex, vIndex})
+    {
+        char const* const name = i == kIndex ? "k_cache" : "v_cache";
+        if (c.rank(i, name, dims[i], 4))
+        {
+            c.equal(i, name, dims[i], 0, batch, "batch");
+            c.equal(i, name, dims[i], 1, numKvHeads, "num_kv_heads");
+            c.equal(i, name, dims[i], 2, dims[kIndex].d[2], "k_cache dim 2");
+            c.equal(i, name, dims[i], 3, headDim, "head_dim");
+        }
+    }
+}
+
+// A per-sequence vector such as ctx_lens: [batch].
+inline void checkPerSequence(ShapeCheck& c, nvinfer1::Dims const* dims, int32_t index, char const* name, int64_t batch)
+{
+    if (c.rank(index, name, dims[index], 1))
+    {
+        c.equal(index, name, dims[index], 0, batch, "batch");
+    }
+}
+
 // Dims of build-time dimension expressions: constants are kept, the rest become -1.
 inline nvinfer1::Dims toDims(nvinfer1::DimsExprs const& exprs)
 {

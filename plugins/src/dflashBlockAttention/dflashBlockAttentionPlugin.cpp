@@ -49,30 +49,9 @@ std::string DFlashBlockAttentionPlugin::checkShapes(Dims const* dims, int32_t nb
             c.equal(i, name, dims[i], 0, headDim, "head_dim");
         }
     }
-    for (int32_t i : {kRopeCos, kRopeSin})
-    {
-        char const* const name = i == kRopeCos ? "rope_cos" : "rope_sin";
-        if (c.rank(i, name, dims[i], 2))
-        {
-            c.equal(i, name, dims[i], 1, headDim / 2, "head_dim / 2");
-            c.equal(i, name, dims[i], 0, dims[kRopeCos].d[0], "rope_cos dim 0");
-        }
-    }
-    for (int32_t i : {kKCache, kVCache})
-    {
-        char const* const name = i == kKCache ? "k_cache" : "v_cache";
-        if (c.rank(i, name, dims[i], 4))
-        {
-            c.equal(i, name, dims[i], 0, dims[kQKV].d[0], "batch");
-            c.equal(i, name, dims[i], 1, numKvHeads, "num_kv_heads");
-            c.equal(i, name, dims[i], 2, dims[kKCache].d[2], "k_cache dim 2");
-            c.equal(i, name, dims[i], 3, headDim, "head_dim");
-        }
-    }
-    if (c.rank(kCtxLens, "ctx_lens", dims[kCtxLens], 1))
-    {
-        c.equal(kCtxLens, "ctx_lens", dims[kCtxLens], 0, dims[kQKV].d[0], "batch");
-    }
+    checkRopeTables(c, dims, kRopeCos, kRopeSin, headDim);
+    checkKvCaches(c, dims, kKCache, kVCache, dims[kQKV].d[0], numKvHeads, headDim);
+    checkPerSequence(c, dims, kCtxLens, "ctx_lens", dims[kQKV].d[0]);
     return c.error();
 }
 

@@ -38,34 +38,10 @@ std::string DFlashContextKVAppendPlugin::checkShapes(Dims const* dims, int32_t n
     {
         c.equal(kKNormWeight, "k_norm_weight", dims[kKNormWeight], 0, headDim, "head_dim");
     }
-    for (int32_t i : {kRopeCos, kRopeSin})
-    {
-        char const* const name = i == kRopeCos ? "rope_cos" : "rope_sin";
-        if (c.rank(i, name, dims[i], 2))
-        {
-            c.equal(i, name, dims[i], 1, headDim / 2, "head_dim / 2");
-            c.equal(i, name, dims[i], 0, dims[kRopeCos].d[0], "rope_cos dim 0");
-        }
-    }
-    for (int32_t i : {kKCache, kVCache})
-    {
-        char const* const name = i == kKCache ? "k_cache" : "v_cache";
-        if (c.rank(i, name, dims[i], 4))
-        {
-            c.equal(i, name, dims[i], 0, dims[kKV].d[0], "batch");
-            c.equal(i, name, dims[i], 1, numKvHeads, "num_kv_heads");
-            c.equal(i, name, dims[i], 2, dims[kKCache].d[2], "k_cache dim 2");
-            c.equal(i, name, dims[i], 3, headDim, "head_dim");
-        }
-    }
-    for (int32_t i : {kCtxLens, kNewLens})
-    {
-        char const* const name = i == kCtxLens ? "ctx_lens" : "new_lens";
-        if (c.rank(i, name, dims[i], 1))
-        {
-            c.equal(i, name, dims[i], 0, dims[kKV].d[0], "batch");
-        }
-    }
+    checkRopeTables(c, dims, kRopeCos, kRopeSin, headDim);
+    checkKvCaches(c, dims, kKCache, kVCache, dims[kKV].d[0], numKvHeads, headDim);
+    checkPerSequence(c, dims, kCtxLens, "ctx_lens", dims[kKV].d[0]);
+    checkPerSequence(c, dims, kNewLens, "new_lens", dims[kKV].d[0]);
     return c.error();
 }
 
