@@ -19,6 +19,22 @@ struct FieldRef
     bool required;
 };
 
+// FieldRefs whose type follows the value's: INT32 for int32_t, FLOAT32 for float.
+inline FieldRef requiredField(char const* name, int32_t& value)
+{
+    return {name, nvinfer1::PluginFieldType::kINT32, &value, true};
+}
+
+inline FieldRef optionalField(char const* name, int32_t& value)
+{
+    return {name, nvinfer1::PluginFieldType::kINT32, &value, false};
+}
+
+inline FieldRef optionalField(char const* name, float& value)
+{
+    return {name, nvinfer1::PluginFieldType::kFLOAT32, &value, false};
+}
+
 // Reads fc into refs. INT32 attributes also accept an in-range INT64 field, FLOAT32 ones a
 // FLOAT64 field (ONNX attributes are 64-bit). Returns "" on success, else the reason: unknown,
 // duplicate or missing fields, wrong types or lengths.

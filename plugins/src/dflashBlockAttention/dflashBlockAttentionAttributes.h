@@ -1,9 +1,9 @@
 // Attributes (PluginFields) of DFlashBlockAttention and their validation.
 #pragma once
 
+#include "common/attributeChecks.h"
 #include "common/pluginFields.h"
 
-#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -24,14 +24,13 @@ struct Attributes
 
     std::vector<FieldRef> fieldRefs()
     {
-        using nvinfer1::PluginFieldType;
         return {
-            {"num_heads", PluginFieldType::kINT32, &numHeads, true},
-            {"num_kv_heads", PluginFieldType::kINT32, &numKvHeads, true},
-            {"head_dim", PluginFieldType::kINT32, &headDim, true},
-            {"window", PluginFieldType::kINT32, &window, false},
-            {"qk_norm", PluginFieldType::kINT32, &qkNorm, false},
-            {"eps", PluginFieldType::kFLOAT32, &eps, false},
+            requiredField("num_heads", numHeads),
+            requiredField("num_kv_heads", numKvHeads),
+            requiredField("head_dim", headDim),
+            optionalField("window", window),
+            optionalField("qk_norm", qkNorm),
+            optionalField("eps", eps),
         };
     }
 
@@ -48,23 +47,10 @@ struct Attributes
             return "num_heads (" + std::to_string(numHeads) + ") must be a multiple of num_kv_heads ("
                 + std::to_string(numKvHeads) + ")";
         }
-        if (headDim != 64 && headDim != 128)
-        {
-            return "head_dim (" + std::to_string(headDim) + ") must be 64 or 128";
-        }
-        if (window < 0)
-        {
-            return "window (" + std::to_string(window) + ") must be >= 0 (0 disables the sliding window)";
-        }
-        if (qkNorm != 0 && qkNorm != 1)
-        {
-            return "qk_norm (" + std::to_string(qkNorm) + ") must be 0 or 1";
-        }
-        if (!(eps >= 0.0f) || std::isinf(eps))
-        {
-            return "eps (" + std::to_string(eps) + ") must be finite and >= 0";
-        }
-        return "";
+        std::string const windowError = window < 0
+            ? "window (" + std::to_string(window) + ") must be >= 0 (0 disables the sliding window)"
+            : "";
+        return firstError({checkHeadDim(headDim), windowError, checkFlag("qk_norm", qkNorm), checkEps(eps)});
     }
 };
 

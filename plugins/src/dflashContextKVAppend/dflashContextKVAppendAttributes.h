@@ -1,9 +1,9 @@
 // Attributes (PluginFields) of DFlashContextKVAppend and their validation.
 #pragma once
 
+#include "common/attributeChecks.h"
 #include "common/pluginFields.h"
 
-#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -22,34 +22,19 @@ struct Attributes
 
     std::vector<FieldRef> fieldRefs()
     {
-        using nvinfer1::PluginFieldType;
         return {
-            {"num_kv_heads", PluginFieldType::kINT32, &numKvHeads, true},
-            {"head_dim", PluginFieldType::kINT32, &headDim, true},
-            {"qk_norm", PluginFieldType::kINT32, &qkNorm, false},
-            {"eps", PluginFieldType::kFLOAT32, &eps, false},
+            requiredField("num_kv_heads", numKvHeads),
+            requiredField("head_dim", headDim),
+            optionalField("qk_norm", qkNorm),
+            optionalField("eps", eps),
         };
     }
 
+    // "" when valid, else the reason.
     std::string validate() const
     {
-        if (numKvHeads <= 0)
-        {
-            return "num_kv_heads (" + std::to_string(numKvHeads) + ") must be positive";
-        }
-        if (headDim != 64 && headDim != 128)
-        {
-            return "head_dim (" + std::to_string(headDim) + ") must be 64 or 128";
-        }
-        if (qkNorm != 0 && qkNorm != 1)
-        {
-            return "qk_norm (" + std::to_string(qkNorm) + ") must be 0 or 1";
-        }
-        if (!(eps >= 0.0f) || std::isinf(eps))
-        {
-            return "eps (" + std::to_string(eps) + ") must be finite and >= 0";
-        }
-        return "";
+        return firstError({checkPositive("num_kv_heads", numKvHeads), checkHeadDim(headDim),
+            checkFlag("qk_norm", qkNorm), checkEps(eps)});
     }
 };
 
