@@ -17,9 +17,7 @@ int32_t launchBlockAttention(
         using T = typename decltype(typeTag)::type;
         constexpr int32_t D = decltype(dimTag)::value;
         Tensors<T> const t = typed<T>(tensors);
-        Partials const partials = plan.numSplits > 1
-            ? carvePartials(static_cast<float*>(workspace), totalRows(dims), plan.numSplits)
-            : Partials{};
+        Partials const partials = workspacePartials(workspace, dims, plan);
         std::vector<float> smem(static_cast<size_t>(smemFloats(plan.rowsPerTile, D)));
         for (int32_t seq = 0; seq < dims.batch; ++seq)
         {

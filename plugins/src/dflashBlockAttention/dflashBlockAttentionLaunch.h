@@ -84,6 +84,13 @@ inline size_t workspaceBytes(Dims const& dims, Plan const& plan)
     return static_cast<size_t>(totalRows(dims)) * plan.numSplits * (dims.headDim + 2) * sizeof(float);
 }
 
+// The split partials laid out in a workspace of workspaceBytes(dims, plan); none with one split.
+inline Partials workspacePartials(void* workspace, Dims const& dims, Plan const& plan)
+{
+    return plan.numSplits > 1 ? carvePartials(static_cast<float*>(workspace), totalRows(dims), plan.numSplits)
+                              : Partials{};
+}
+
 // Runs the attention of one call. Returns 0 on success; a nonzero status otherwise.
 int32_t launchBlockAttention(ElemType type, Dims const& dims, RawTensors const& tensors, Plan const& plan,
     void* workspace, cudaStream_t stream);
