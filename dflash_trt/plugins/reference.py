@@ -11,6 +11,7 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
+from dflash_trt.models import layers
 from dflash_trt.plugins.contracts import BLOCK_ATTENTION
 
 DTYPE_NAMES: dict[torch.dtype, str] = {
@@ -22,10 +23,8 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
 
 
 def rope_tables(max_pos: int, head_dim: int, theta: float = 1_000_000.0) -> tuple[Tensor, Tensor]:
-    """fp32 ``(cos, sin)`` tables of shape [max_pos, head_dim // 2] for rotate-half RoPE."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = torch.arange(max_pos, dtype=torch.float64)[:, None] * inv_freq[None, :]
-    return angles.cos().float(), angles.sin().float()
+    """fp32 ``(cos, sin)`` tables of shape [max_pos, head_dim // 2] for rotate-half RoPE (the models' own)."""
+    return layers.rope_tables(layers.rope_inv_freq(head_dim, theta, None), max_pos)
 
 
 def _bind(tensors: tuple[Tensor, ...], attrs: Mapping[str, int | float]) -> dict[str, int]:
@@ -33,15 +32,6 @@ def _bind(tensors: tuple[Tensor, ...], attrs: Mapping[str, int | float]) -> dict
     dtypes = [DTYPE_NAMES.get(t.dtype, str(t.dtype)) for t in tensors]
     symbols, _ = BLOCK_ATTENTION.bind_inputs(shapes, dtypes, attrs)
     return symbols
-
-
-def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
-
-
-def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 @torch.library.custom_op("dflash_trt::block_attention", mutates_args=())
@@ -81,10 +71,10 @@ def dflash_block_attention(
 
     q, k, v = qkv.float().unflatten(-1, (nh + 2 * nkv, d)).split([nh, nkv, nkv], dim=2)  # [b, B, heads, d]
     if qk_norm:
-        q, k = _rms_norm(q, q_norm_weight, eps), _rms_norm(k, k_norm_weight, eps)
+        q, k = layers.rms_norm(q, q_norm_weight.float(), eps), layers.rms_norm(k, k_norm_weight.float(), eps)
     pos = lens[:, None] + torch.arange(blk)  # [b, B]
-    cos, sin = rope_cos[pos][:, :, None, :], rope_sin[pos][:, :, None, :]
-    q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+    cos, sin = rope_cos[pos], rope_sin[pos]
+    q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
 
     ctx_pos = torch.arange(ctx).expand(b, ctx)
     valid = torch.cat([ctx_pos < lens[:, None], torch.ones(b, blk, dtype=torch.bool)], dim=1)  # [b, S+B]
