@@ -1,5 +1,6 @@
-// What the three IPluginV3 plugins share: the capability plumbing, identity, attribute
-// serialization, and a creator that parses, validates and reports attributes.
+// What the three IPluginV3 plugins share: the capability plumbing, identity, clone, attribute
+// serialization, shape-check plumbing and error reporting, and a creator that parses, validates and
+// reports attributes.
 #pragma once
 
 #include "common/pluginFields.h"
