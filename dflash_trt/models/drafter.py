@@ -55,22 +55,30 @@ class DraftAttention(nn.Module):
     def _heads(self, x: Tensor, n: int) -> Tensor:
         return x.view(*x.shape[:2], n, self.head_dim)
 
-    def append_context(self, c: Tensor, cos: Tensor, sin: Tensor, positions: Tensor) -> None:
-        """Project fused context c [b, t, H] through this layer's k/v and cache it at `positions`."""
+    def context_kv(self, c: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """K/V [b, t, kv_heads, d] of fused context c [b, t, H] through this layer's k/v (k normed, roped)."""
         q_dim = self.n_heads * self.head_dim
         bias = self.wqkv.bias[q_dim:] if self.wqkv.bias is not None else None
         k, v = nn.functional.linear(c, self.wqkv.weight[q_dim:], bias).chunk(2, dim=-1)
-        k = apply_rope(self.k_norm(self._heads(k, self.n_kv)), cos, sin)
-        self.cache.write(positions, k, self._heads(v, self.n_kv))
+        return apply_rope(self.k_norm(self._heads(k, self.n_kv)), cos, sin), self._heads(v, self.n_kv)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ctx_lens: Tensor) -> Tensor:
-        b, t, _ = x.shape
+    def block_qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Q [b, t, heads, d] and K/V [b, t, kv_heads, d] of normed block states x (q and k normed, roped)."""
         kv_dim = self.n_kv * self.head_dim
         q, k, v = self.wqkv(x).split([self.n_heads * self.head_dim, kv_dim, kv_dim], dim=-1)
         q = apply_rope(self.q_norm(self._heads(q, self.n_heads)), cos, sin)
         k = apply_rope(self.k_norm(self._heads(k, self.n_kv)), cos, sin)
+        return q, k, self._heads(v, self.n_kv)
+
+    def append_context(self, c: Tensor, cos: Tensor, sin: Tensor, positions: Tensor) -> None:
+        """Cache the K/V of fused context c [b, t, H] at `positions` [b, t]."""
+        self.cache.write(positions, *self.context_kv(c, cos, sin))
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ctx_lens: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.block_qkv(x, cos, sin)
         out = block_attention(q.transpose(1, 2), self.cache.k, self.cache.v, ctx_lens,
-                              k.transpose(1, 2), self._heads(v, self.n_kv).transpose(1, 2), self.window)
+                              k.transpose(1, 2), v.transpose(1, 2), self.window)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
 
 
