@@ -12,12 +12,16 @@ from dflash_trt.train.forward import Batch
 from dflash_trt.train.shards import Sequence, read_shard, shard_files
 
 
-def load_sequences(dirs: list[Path], split: str, layer_ids: tuple[int, ...], min_len: int) -> list[Sequence]:
-    """All sequences of `<dir>/<split>/shard-*.safetensors` over `dirs`, dropping ones too short to anchor a block."""
+def load_sequences(dirs: list[Path], split: str, layer_ids: tuple[int, ...], min_len: int,
+                   generated_repeat: int = 1) -> list[Sequence]:
+    """All sequences of `<dir>/<split>/shard-*.safetensors` over `dirs`, dropping ones too short to anchor a
+    block; target-generated ones are listed `generated_repeat` times (oversampled within each epoch)."""
     seqs: list[Sequence] = []
     for d in dirs:
         for path in shard_files(Path(d).expanduser() / split):
-            seqs += [s for s in read_shard(path, layer_ids) if len(s.tokens) - max(s.start, 1) >= min_len]
+            for s in read_shard(path, layer_ids):
+                if len(s.tokens) - max(s.start, 1) >= min_len:
+                    seqs += [s] * (generated_repeat if s.kind == "gen" else 1)
     if not seqs:
         raise UserError(f"{', '.join(map(str, dirs))}: no {split} sequence is long enough for one block")
     return seqs

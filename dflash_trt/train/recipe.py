@@ -37,6 +37,7 @@ class Recipe:
     anchors_per_seq: int = 64
     max_seq_len: int = 512
     batch_size: int = 4  # sequences per optimiser step
+    generated_repeat: int = 1  # times each target-generated sequence appears per epoch (real text: once)
     # optimiser
     steps: int = 1000
     lr: float = 6e-4
@@ -56,8 +57,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.block_size < 2:
             raise UserError(f"recipe field 'block_size' is {self.block_size}; use 2 or more")
-        if self.steps < 1 or self.batch_size < 1 or self.anchors_per_seq < 1:
-            raise UserError("recipe fields 'steps', 'batch_size' and 'anchors_per_seq' must be positive")
+        if min(self.steps, self.batch_size, self.anchors_per_seq, self.generated_repeat) < 1:
+            raise UserError("recipe fields 'steps', 'batch_size', 'anchors_per_seq' and 'generated_repeat' must be positive")
         if self.init_from_target_layers and len(self.init_from_target_layers) != self.num_layers:
             raise UserError(f"recipe field 'init_from_target_layers' has {len(self.init_from_target_layers)} ids; "
                             f"give one per draft layer ({self.num_layers}) or none")

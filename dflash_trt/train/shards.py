@@ -31,6 +31,7 @@ class Sequence:
     labels: Tensor  # int64 [L]
     features: Tensor  # fp16 [L, F]
     start: int
+    kind: str = ""  # the shard's source: "gen" (target-generated) or "tf" (teacher-forced real text)
 
 
 def write_shard(path: Path, seqs: list[Sequence], layer_ids: tuple[int, ...], kind: str) -> None:
@@ -62,7 +63,8 @@ def read_shard(path: Path, layer_ids: tuple[int, ...]) -> list[Sequence]:
         raise UserError(f"{path}: features were cached for target_layer_ids {list(ids)}, the recipe asks for "
                         f"{list(layer_ids)}; regenerate the data or fix 'target_layer_ids'")
     off = t["offsets"].tolist()
-    return [Sequence(t["tokens"][a:b].long(), t["labels"][a:b].long(), t["features"][a:b], int(s))
+    kind = meta.get("kind", "")
+    return [Sequence(t["tokens"][a:b].long(), t["labels"][a:b].long(), t["features"][a:b], int(s), kind)
             for a, b, s in zip(off[:-1], off[1:], t["starts"].tolist())]
 
 

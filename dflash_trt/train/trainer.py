@@ -91,7 +91,10 @@ class Trainer:
         torch.manual_seed(recipe.seed)
         self.drafter = init_drafter(self.cfg, target, recipe.init_from_target_layers)
         min_len = recipe.block_size
-        self.train_seqs = load_sequences(recipe.data, "train", self.cfg.target_layer_ids, min_len)
+        self.train_seqs = load_sequences(recipe.data, "train", self.cfg.target_layer_ids, min_len,
+                                         recipe.generated_repeat)
+        unique = {id(s): s for s in self.train_seqs}.values()
+        self.data_tokens = {kind: sum(len(s.tokens) for s in unique if s.kind == kind) for kind in ("gen", "tf")}
         self.val_seqs = load_sequences(recipe.data, "val", self.cfg.target_layer_ids, min_len)[: recipe.eval_sequences]
         decay = [p for n, p in self.drafter.named_parameters() if p.ndim >= 2]
         other = [p for n, p in self.drafter.named_parameters() if p.ndim < 2]
@@ -120,8 +123,8 @@ class Trainer:
 
     def write_log(self) -> None:
         doc = {"recipe": self.recipe.to_dict(), "drafter": self.cfg.to_hf(), "step": self.step,
-               "elapsed_s": round(self.elapsed, 1), "train_tokens": sum(len(s.tokens) for s in self.train_seqs),
-               "train_sequences": len(self.train_seqs), "val_sequences": len(self.val_seqs), **self.log}
+               "elapsed_s": round(self.elapsed, 1), "train_tokens": sum(self.data_tokens.values()),
+               "train_tokens_by_source": self.data_tokens, "train_sequences": len(self.train_seqs), "val_sequences": len(self.val_seqs), **self.log}
         (self.recipe.output / "train_log.json").write_text(json.dumps(doc, indent=1) + "\n")
 
     def checkpoint(self, val_tau: float | None) -> None:

@@ -45,3 +45,13 @@ def test_recipe_errors_name_the_field(tmp_path):
         load_recipe(path)
     with pytest.raises(UserError, match="not found"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+def test_generated_sequences_are_oversampled(tiny_data):
+    from dflash_trt.train.dataset import load_sequences
+
+    once = load_sequences([tiny_data], "train", (0, 2), min_len=4)
+    thrice = load_sequences([tiny_data], "train", (0, 2), min_len=4, generated_repeat=3)
+    gen = sum(s.kind == "gen" for s in once)
+    assert gen and len(thrice) == len(once) + 2 * gen
+    assert {s.kind for s in once} == {"gen", "tf"}
