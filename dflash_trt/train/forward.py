@@ -2,8 +2,8 @@
 
 Only the attention layout differs from inference (`DFlashDrafter.append_context` + `draft_logits`): here
 the fused context of the whole sequence and all blocks go through each layer in one pass, under the
-block mask of `blocks.block_mask`. Norms, projections, RoPE, MLP, embedding and LM head are the same
-module calls, so there is one source of truth for the math.
+block mask of `blocks.block_mask`. The context/block projections (`context_kv`, `block_qkv`: norms,
+RoPE), output projection, MLP, embedding and LM head are the drafter's own calls: one source of truth.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dflash_trt.models.drafter import DFlashDrafter
-from dflash_trt.models.layers import apply_rope, attention, rope_inv_freq, rope_tables
+from dflash_trt.models.layers import attention, rope_inv_freq, rope_tables
 
 
 @dataclass
@@ -44,10 +43,6 @@ class RopeTables:
         return self.cos[positions], self.sin[positions]
 
 
-def _heads(x: Tensor, n: int, d: int) -> Tensor:
-    return x.view(*x.shape[:2], n, d)
-
-
 def block_hidden(drafter: DFlashDrafter, batch: Batch, visible: Tensor, rope: RopeTables) -> Tensor:
     """Final-normed hidden states [b, n*B, H] of every block position."""
     b, n, block = batch.block_ids.shape
@@ -60,17 +55,11 @@ def block_hidden(drafter: DFlashDrafter, batch: Batch, visible: Tensor, rope: Ro
     x = drafter.embed(batch.block_ids.view(b, n * block))
     for layer in drafter.layers:
         attn = layer.attn
-        d, hq, hkv = attn.head_dim, attn.n_heads, attn.n_kv
-        q_dim, kv_dim = hq * d, hkv * d
-        q, k, v = attn.wqkv(layer.attn_norm(x)).split([q_dim, kv_dim, kv_dim], dim=-1)
-        bias = attn.wqkv.bias[q_dim:] if attn.wqkv.bias is not None else None
-        kc, vc = F.linear(c, attn.wqkv.weight[q_dim:], bias).chunk(2, dim=-1)
-        q = apply_rope(attn.q_norm(_heads(q, hq, d)), cos_b, sin_b)
-        k = torch.cat([apply_rope(attn.k_norm(_heads(kc, hkv, d)), cos_c, sin_c),
-                       apply_rope(attn.k_norm(_heads(k, hkv, d)), cos_b, sin_b)], dim=1)
-        v = torch.cat([_heads(vc, hkv, d), _heads(v, hkv, d)], dim=1)
+        k_ctx, v_ctx = attn.context_kv(c, cos_c, sin_c)
+        q, k, v = attn.block_qkv(layer.attn_norm(x), cos_b, sin_b)
+        k, v = torch.cat([k_ctx, k], dim=1), torch.cat([v_ctx, v], dim=1)
         out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), visible[:, None])
-        x = x + attn.wo(out.transpose(1, 2).reshape(b, n * block, q_dim))
+        x = x + attn.wo(out.transpose(1, 2).reshape(b, n * block, -1))
         x = x + layer.mlp(layer.mlp_norm(x))
     return drafter.norm(x)
 
