@@ -32,6 +32,20 @@ def test_logits_and_features_match_transformers(tmp_path, family, tied, heads, k
     assert (features - expected).abs().max() <= 1e-4
 
 
+def test_sharded_checkpoint_with_index_loads(tmp_path):
+    """A checkpoint split over several files with model.safetensors.index.json loads like a single file."""
+    import json
+
+    single = load_target(save_hf_target(tmp_path / "one", "qwen3"))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "one")
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="50KB")
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2
+    sharded = load_target(tmp_path / "sharded")
+    for (name, a), (_, b) in zip(single.state_dict().items(), sharded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 def test_incremental_ragged_decode_matches_full_forward(tmp_path):
     """Prefill of different prompt lengths, then chunks with partial commits, equals one full forward."""
     directory = save_hf_target(tmp_path, "qwen2")
