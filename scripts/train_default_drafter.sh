@@ -9,7 +9,7 @@
 # Every step resumes where it stopped when re-run. Long; run it detached, e.g.
 #   nohup scripts/train_default_drafter.sh > train.log 2>&1 &
 # Env: PYTHON (default python), DATA, OUT (default: the recipe's paths), GEN_LIMIT / TF_LIMIT (prompts /
-# windows, default all / 3000), STAGE_MIN (default 20), RESULTS (default results/train_smollm2).
+# windows, default 1216 / 576 as in the shipped run), STAGE_MIN (default 15), RESULTS (default results/train_smollm2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -17,14 +17,14 @@ RECIPE=build_configs/train_smollm2_135m.yaml
 DATA=${DATA:-$HOME/.cache/dflash-trt/train/smollm2-data}
 OUT=${OUT:-$HOME/.cache/dflash-trt/train/smollm2-drafter}
 RESULTS=${RESULTS:-results/train_smollm2}
-STAGE_MIN=${STAGE_MIN:-20}
+STAGE_MIN=${STAGE_MIN:-15}
 
 # 1. data (two single-threaded workers side by side: generation is latency-bound, teacher forcing is not)
 $PY scripts/make_train_data.py --source generated --out "$DATA" --threads 1 --batch-size 32 \
-    --max-new-tokens 256 --heldout 48 --limit "${GEN_LIMIT:-0}" &
+    --max-new-tokens 256 --heldout 48 --limit "${GEN_LIMIT:-1216}" &
 GEN=$!
 $PY scripts/make_train_data.py --source teacher --out "$DATA" --threads 1 --heldout 16 --shard-size 32 \
-    --limit "${TF_LIMIT:-3000}" &
+    --limit "${TF_LIMIT:-576}" &
 TF=$!
 # training starts once the validation shards and some training shards exist
 until [ -n "$(ls "$DATA"/val/shard-gen-* 2>/dev/null)" ] && [ "$(ls "$DATA"/train 2>/dev/null | wc -l)" -ge 4 ]; do
@@ -48,7 +48,7 @@ wait $GEN $TF
 # 3. tau on held-out prompts, loss curve, results JSON
 mkdir -p "$RESULTS"
 $PY -m dflash_trt.train.evaluate --drafter "$OUT/best" --prompts "$DATA/heldout_prompts.jsonl" \
-    --block-sizes 4 8 --limit 24 --max-new-tokens 128 --json "$RESULTS/tau.json" > /dev/null
+    --block-sizes 4 8 --limit 24 --max-new-tokens 128 --batch-size 12 --json "$RESULTS/tau.json" > /dev/null
 $PY -m dflash_trt.train.report --log "$OUT/train_log.json" --tau "$RESULTS/tau.json" --out "$RESULTS"
 
 # 4. ship it
