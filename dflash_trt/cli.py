@@ -127,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     from dflash_trt import bench
     from dflash_trt.checkpoint import cli as checkpoint_cli
+    from dflash_trt.train import cli as train_cli
 
     bench.add_parser(sub)
+    train_cli.add_parsers(sub)
     checkpoint_cli.add_parsers(sub)
     return parser
 

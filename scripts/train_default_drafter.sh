@@ -35,7 +35,7 @@ done
 RESUME=""
 [ -f "$OUT/train_state.pt" ] && RESUME=--resume
 while true; do
-    $PY -m dflash_trt.train.cli train --config "$RECIPE" --data "$DATA" --output "$OUT" $RESUME --time-limit "$STAGE_MIN"
+    $PY -m dflash_trt.cli train --config "$RECIPE" --data "$DATA" --output "$OUT" $RESUME --time-limit "$STAGE_MIN"
     RESUME=--resume
     $PY - "$OUT" <<'PYEOF' && break
 import sys, torch

@@ -1,14 +1,11 @@
-"""`train` subcommand. `dflash_trt/cli.py` registers it with `add_parsers`;
-`python -m dflash_trt.train.cli train ...` runs it stand-alone (exit 2 on a `UserError`)."""
+"""`train` subcommand, registered on `dflash-trt` by `dflash_trt/cli.py` (`add_parsers`)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from dflash_trt.errors import UserError
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -43,18 +40,3 @@ def run_train(args: argparse.Namespace) -> int:
     best = train(recipe, resume=args.resume, time_limit_s=args.time_limit * 60, stop_at=args.stop_at)
     print(best)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dflash_trt.train.cli", description=__doc__)
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
