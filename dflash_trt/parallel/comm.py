@@ -6,6 +6,7 @@ no MASTER_ADDR/MASTER_PORT setup is needed (single node; torch is built without 
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 from dataclasses import dataclass
@@ -57,7 +58,15 @@ def init_distributed() -> Mapping:
     port = world.bcast(port, root=0)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=world.Get_rank(),
                             world_size=world.Get_size())
+    atexit.register(_shutdown)
     return Mapping(world.Get_size(), world.Get_rank())
+
+
+def _shutdown() -> None:
+    """Tear gloo down before interpreter finalization: its worker threads must not outlive Python objects."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def all_reduce(x: torch.Tensor) -> torch.Tensor:
