@@ -35,9 +35,11 @@ class Entry:
 
 
 def _layer(
-    src: str, dst: str, *, hidden: int, heads: int, kv_heads: int, head_dim: int, inter: int, bias: bool, qk_norm: bool
+    src: str, dst: str, cfg: TargetConfig | DrafterConfig, *, qk_norm: bool
 ) -> list[Entry]:
     """Entries of one decoder layer; `src` / `dst` are the HF / TRT-LLM name prefixes ending in '.'."""
+    hidden, heads, kv_heads, head_dim = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    inter, bias = cfg.intermediate_size, cfg.qkv_bias
     q, kv = heads * head_dim, kv_heads * head_dim
     qkv = FusedQKV(heads, kv_heads, head_dim)
     attn = f"{src}self_attn."
@@ -76,17 +78,7 @@ def target_entries(cfg: TargetConfig) -> list[Entry]:
     table = ((cfg.vocab_size, cfg.hidden_size),)
     out = [Entry("transformer.vocab_embedding.weight", ("model.embed_tokens.weight",), table, vocab)]
     for i in range(cfg.num_layers):
-        out += _layer(
-            f"model.layers.{i}.",
-            f"transformer.layers.{i}.",
-            hidden=cfg.hidden_size,
-            heads=cfg.num_heads,
-            kv_heads=cfg.num_kv_heads,
-            head_dim=cfg.head_dim,
-            inter=cfg.intermediate_size,
-            bias=cfg.qkv_bias,
-            qk_norm=cfg.qk_norm,
-        )
+        out += _layer(f"model.layers.{i}.", f"transformer.layers.{i}.", cfg, qk_norm=cfg.qk_norm)
     head = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
     return [
         *out,
@@ -109,17 +101,7 @@ def drafter_entries(cfg: DrafterConfig) -> list[Entry]:
         Entry("dflash.hidden_norm.weight", ("hidden_norm.weight",), ((cfg.hidden_size,),), REPLICATED),
     ]
     for i in range(cfg.num_layers):
-        out += _layer(
-            f"layers.{i}.",
-            f"transformer.layers.{i}.",
-            hidden=cfg.hidden_size,
-            heads=cfg.num_heads,
-            kv_heads=cfg.num_kv_heads,
-            head_dim=cfg.head_dim,
-            inter=cfg.intermediate_size,
-            bias=cfg.qkv_bias,
-            qk_norm=True,
-        )
+        out += _layer(f"layers.{i}.", f"transformer.layers.{i}.", cfg, qk_norm=True)
     return [*out, Entry("transformer.ln_f.weight", ("norm.weight",), ((cfg.hidden_size,),), REPLICATED)]
 
 
