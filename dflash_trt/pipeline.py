@@ -14,6 +14,7 @@ import torch
 from dflash_trt.decoding.runners import TorchDrafter, TorchTarget
 from dflash_trt.decoding.speculative import Request
 from dflash_trt.errors import UserError
+from dflash_trt.hardware import cpu_has_bf16_matmul
 from dflash_trt.models.loading import load_drafter, load_target
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,6 +50,12 @@ class Pipeline:
         return Request(self.encode(prompt, chat), max_new_tokens, self.stop_ids())
 
 
+def draft_head_dtype(dtype: str) -> torch.dtype | None:
+    """The drafts' LM head dtype (see `TorchDrafter`): bf16 for an fp32 target on a CPU with native bf16
+    matmul, else the target's own dtype (None)."""
+    return torch.bfloat16 if dtype == "fp32" and cpu_has_bf16_matmul() else None
+
+
 def load_pipeline(target_dir: Path | None, drafter_dir: Path | None, use_drafter: bool = True,
                   dtype: str = "fp32") -> Pipeline:
     """Load the pair. target_dir None = embedded default; drafter_dir None = the embedded drafter (if any)."""
@@ -62,7 +69,7 @@ def load_pipeline(target_dir: Path | None, drafter_dir: Path | None, use_drafter
     model = load_target(target_dir, DTYPES[dtype])
     drafter = None
     if use_drafter and drafter_dir is not None:
-        drafter = TorchDrafter(load_drafter(Path(drafter_dir), model, DTYPES[dtype]))
+        drafter = TorchDrafter(load_drafter(Path(drafter_dir), model, DTYPES[dtype]), draft_head_dtype(dtype))
     return Pipeline(TorchTarget(model), drafter, load_tokenizer(target_dir), target_dir,
                     Path(drafter_dir) if drafter else None)
 
@@ -79,8 +86,9 @@ def load_converted_pipeline(checkpoint: Path, tokenizer_dir: Path | None, mappin
     target, drafter = load_converted(checkpoint, mapping, DTYPES[dtype])
     if tokenizer_dir is None:
         tokenizer_dir = Path(read_json(checkpoint / MANIFEST)["sources"]["target"]["dir"])
-    return Pipeline(TorchTarget(target), TorchDrafter(drafter) if use_drafter else None, load_tokenizer(tokenizer_dir),
-                    checkpoint / "target", checkpoint / "drafter" if use_drafter else None)
+    drafter = TorchDrafter(drafter, draft_head_dtype(dtype)) if use_drafter else None
+    return Pipeline(TorchTarget(target), drafter, load_tokenizer(tokenizer_dir), checkpoint / "target",
+                    checkpoint / "drafter" if use_drafter else None)
 
 
 def load_tokenizer(directory: Path):

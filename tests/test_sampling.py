@@ -83,6 +83,15 @@ def test_speculative_sampling_matches_target_distribution(pair, params):
     assert chi_square_pvalue(counts, exact_joint(target, params)) > ALPHA
 
 
+def test_bf16_draft_head_keeps_the_target_distribution(pair):
+    """Drafts proposed through a bf16 LM head (q differs from the fp32 drafter's) are still corrected to p."""
+    target, drafter = pair
+    bf16 = TorchDrafter(drafter.model, head_dtype=torch.bfloat16)
+    params = SamplingParams(temperature=1.0, top_k=6, seed=7)
+    counts, _ = sample_counts(target, bf16, params)
+    assert chi_square_pvalue(counts, exact_joint(target, params)) > ALPHA
+
+
 def test_autoregressive_sampling_matches_target_distribution(pair):
     target, _ = pair
     params = SamplingParams(temperature=1.0, seed=5)

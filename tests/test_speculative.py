@@ -41,6 +41,27 @@ def test_greedy_equals_autoregressive(pair, block, batch):
 
 
 @pytest.mark.parametrize("block", [4, 16])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_bf16_draft_head_keeps_greedy_output(pair, block, batch):
+    """The CPU pipeline's bf16 copy of the LM head for drafts changes proposals at most, never the output."""
+    target, drafter = pair
+    bf16 = TorchDrafter(drafter.model, head_dtype=torch.bfloat16)
+    requests = _requests(batch, seed=block + batch)
+    ar = generate(target, None, requests)
+    spec = generate(target, bf16, requests, block_size=block)
+    assert [g.tokens for g in spec] == [g.tokens for g in ar]
+    for runner in (target, bf16, drafter):
+        runner.reset(1, 64)
+    _, features = target.prefill([requests[0].prompt])
+    for d in (bf16, drafter):
+        d.append_context(features, torch.tensor([len(requests[0].prompt)]))
+    block_ids = torch.tensor([[5] + [drafter.mask_token_id] * (block - 1)])
+    logits16, logits32 = bf16.draft(block_ids), drafter.draft(block_ids)
+    assert logits16.dtype == torch.bfloat16 and logits32.dtype == torch.float32
+    torch.testing.assert_close(logits16.float(), logits32, atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("block", [4, 16])
 def test_stop_tokens_hit_mid_block(pair, block):
     target, _ = pair
     requests = _requests(3, seed=7, max_new=40)

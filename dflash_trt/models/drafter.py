@@ -136,6 +136,8 @@ class DFlashDrafter(nn.Module):
             x = layer(x, cos, sin, self.lens)
         return self.norm(x)
 
-    def draft_logits(self, block_ids: Tensor) -> Tensor:
-        """Logits [b, B-1, V] predicting the tokens at the block's mask positions 1..B-1."""
-        return self.lm_head(self(block_ids)[:, 1:])
+    def draft_logits(self, block_ids: Tensor, head: nn.Module | None = None) -> Tensor:
+        """Logits [b, B-1, V] predicting the tokens at the block's mask positions 1..B-1, through `head`
+        (default: the target's LM head; hidden states are cast to the head's dtype)."""
+        head = self.lm_head if head is None else head
+        return head(self(block_ids)[:, 1:].to(head.weight.dtype))
