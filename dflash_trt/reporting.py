@@ -14,8 +14,30 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
+def _cpu_jiffies() -> list[int]:
+    """The aggregate `cpu` line of /proc/stat (user nice system idle iowait irq softirq steal ...); [] if absent."""
+    try:
+        return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return []
+
+
+# Taken when a benchmark process starts (imports this module), reported when it writes its report.
+_START = {"load": os.getloadavg()[0], "jiffies": _cpu_jiffies()}
+
+
+def cpu_steal_percent() -> float | None:
+    """Share of CPU time the hypervisor gave to other guests since this process started (None if unknown)."""
+    now = _cpu_jiffies()
+    if len(now) < 8 or len(_START["jiffies"]) < 8:
+        return None
+    delta = [b - a for a, b in zip(_START["jiffies"], now)]
+    return round(100 * delta[7] / max(1, sum(delta[:8])), 1)
+
+
 def machine() -> dict[str, Any]:
-    """CPU model, cores, memory, torch build and threads: what a timing figure depends on."""
+    """CPU model, cores, memory, torch build and threads, load when the process started and CPU steal since:
+    what a timing figure depends on."""
     import torch
 
     cpu = platform.processor()
@@ -30,7 +52,7 @@ def machine() -> dict[str, Any]:
         mem_kb = 0
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
             "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "gpu": "none", "load_average_1m": round(os.getloadavg()[0], 2)}
+            "gpu": "none", "load_average_1m_at_start": round(_START["load"], 2), "cpu_steal_percent": cpu_steal_percent()}
 
 
 def write_report(name: str, data: dict[str, Any], markdown: str, figure=None, out_dir: Path = RESULTS) -> list[Path]:
@@ -43,7 +65,9 @@ def write_report(name: str, data: dict[str, Any], markdown: str, figure=None, ou
     m = meta["machine"]
     header = (f"Command: `{meta['command']}`  \nDate: {meta['date']}  \n"
               f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, no GPU; "
-              f"torch {m['torch']} ({m['torch_threads']} threads); load average {m['load_average_1m']} at start\n\n")
+              f"torch {m['torch']} ({m['torch_threads']} threads); load average {m['load_average_1m_at_start']} at start"
+              + (f", {m['cpu_steal_percent']}% of CPU time stolen by the hypervisor during the run"
+                 if m["cpu_steal_percent"] is not None else "") + "\n\n")
     if figure is not None:
         paths.append(out_dir / f"{name}.png")
         figure.savefig(paths[2], dpi=120, bbox_inches="tight")
