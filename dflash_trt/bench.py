@@ -69,10 +69,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     print(_row_line(rows[-1]))
     costs = [_step_costs(pipe, block) for block in blocks]
     peers = _run_peers(args, pipe, prompts, blocks[0], gens_by_key) if args.compare_zlab or args.compare_prompt_lookup else []
-    head = pipe.drafter.head
+    target_dtype = pipe.target.model.embed.weight.dtype
+    head_dtype = pipe.drafter.head.weight.dtype if pipe.drafter.head is not None else target_dtype
     data = {"target": str(pipe.target_dir), "drafter": str(pipe.drafter_dir),
-            "draft_head_dtype": str(head.weight.dtype if head is not None else "same as target").replace("torch.", ""),
-            "max_new_tokens": args.max_new_tokens,
+            "target_dtype": str(target_dtype).removeprefix("torch."),
+            "draft_head_dtype": str(head_dtype).removeprefix("torch."), "max_new_tokens": args.max_new_tokens,
             "num_prompts": args.num_prompts, "rows": rows, "step_costs": costs, "peers": peers}
     paths = write_report(args.name, data, _markdown(data), _figure(rows), args.output_dir)
     print("wrote " + ", ".join(map(str, paths)))
@@ -165,7 +166,8 @@ def _run_peers(args, pipe: Pipeline, prompts: dict, block: int, gens_by_key: dic
 
 def _markdown(data: dict) -> str:
     lines = [f"# DFlash benchmark\n\nTarget `{data['target']}`, drafter `{data['drafter']}`, "
-             f"{data['num_prompts']} prompts per dataset, up to {data['max_new_tokens']} new tokens, fp32 target, "
+             f"{data['num_prompts']} prompts per dataset, up to {data['max_new_tokens']} new tokens, "
+             f"{data['target_dtype']} target, "
              f"drafts' LM head {data['draft_head_dtype']} (lossless: drafts are only proposals). "
              "Speedup = baseline TPOT / DFlash TPOT (decode only, prefill excluded), same backend, run side by side.\n",
              "| dataset | T | batch | B | tau | accept@1,2,3 | AR TPOT ms | DFlash TPOT ms | TPOT speedup | AR tok/s | DFlash tok/s | greedy-identical |",

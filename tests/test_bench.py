@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from dflash_trt.cli import main
+from dflash_trt.pipeline import draft_head_dtype
 from tiny import hf_config, save_hf_target, save_tiny_tokenizer, save_zlab_drafter
 
 
@@ -21,6 +22,8 @@ def test_bench_end_to_end(tmp_path):
     assert code == 0
     report = json.loads((tmp_path / "out" / "tiny.json").read_text())
     assert len(report["rows"]) == 2 * 2 * 2
+    expected_head = "bfloat16" if draft_head_dtype("fp32") is not None else "float32"
+    assert report["target_dtype"] == "float32" and report["draft_head_dtype"] == expected_head
     for row in report["rows"]:
         assert 1.0 <= row["tau"] <= row["block"]
         assert len(row["position_acceptance"]) == row["block"] - 1

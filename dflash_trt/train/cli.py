@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def add_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train", help="train a DFlash drafter for a target from cached target features",
