@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dflash_trt.checkpoint.safetensors_io import DType, Shape, TensorSpec
+from dflash_trt.checkpoint.safetensors_io import Shape, TensorSpec
+from dflash_trt.dtypes import DType
 from dflash_trt.checkpoint.sharding import COLUMN, ROW, FusedQKV, Replicated, Rule, VocabParallel
 from dflash_trt.config import DrafterConfig, TargetConfig
 

@@ -21,6 +21,7 @@ import torch
 from safetensors import safe_open
 
 from dflash_trt.config import read_json
+from dflash_trt.dtypes import dtype_named
 from dflash_trt.errors import UserError
 
 Shape = tuple[int, ...]
@@ -43,32 +44,6 @@ ITEMSIZE = {
     "BOOL": 1,
 }
 FLOAT_CODES = ("F32", "F16", "BF16")
-
-
-@dataclass(frozen=True)
-class DType:
-    """One output dtype under each of its names."""
-
-    cli: str  # --dtype value
-    trtllm: str  # config.json "dtype"
-    code: str  # safetensors header dtype
-    torch: torch.dtype
-
-    @property
-    def itemsize(self) -> int:
-        return ITEMSIZE[self.code]
-
-
-DTYPES = (
-    DType("bf16", "bfloat16", "BF16", torch.bfloat16),
-    DType("fp16", "float16", "F16", torch.float16),
-    DType("fp32", "float32", "F32", torch.float32),
-)
-
-
-def dtype_named(name: str) -> DType | None:
-    """Look a dtype up by any of its names (`bf16`, `bfloat16`, `BF16`), or None."""
-    return next((d for d in DTYPES if name in (d.cli, d.trtllm, d.code)), None)
 
 
 @dataclass(frozen=True)

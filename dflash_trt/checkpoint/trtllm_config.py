@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dflash_trt.checkpoint.safetensors_io import DType
+from dflash_trt.dtypes import DType
 from dflash_trt.checkpoint.sharding import pad_to_multiple
 from dflash_trt.config import ARCHITECTURES, DrafterConfig, TargetConfig, read_json
 from dflash_trt.errors import UserError
