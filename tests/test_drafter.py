@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import dflash.model as dflash_model  # z-lab peer, installed by scripts/setup.sh (dflash==0.1.0): fail if missing
 import pytest
 import torch
 import transformers
 
 from dflash_trt.models.loading import load_drafter, load_target
 from tiny import hf_config, save_hf_target, save_zlab_drafter
-
-dflash_model = pytest.importorskip("dflash.model", reason="z-lab dflash package (pip install --no-deps dflash==0.1.0)")
 
 
 @pytest.mark.parametrize("family,kv_heads,head_dim,block,ctx_lens", [
