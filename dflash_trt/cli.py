@@ -125,11 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
-    from dflash_trt import bench
+    from dflash_trt.bench import cli as bench_cli
     from dflash_trt.checkpoint import cli as checkpoint_cli
     from dflash_trt.train import cli as train_cli
 
-    bench.add_parser(sub)
+    bench_cli.add_parser(sub)
     train_cli.add_parsers(sub)
     checkpoint_cli.add_parsers(sub)
     return parser

@@ -15,8 +15,8 @@ import time
 
 import torch
 
+from dflash_trt.bench.reporting import write_report
 from dflash_trt.pipeline import DTYPES
-from dflash_trt.reporting import write_report
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dflash_trt.reporting import write_report
+from dflash_trt.bench.reporting import write_report
 
 
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="CPU steal is read from Linux /proc/stat")

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
+from dflash_trt.bench.reporting import RESULTS, write_report
 from dflash_trt.decoding.metrics import summarize
 from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.decoding.speculative import Request, generate
 from dflash_trt.errors import UserError
 from dflash_trt.pipeline import Pipeline, load_pipeline
-from dflash_trt.reporting import RESULTS, write_report
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from dflash_trt import datasets
+    from dflash_trt.bench import datasets
 
     torch.manual_seed(args.seed)
     pipe = load_pipeline(args.target, args.drafter)
@@ -130,7 +130,7 @@ def _step_costs(pipe: Pipeline, block: int, context: int = 256, repeats: int = 1
 
 
 def _run_peers(args, pipe: Pipeline, prompts: dict, block: int, gens_by_key: dict) -> list[dict]:
-    from dflash_trt.peers import HFTarget, ZLabDFlash
+    from dflash_trt.bench.peers import HFTarget, ZLabDFlash
 
     hf = HFTarget(pipe.target_dir)
     zlab = ZLabDFlash(hf, pipe.drafter_dir) if args.compare_zlab else None
