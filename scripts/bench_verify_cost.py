@@ -15,11 +15,12 @@ import time
 
 import torch
 
-from dflash_trt.bench.reporting import write_report
+from dflash_trt.bench.reporting import RunStart, write_report
 from dflash_trt.pipeline import DTYPES
 
 
 def main() -> None:
+    start = RunStart.now()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", help="HF target directory (default: embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--context", type=int, nargs="+", default=[128, 512], help="committed tokens before the block")
@@ -64,7 +65,7 @@ def main() -> None:
     note = ("\nA verify of B tokens costs `x B=1` decode steps: with a drafter pass costing t_draft, DFlash breaks "
             "even at tau = (t_verify(B) + t_draft) / t_decode(1).\n")
     fig = _plot(rows)
-    paths = write_report("verify_cost", {"dtype": args.dtype, "rows": rows},
+    paths = write_report(start, "verify_cost", {"dtype": args.dtype, "rows": rows},
                          f"# Verify cost on CPU, SmolLM2-135M-Instruct, batch 1, {args.dtype}\n\n"
                          + "\n".join(lines) + "\n" + note, fig)
     print("wrote " + ", ".join(map(str, paths)))

@@ -1,24 +1,75 @@
-"""Benchmark reports carry their command, machine, load at start and CPU steal during the run."""
+"""Benchmark reports carry their command, machine, load when the run started and CPU steal during the run."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from dflash_trt.bench.reporting import write_report
+from dflash_trt.bench import reporting
+from dflash_trt.bench.reporting import RunStart, write_report
+
+# /proc/stat `cpu` line: user nice system idle iowait irq softirq steal
+AT_START = (1000, 0, 200, 5000, 0, 0, 0, 100)
+AT_REPORT = (1600, 0, 300, 5250, 0, 0, 0, 150)  # +1000 jiffies in all, +50 of them stolen
 
 
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="CPU steal is read from Linux /proc/stat")
 def test_report_records_machine_load_and_steal(tmp_path):
-    paths = write_report("demo", {"rows": [1, 2]}, "# Demo\n\nbody", out_dir=tmp_path)
+    start = RunStart.now()
+    paths = write_report(start, "demo", {"rows": [1, 2]}, "# Demo\n\nbody", out_dir=tmp_path)
     assert [p.name for p in paths] == ["demo.json", "demo.md"]
     data = json.loads(paths[0].read_text())
     assert data["rows"] == [1, 2] and data["command"].startswith(Path(sys.argv[0]).name)
     m = data["machine"]
-    assert m["cores"] >= 1 and m["load_average_1m_at_start"] >= 0 and 0 <= m["cpu_steal_percent"] <= 100
+    assert m["cores"] >= 1 and m["load_average_1m_at_start"] == round(start.load_average_1m, 2) >= 0
+    assert 0 <= m["cpu_steal_percent"] <= 100
     header = paths[1].read_text().splitlines()
+    assert f"load average {m['load_average_1m_at_start']} at start" in header[2]
     assert f"{m['cpu_steal_percent']}% of CPU time stolen by the hypervisor" in header[2]
     assert header[-1] == "body"
+
+
+def test_load_and_steal_are_measured_from_the_start_snapshot(tmp_path, monkeypatch):
+    """Load is the one read when the run started (not when the report is written); steal is the stolen share
+    of the CPU time that passed between the snapshot and the report."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.25, 0.0, 0.0))
+    monkeypatch.setattr(reporting, "_cpu_jiffies", lambda: AT_START)
+    start = RunStart.now()
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    monkeypatch.setattr(reporting, "_cpu_jiffies", lambda: AT_REPORT)
+    paths = write_report(start, "demo", {}, "body", out_dir=tmp_path)
+    m = json.loads(paths[0].read_text())["machine"]
+    assert m["load_average_1m_at_start"] == 3.25
+    assert m["cpu_steal_percent"] == 5.0
+    assert "load average 3.25 at start, 5.0% of CPU time stolen by the hypervisor during the run" in (
+        paths[1].read_text().splitlines()[2])
+
+
+def test_steal_is_left_out_when_cpu_counters_are_unavailable(tmp_path, monkeypatch):
+    monkeypatch.setattr(reporting, "_cpu_jiffies", lambda: ())
+    paths = write_report(RunStart.now(), "demo", {}, "body", out_dir=tmp_path)
+    assert json.loads(paths[0].read_text())["machine"]["cpu_steal_percent"] is None
+    line = paths[1].read_text().splitlines()[2]
+    assert line.endswith(" at start") and "stolen" not in line
+
+
+def test_importing_reporting_reads_nothing(monkeypatch):
+    """No work at import time: neither /proc/stat nor the load average is read until a run starts."""
+    reads = []
+    monkeypatch.setattr(os, "getloadavg", lambda: reads.append("loadavg") or (0.0, 0.0, 0.0))
+    real_read_text = Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        reads.append(str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    importlib.reload(reporting)
+    assert reads == []
+    reporting.RunStart.now()
+    assert "loadavg" in reads and (not Path("/proc/stat").exists() or "/proc/stat" in reads)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dflash_trt.bench.reporting import RESULTS, write_report
+from dflash_trt.bench.reporting import RESULTS, RunStart, write_report
 from dflash_trt.decoding.metrics import summarize
 from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.decoding.speculative import Request, generate
@@ -50,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from dflash_trt.bench import datasets
 
+    start = RunStart.now()
     torch.manual_seed(args.seed)
     pipe = load_pipeline(args.target, args.drafter)
     if pipe.drafter is None:
@@ -75,7 +76,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "target_dtype": str(target_dtype).removeprefix("torch."),
             "draft_head_dtype": str(head_dtype).removeprefix("torch."), "max_new_tokens": args.max_new_tokens,
             "num_prompts": args.num_prompts, "rows": rows, "step_costs": costs, "peers": peers}
-    paths = write_report(args.name, data, _markdown(data), _figure(rows), args.output_dir)
+    paths = write_report(start, args.name, data, _markdown(data), _figure(rows), args.output_dir)
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 

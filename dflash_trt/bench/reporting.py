@@ -7,6 +7,7 @@ import os
 import platform
 import shlex
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -14,29 +15,38 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 
-def _cpu_jiffies() -> list[int]:
-    """The aggregate `cpu` line of /proc/stat (user nice system idle iowait irq softirq steal ...); [] if absent."""
+def _cpu_jiffies() -> tuple[int, ...]:
+    """The aggregate `cpu` line of /proc/stat (user nice system idle iowait irq softirq steal ...); () if absent."""
     try:
-        return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return tuple(int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:])
     except (OSError, ValueError):
-        return []
+        return ()
 
 
-# Taken when a benchmark process starts (imports this module), reported when it writes its report.
-_START = {"load": os.getloadavg()[0], "jiffies": _cpu_jiffies()}
+@dataclass(frozen=True)
+class RunStart:
+    """What the machine was doing when a benchmark command started: its 1-minute load average and CPU
+    counters. A benchmark takes it first thing (`RunStart.now()`) and hands it to `write_report`, which
+    reports the load at start and the CPU steal between then and the report."""
+
+    load_average_1m: float
+    cpu_jiffies: tuple[int, ...]
+
+    @classmethod
+    def now(cls) -> RunStart:
+        return cls(os.getloadavg()[0], _cpu_jiffies())
+
+    def cpu_steal_percent(self) -> float | None:
+        """Share of CPU time the hypervisor gave to other guests since this snapshot (None if unknown)."""
+        now = _cpu_jiffies()
+        if len(now) < 8 or len(self.cpu_jiffies) < 8:
+            return None
+        delta = [b - a for a, b in zip(self.cpu_jiffies, now)]
+        return round(100 * delta[7] / max(1, sum(delta[:8])), 1)
 
 
-def cpu_steal_percent() -> float | None:
-    """Share of CPU time the hypervisor gave to other guests since this process started (None if unknown)."""
-    now = _cpu_jiffies()
-    if len(now) < 8 or len(_START["jiffies"]) < 8:
-        return None
-    delta = [b - a for a, b in zip(_START["jiffies"], now)]
-    return round(100 * delta[7] / max(1, sum(delta[:8])), 1)
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, cores, memory, torch build and threads, load when the process started and CPU steal since:
+def machine(start: RunStart) -> dict[str, Any]:
+    """CPU model, cores, memory, torch build and threads, load when the run started and CPU steal since:
     what a timing figure depends on."""
     import torch
 
@@ -52,14 +62,17 @@ def machine() -> dict[str, Any]:
         mem_kb = 0
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
             "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "gpu": "none", "load_average_1m_at_start": round(_START["load"], 2), "cpu_steal_percent": cpu_steal_percent()}
+            "gpu": "none", "load_average_1m_at_start": round(start.load_average_1m, 2),
+            "cpu_steal_percent": start.cpu_steal_percent()}
 
 
-def write_report(name: str, data: dict[str, Any], markdown: str, figure=None, out_dir: Path = RESULTS) -> list[Path]:
-    """Write results/<name>.json, .md (with command and machine) and, given a matplotlib figure, .png."""
+def write_report(start: RunStart, name: str, data: dict[str, Any], markdown: str, figure=None,
+                 out_dir: Path = RESULTS) -> list[Path]:
+    """Write results/<name>.json, .md (with command and machine, load at `start` and CPU steal since) and,
+    given a matplotlib figure, .png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine()}
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(start)}
     paths = [out_dir / f"{name}.json", out_dir / f"{name}.md"]
     paths[0].write_text(json.dumps({**meta, **data}, indent=2) + "\n")
     m = meta["machine"]
