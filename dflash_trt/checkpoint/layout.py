@@ -1,17 +1,31 @@
-"""Which tensors a converted checkpoint holds: HF source names -> TensorRT-LLM names, shapes, rules.
+"""One weight-name table per architecture, and everything derived from it.
 
-Everything here is computed from configs alone. `rank_specs` is the single answer to "what must
-rank r's file contain" for the converter, the dry-run plan, checkpoint validation and the TP loader.
+Each row is a `Weight`: an internal tensor (the reference model's parameter name, `dflash_trt.models`)
+made of one or more TensorRT-LLM tensors (`Entry`), each built from one or more HF tensors with a
+sharding rule. The internal tensor is the row-concatenation (dim 0) of its parts:
+
+    layers.{i}.attn.wqkv.weight = attention.qkv            = [q_proj; k_proj; v_proj]
+    layers.{i}.mlp.w13.weight   = [mlp.fc; mlp.gate]       = [gate_proj; up_proj]
+
+The table drives all four renamings: the converter (`target_entries` / `drafter_entries`, and
+`rank_specs`: what rank r's file must contain, from configs alone), HF loading (`internal_from_hf`),
+converted-checkpoint loading (`internal_from_trtllm`) and z-lab export (`hf_from_internal`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
 
 from dflash_trt.checkpoint.safetensors_io import Shape, TensorSpec
 from dflash_trt.dtypes import DType
 from dflash_trt.checkpoint.sharding import COLUMN, ROW, FusedQKV, Replicated, Rule, VocabParallel
 from dflash_trt.config import DrafterConfig, TargetConfig
+from dflash_trt.errors import UserError
 
 REPLICATED = Replicated()
 
@@ -35,60 +49,94 @@ class Entry:
         return self.rule.shard_shape(self.shape, tp)
 
 
-def _layer(
-    src: str, dst: str, cfg: TargetConfig | DrafterConfig, *, qk_norm: bool
-) -> list[Entry]:
-    """Entries of one decoder layer; `src` / `dst` are the HF / TRT-LLM name prefixes ending in '.'."""
+@dataclass(frozen=True)
+class Weight:
+    """One internal (reference-model) tensor: the dim-0 concatenation of its TRT-LLM `parts`."""
+
+    internal: str
+    parts: tuple[Entry, ...]
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The HF tensors, in row order of the internal tensor."""
+        return tuple(s for p in self.parts for s in p.sources)
+
+    @property
+    def source_shapes(self) -> tuple[Shape, ...]:
+        return tuple(s for p in self.parts for s in p.source_shapes)
+
+
+def _one(internal: str, trtllm: str, source: str, shape: Shape, rule: Rule) -> Weight:
+    return Weight(internal, (Entry(trtllm, (source,), (shape,), rule),))
+
+
+def _layer(src: str, dst: str, out: str, cfg: TargetConfig | DrafterConfig, *, qk_norm: bool) -> list[Weight]:
+    """One decoder layer; `src` / `dst` / `out` are the HF / TRT-LLM / internal name prefixes ending in '.'."""
     hidden, heads, kv_heads, head_dim = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     inter, bias = cfg.intermediate_size, cfg.qkv_bias
     q, kv = heads * head_dim, kv_heads * head_dim
     qkv = FusedQKV(heads, kv_heads, head_dim)
     attn = f"{src}self_attn."
-    out = [
-        Entry(
-            f"{dst}attention.qkv.weight",
-            tuple(f"{attn}{p}_proj.weight" for p in "qkv"),
-            ((q, hidden), (kv, hidden), (kv, hidden)),
-            qkv,
+    rows = [
+        Weight(
+            f"{out}attn.wqkv.weight",
+            (
+                Entry(
+                    f"{dst}attention.qkv.weight",
+                    tuple(f"{attn}{p}_proj.weight" for p in "qkv"),
+                    ((q, hidden), (kv, hidden), (kv, hidden)),
+                    qkv,
+                ),
+            ),
         )
     ]
     if bias:
-        out.append(
-            Entry(f"{dst}attention.qkv.bias", tuple(f"{attn}{p}_proj.bias" for p in "qkv"), ((q,), (kv,), (kv,)), qkv)
+        rows.append(
+            Weight(
+                f"{out}attn.wqkv.bias",
+                (Entry(f"{dst}attention.qkv.bias", tuple(f"{attn}{p}_proj.bias" for p in "qkv"), ((q,), (kv,), (kv,)), qkv),),
+            )
         )
     if qk_norm:
-        out += [
-            Entry(f"{dst}attention.q_layernorm.weight", (f"{attn}q_norm.weight",), ((head_dim,),), REPLICATED),
-            Entry(f"{dst}attention.k_layernorm.weight", (f"{attn}k_norm.weight",), ((head_dim,),), REPLICATED),
+        rows += [
+            _one(f"{out}attn.q_norm.weight", f"{dst}attention.q_layernorm.weight", f"{attn}q_norm.weight", (head_dim,), REPLICATED),
+            _one(f"{out}attn.k_norm.weight", f"{dst}attention.k_layernorm.weight", f"{attn}k_norm.weight", (head_dim,), REPLICATED),
         ]
     return [
-        *out,
-        Entry(f"{dst}attention.dense.weight", (f"{attn}o_proj.weight",), ((hidden, q),), ROW),
-        # TRT-LLM GatedMLP: fc = gate_proj (goes through the activation), gate = up_proj.
-        Entry(f"{dst}mlp.fc.weight", (f"{src}mlp.gate_proj.weight",), ((inter, hidden),), COLUMN),
-        Entry(f"{dst}mlp.gate.weight", (f"{src}mlp.up_proj.weight",), ((inter, hidden),), COLUMN),
-        Entry(f"{dst}mlp.proj.weight", (f"{src}mlp.down_proj.weight",), ((hidden, inter),), ROW),
-        Entry(f"{dst}input_layernorm.weight", (f"{src}input_layernorm.weight",), ((hidden,),), REPLICATED),
-        Entry(f"{dst}post_layernorm.weight", (f"{src}post_attention_layernorm.weight",), ((hidden,),), REPLICATED),
+        *rows,
+        _one(f"{out}attn.wo.weight", f"{dst}attention.dense.weight", f"{attn}o_proj.weight", (hidden, q), ROW),
+        # TRT-LLM GatedMLP: fc = gate_proj (goes through the activation), gate = up_proj; w13 = [gate; up].
+        Weight(
+            f"{out}mlp.w13.weight",
+            (
+                Entry(f"{dst}mlp.fc.weight", (f"{src}mlp.gate_proj.weight",), ((inter, hidden),), COLUMN),
+                Entry(f"{dst}mlp.gate.weight", (f"{src}mlp.up_proj.weight",), ((inter, hidden),), COLUMN),
+            ),
+        ),
+        _one(f"{out}mlp.w2.weight", f"{dst}mlp.proj.weight", f"{src}mlp.down_proj.weight", (hidden, inter), ROW),
+        _one(f"{out}attn_norm.weight", f"{dst}input_layernorm.weight", f"{src}input_layernorm.weight", (hidden,), REPLICATED),
+        _one(
+            f"{out}mlp_norm.weight", f"{dst}post_layernorm.weight", f"{src}post_attention_layernorm.weight", (hidden,), REPLICATED
+        ),
     ]
 
 
-def target_entries(cfg: TargetConfig) -> list[Entry]:
-    """The target model; a tied lm_head is written from `model.embed_tokens.weight`, like TRT-LLM."""
+def target_weights(cfg: TargetConfig) -> list[Weight]:
+    """The target model; a tied lm_head is built from `model.embed_tokens.weight`, like TRT-LLM."""
     vocab = VocabParallel(cfg.vocab_size)
-    table = ((cfg.vocab_size, cfg.hidden_size),)
-    out = [Entry("transformer.vocab_embedding.weight", ("model.embed_tokens.weight",), table, vocab)]
+    table = (cfg.vocab_size, cfg.hidden_size)
+    out = [_one("embed.weight", "transformer.vocab_embedding.weight", "model.embed_tokens.weight", table, vocab)]
     for i in range(cfg.num_layers):
-        out += _layer(f"model.layers.{i}.", f"transformer.layers.{i}.", cfg, qk_norm=cfg.qk_norm)
+        out += _layer(f"model.layers.{i}.", f"transformer.layers.{i}.", f"layers.{i}.", cfg, qk_norm=cfg.qk_norm)
     head = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
     return [
         *out,
-        Entry("transformer.ln_f.weight", ("model.norm.weight",), ((cfg.hidden_size,),), REPLICATED),
-        Entry("lm_head.weight", (head,), table, vocab),
+        _one("norm.weight", "transformer.ln_f.weight", "model.norm.weight", (cfg.hidden_size,), REPLICATED),
+        _one("lm_head.weight", "lm_head.weight", head, table, vocab),
     ]
 
 
-def drafter_entries(cfg: DrafterConfig) -> list[Entry]:
+def drafter_weights(cfg: DrafterConfig) -> list[Weight]:
     """The z-lab drafter: `dflash.fc` / `dflash.hidden_norm`, Qwen3 layers, `transformer.ln_f`; no embedding/lm_head.
 
     `fc` and `hidden_norm` are replicated, not split: the fused context c = hidden_norm(fc(features))
@@ -96,16 +144,86 @@ def drafter_entries(cfg: DrafterConfig) -> list[Entry]:
     every rank. Replicating them makes c bit-identical on all ranks with no collective per draft step,
     and the RMS norm needs the whole hidden vector anyway (a split fc would need an all-gather first).
     """
-    fused = len(cfg.target_layer_ids) * cfg.hidden_size
+    hidden = cfg.hidden_size
+    fused = len(cfg.target_layer_ids) * hidden
     out = [
-        Entry("dflash.fc.weight", ("fc.weight",), ((cfg.hidden_size, fused),), REPLICATED),
-        Entry("dflash.hidden_norm.weight", ("hidden_norm.weight",), ((cfg.hidden_size,),), REPLICATED),
+        _one("fc.weight", "dflash.fc.weight", "fc.weight", (hidden, fused), REPLICATED),
+        _one("hidden_norm.weight", "dflash.hidden_norm.weight", "hidden_norm.weight", (hidden,), REPLICATED),
     ]
     for i in range(cfg.num_layers):
-        out += _layer(f"layers.{i}.", f"transformer.layers.{i}.", cfg, qk_norm=True)
-    return [*out, Entry("transformer.ln_f.weight", ("norm.weight",), ((cfg.hidden_size,),), REPLICATED)]
+        out += _layer(f"layers.{i}.", f"transformer.layers.{i}.", f"layers.{i}.", cfg, qk_norm=True)
+    return [*out, _one("norm.weight", "transformer.ln_f.weight", "norm.weight", (hidden,), REPLICATED)]
+
+
+def entries_of(weights: list[Weight]) -> list[Entry]:
+    """The TRT-LLM tensors of a table, in file order."""
+    return [part for w in weights for part in w.parts]
+
+
+def target_entries(cfg: TargetConfig) -> list[Entry]:
+    return entries_of(target_weights(cfg))
+
+
+def drafter_entries(cfg: DrafterConfig) -> list[Entry]:
+    return entries_of(drafter_weights(cfg))
 
 
 def rank_specs(entries: list[Entry], tp: int, dtype: DType) -> list[list[TensorSpec]]:
     """For each rank, the tensors its file must contain, in file order."""
     return [[TensorSpec(e.name, e.rank_shape(tp), dtype.code) for e in entries] for _ in range(tp)]
+
+
+def _cat(tensors: list[Tensor]) -> Tensor:
+    """Row-concatenation; a single tensor is passed through uncopied (a tied lm_head stays the embedding)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def internal_from_hf(weights: list[Weight], get: Callable[[str], Tensor], source: Path | str) -> dict[str, Tensor]:
+    """HF tensors (looked up by `get`, which raises KeyError for a missing name) -> internal state dict.
+
+    Every source tensor's shape is checked against the config-implied one; a mismatch or a missing
+    tensor is a one-line `UserError` naming `source` and the tensor.
+    """
+
+    def take(name: str, shape: Shape) -> Tensor:
+        try:
+            t = get(name)
+        except KeyError:
+            raise UserError(
+                f"{source}: tensor '{name}' is missing; the checkpoint does not match its config.json"
+            ) from None
+        if tuple(t.shape) != shape:
+            raise UserError(f"{source}: tensor '{name}' has shape {list(t.shape)}, config.json implies {list(shape)}")
+        return t
+
+    return {w.internal: _cat([take(n, s) for n, s in zip(w.sources, w.source_shapes, strict=True)]) for w in weights}
+
+
+def internal_from_trtllm(
+    weights: list[Weight], tensors: Mapping[str, Tensor], source: Path | str = "converted rank file"
+) -> dict[str, Tensor]:
+    """One rank file of a converted checkpoint -> that rank's internal state dict.
+
+    Each internal tensor is the concatenation of the rank's parts: at tp > 1 that is exactly the
+    rank-local `wqkv` ([q_r; k_r; v_r]) and `w13` ([gate_r; up_r]); vocab tensors stay padded shards.
+    """
+    missing = next((p.name for w in weights for p in w.parts if p.name not in tensors), None)
+    if missing is not None:
+        raise UserError(f"{source}: tensor '{missing}' is missing; re-run `dflash-trt convert`")
+    return {w.internal: _cat([tensors[p.name] for p in w.parts]) for w in weights}
+
+
+def hf_from_internal(weights: list[Weight], state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A tp=1 internal state dict -> HF / z-lab names, fused rows split by the table's source shapes.
+
+    A tied target's `lm_head.weight` and `embed.weight` both map to `model.embed_tokens.weight`; they
+    must then be equal, and the tensor is written once.
+    """
+    out: dict[str, Tensor] = {}
+    for w in weights:
+        pieces = state[w.internal].split([shape[0] for shape in w.source_shapes])
+        for name, piece in zip(w.sources, pieces, strict=True):
+            if name in out and not torch.equal(out[name], piece):
+                raise ValueError(f"'{w.internal}' differs from the other internal tensor stored as '{name}'")
+            out.setdefault(name, piece)
+    return out
