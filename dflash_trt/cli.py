@@ -1,5 +1,8 @@
 """`dflash-trt` command line: generate, bench, train, convert, inspect.
 
+Every module that defines subcommands (this one for `generate`, `bench/cli.py`, `train/cli.py`,
+`checkpoint/cli.py`) exposes `add_parser(sub)`, which registers its parser(s) on the subparsers object,
+and one handler `run_<command>(args) -> int` per command, set as the parser's `func`.
 Errors a user can cause print one line naming the file or field and exit with code 2.
 """
 
@@ -15,7 +18,8 @@ from pathlib import Path
 from dflash_trt.errors import UserError
 
 
-def _add_generate(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `generate`."""
     p = sub.add_parser(
         "generate", help="generate text with DFlash speculative decoding (or the autoregressive baseline)",
         description="Generate with a target model and its DFlash drafter. With no model arguments it runs the "
@@ -40,7 +44,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="prompts decoded together (default 1)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weight dtype (default fp32)")
     p.add_argument("--json", action="store_true", help="print one JSON document with texts, tokens and metrics")
-    p.set_defaults(func=cmd_generate)
+    p.set_defaults(func=run_generate)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -50,7 +54,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed for sampling")
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def run_generate(args: argparse.Namespace) -> int:
     from dflash_trt.decoding.metrics import format_summary, summarize
     from dflash_trt.decoding.sampling import SamplingParams
     from dflash_trt.decoding.speculative import Request, generate
@@ -124,14 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "TensorRT-LLM checkpoint conversion.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_generate(sub)
+    add_parser(sub)
     from dflash_trt.bench import cli as bench_cli
     from dflash_trt.checkpoint import cli as checkpoint_cli
     from dflash_trt.train import cli as train_cli
 
     bench_cli.add_parser(sub)
-    train_cli.add_parsers(sub)
-    checkpoint_cli.add_parsers(sub)
+    train_cli.add_parser(sub)
+    checkpoint_cli.add_parser(sub)
     return parser
 
 

@@ -24,6 +24,7 @@ from dflash_trt.pipeline import Pipeline, load_pipeline
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `bench`."""
     p = sub.add_parser("bench", help="benchmark tau and speedup vs the autoregressive baseline",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", type=Path, help="HF target directory (default: embedded SmolLM2-135M-Instruct)")
@@ -44,10 +45,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also run HF transformers prompt-lookup decoding (batch 1, T=0)")
     p.add_argument("--name", default="bench", help="report name: results/<name>.{json,md,png} (default bench)")
     p.add_argument("--output-dir", type=Path, default=RESULTS, help="where reports go (default results/)")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=run_bench)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def run_bench(args: argparse.Namespace) -> int:
     from dflash_trt.bench import datasets
 
     start = RunStart.now()

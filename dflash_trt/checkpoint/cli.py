@@ -1,11 +1,11 @@
-"""`convert` and `inspect` subcommands, registered on `dflash-trt` by `dflash_trt/cli.py` (`add_parsers`)."""
+"""`convert` and `inspect` subcommands, registered on `dflash-trt` by `dflash_trt/cli.py` (`add_parser`; handlers
+`run_convert`, `run_inspect`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from dflash_trt.checkpoint.convert import Interrupted, check_output, convert
 from dflash_trt.checkpoint.inspection import inspect_checkpoint
@@ -54,10 +54,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(subparsers: Any) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `convert` and `inspect` on an argparse subparsers object (each sets `func`)."""
     fmt = argparse.RawDescriptionHelpFormatter
-    p = subparsers.add_parser(
+    p = sub.add_parser(
         "convert",
         help="convert a target + DFlash drafter to TensorRT-LLM checkpoints",
         description=CONVERT_HELP,
@@ -110,7 +110,7 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.set_defaults(func=run_convert)
 
-    q = subparsers.add_parser(
+    q = sub.add_parser(
         "inspect",
         help="verify and summarize a converted checkpoint",
         description="Verify a converted checkpoint (sha256 of every file against dflash_trt_manifest.json, tensor "

@@ -1,14 +1,14 @@
-"""`train` subcommand, registered on `dflash-trt` by `dflash_trt/cli.py` (`add_parsers`)."""
+"""`train` subcommand, registered on `dflash-trt` by `dflash_trt/cli.py` (`add_parser`, handler `run_train`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 
-def add_parsers(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `train`."""
+    p = sub.add_parser(
         "train", help="train a DFlash drafter for a target from cached target features",
         description="Train a DFlash drafter (z-lab format) per a YAML recipe (see build_configs/train_*.yaml). "
                     "Data comes from scripts/make_train_data.py. Writes checkpoints, best/ and train_log.json "

@@ -44,7 +44,7 @@ def test_resume_equals_uninterrupted_run(tiny_target, tiny_data, tiny_recipe, tm
 
 def test_cli_registers_train_and_reports_user_errors(tmp_path):
     parser = argparse.ArgumentParser()
-    cli.add_parsers(parser.add_subparsers())
+    cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(["train", "--config", str(tmp_path / "missing.yaml")])
     with pytest.raises(UserError, match="missing.yaml"):
         args.func(args)
