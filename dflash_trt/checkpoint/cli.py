@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dflash_trt.checkpoint.convert import Interrupted, check_output, convert
+from dflash_trt.checkpoint.convert import Interrupted, check_output, convert, large_frees_unmapped
 from dflash_trt.checkpoint.inspection import inspect_checkpoint
 from dflash_trt.checkpoint.plan import format_plan, make_plan
 from dflash_trt.errors import UserError
@@ -41,7 +41,8 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.output is None:
         raise UserError("convert: --output DIR is required (or pass --dry-run to only print the plan)")
     try:
-        convert(plan, args.output, overwrite=args.overwrite)
+        with large_frees_unmapped():  # process-wide allocator setting: only for the time this command converts
+            convert(plan, args.output, overwrite=args.overwrite)
     except Interrupted as exc:
         print(f"convert: interrupted by {exc}; removed the partial output", file=sys.stderr)
         return 128 + exc.signum

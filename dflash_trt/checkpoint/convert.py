@@ -8,7 +8,9 @@ removes (when its pid is no longer running).
 
 Memory: source tensors are memory-mapped one entry at a time (q, k, v together for a fused qkv) and
 each rank's piece is cast and written at once, so the peak is about one source tensor plus its cast
-copy (<= 2x the largest tensor) on top of the interpreter + torch baseline.
+copy (<= 2x the largest tensor) on top of the interpreter + torch baseline. That figure assumes glibc
+returns each freed buffer to the OS at once: `dflash-trt convert` runs inside `large_frees_unmapped()`
+(process-wide, so the library function `convert` does not set it itself).
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ PARTIAL = "dflash-partial"
 OLD = "dflash-old"
 EMBEDDING = "transformer.vocab_embedding.weight"
 CAUGHT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-PAUSE_ENV = "DFLASH_TRT_CONVERT_PAUSE"  # test hook: seconds to sleep after each tensor
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+GLIBC_DEFAULT_MMAP_THRESHOLD = 128 * 1024  # its initial value (malloc.c: DEFAULT_MMAP_THRESHOLD)
+CONVERT_MMAP_THRESHOLD = 1 << 20
 
 
 class Interrupted(KeyboardInterrupt):
@@ -83,15 +86,37 @@ def _signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _unmap_large_frees() -> None:
-    """Make glibc return freed buffers >= 1 MiB to the OS at once.
+def _glibc() -> Any:
+    """The C library if it is glibc (M_MMAP_THRESHOLD is a glibc mallopt parameter), else None."""
+    with suppress(OSError, TypeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt"):
+            return libc
+    return None
+
+
+@contextmanager
+def large_frees_unmapped() -> Iterator[None]:
+    """While active, glibc serves every buffer >= 1 MiB with its own mmap and returns it to the OS when freed.
 
     By default glibc raises its mmap threshold after the first large free; later 10-100 MB buffers
     (each fused qkv piece, each cast) then come from a heap that fragments, and RSS grew by about one
-    qkv per layer. A fixed threshold keeps peak memory at the tensor in flight. No-op off glibc.
+    qkv per layer. A fixed threshold keeps peak memory at the tensor in flight.
+
+    The setting is process-wide, so only the `convert` command sets it, around its conversion. On exit the
+    threshold goes back to 128 KiB, glibc's initial value. glibc can neither report the threshold in force
+    nor turn its dynamic raising back on once mallopt set one, so the process keeps a fixed 128 KiB
+    threshold afterwards (allocations above it stay mmap-served). No-op off glibc.
     """
-    with suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, CONVERT_MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT_MMAP_THRESHOLD)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -155,7 +180,7 @@ def _fingerprint(name: str, dtype: str, tensor: torch.Tensor) -> dict[str, Any]:
 
 
 def _write_model(
-    model: ModelPlan, source: SourceCheckpoint, plan: Plan, directory: Path, bar: tqdm, pause: float
+    model: ModelPlan, source: SourceCheckpoint, plan: Plan, directory: Path, bar: tqdm
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
     """Write every rank file of one model; return {relative path: {sha256, bytes}} and the embedding fingerprint."""
     directory.mkdir()
@@ -170,8 +195,6 @@ def _write_model(
                 writer.write(entry.name, shard(entry.rule, parts, plan.tp, rank).to(plan.dtype.torch))
             del parts
             bar.update()
-            if pause:
-                time.sleep(pause)
     except BaseException:
         for writer in writers:
             writer.abort()
@@ -187,11 +210,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def _write_all(plan: Plan, sources: tuple[SourceCheckpoint, SourceCheckpoint], tmp: Path, pause: float) -> None:
+def _write_all(plan: Plan, sources: tuple[SourceCheckpoint, SourceCheckpoint], tmp: Path) -> None:
     total = sum(len(m.entries) for m in plan.models)
     with tqdm(total=total, unit="tensor", desc="convert", disable=not sys.stderr.isatty()) as bar:
-        files, embedding = _write_model(plan.models[0], sources[0], plan, tmp / "target", bar, pause)
-        drafter_files, _ = _write_model(plan.models[1], sources[1], plan, tmp / "drafter", bar, pause)
+        files, embedding = _write_model(plan.models[0], sources[0], plan, tmp / "target", bar)
+        drafter_files, _ = _write_model(plan.models[1], sources[1], plan, tmp / "drafter", bar)
     files.update(drafter_files)
     t_cfg = target_config(plan.target, plan.target_hf, tp=plan.tp, dtype=plan.dtype, embedding=embedding)
     d_cfg = drafter_config(
@@ -245,14 +268,12 @@ def convert(plan: Plan, output: Path, *, overwrite: bool = False, log: Callable[
     for path in remove_stale(output):
         log(f"removed stale partial output {path}")
     tmp = output.parent / f".{output.name}.{PARTIAL}-{os.getpid()}"
-    pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
-    _unmap_large_frees()
     start = time.monotonic()
     with _signals_raise():
         try:
             tmp.mkdir()
             log(f"converting tp {plan.tp} {plan.dtype.trtllm} ({human_bytes(plan.total_bytes)}): writing {tmp}")
-            _write_all(plan, sources, tmp, pause)
+            _write_all(plan, sources, tmp)
             with _signals_blocked():
                 _swap_into_place(tmp, output)
         except BaseException:
