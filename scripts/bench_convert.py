@@ -226,7 +226,7 @@ def main() -> None:
         target, drafter, params = build_sources(root)
         plan = make_plan(target, drafter, tp=1, pp=1, dtype="auto")
         largest = max(s.nbytes for m in plan.models for s in m.specs[0])
-        baseline = measure([sys.executable, "-c", "import torch, dflash_trt.checkpoint.cli"])
+        baseline = measure([sys.executable, "-c", "import torch, dflash_trt.cli; dflash_trt.cli.build_parser()"])
         budget = baseline["peak_rss_mib"] + 2 * largest / 2**20
         runs = []
         for name, extra in RUNS:
@@ -234,7 +234,7 @@ def main() -> None:
             cmd = [
                 sys.executable,
                 "-m",
-                "dflash_trt.checkpoint.cli",
+                "dflash_trt.cli",
                 "convert",
                 "--target",
                 str(target),
