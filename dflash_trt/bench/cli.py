@@ -71,8 +71,8 @@ def run_bench(args: argparse.Namespace) -> int:
                     print(_row_line(rows[-1]))
     costs = [_step_costs(pipe, block) for block in blocks]
     peers = _run_peers(args, pipe, prompts, blocks[0], gens_by_key) if args.compare_zlab or args.compare_prompt_lookup else []
-    target_dtype = pipe.target.model.embed.weight.dtype
-    head_dtype = pipe.drafter.head.weight.dtype if pipe.drafter.head is not None else target_dtype
+    target_dtype = pipe.target.dtype
+    head_dtype = pipe.drafter.head_dtype
     data = {"target": str(pipe.target_dir), "drafter": str(pipe.drafter_dir),
             "target_dtype": str(target_dtype).removeprefix("torch."),
             "draft_head_dtype": str(head_dtype).removeprefix("torch."), "max_new_tokens": args.max_new_tokens,
