@@ -16,7 +16,7 @@ import time
 import torch
 
 from dflash_trt.bench.reporting import RunStart, write_report
-from dflash_trt.pipeline import DTYPES
+from dflash_trt.dtypes import CLI_NAMES, torch_dtype
 
 
 def main() -> None:
@@ -26,15 +26,15 @@ def main() -> None:
     ap.add_argument("--context", type=int, nargs="+", default=[128, 512], help="committed tokens before the block")
     ap.add_argument("--blocks", type=int, nargs="+", default=[1, 4, 8, 16], help="tokens per forward")
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--dtype", choices=sorted(CLI_NAMES), default="fp32")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     from dflash_trt.embedded import ensure_default_target
-    from dflash_trt.models.loading import load_target
+    from dflash_trt.runtime.loading import load_target
 
-    model = load_target(args.target or ensure_default_target(), DTYPES[args.dtype])
+    model = load_target(args.target or ensure_default_target(), torch_dtype(args.dtype))
     rng = random.Random(0)
     rows = []
     for ctx in args.context:
