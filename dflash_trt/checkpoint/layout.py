@@ -73,51 +73,39 @@ def _one(internal: str, trtllm: str, source: str, shape: Shape, rule: Rule) -> W
 def _layer(src: str, dst: str, out: str, cfg: TargetConfig | DrafterConfig, *, qk_norm: bool) -> list[Weight]:
     """One decoder layer; `src` / `dst` / `out` are the HF / TRT-LLM / internal name prefixes ending in '.'."""
     hidden, heads, kv_heads, head_dim = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    inter, bias = cfg.intermediate_size, cfg.qkv_bias
+    inter = cfg.intermediate_size
     q, kv = heads * head_dim, kv_heads * head_dim
     qkv = FusedQKV(heads, kv_heads, head_dim)
     attn = f"{src}self_attn."
-    rows = [
-        Weight(
-            f"{out}attn.wqkv.weight",
-            (
-                Entry(
-                    f"{dst}attention.qkv.weight",
-                    tuple(f"{attn}{p}_proj.weight" for p in "qkv"),
-                    ((q, hidden), (kv, hidden), (kv, hidden)),
-                    qkv,
-                ),
-            ),
-        )
-    ]
-    if bias:
-        rows.append(
-            Weight(
-                f"{out}attn.wqkv.bias",
-                (Entry(f"{dst}attention.qkv.bias", tuple(f"{attn}{p}_proj.bias" for p in "qkv"), ((q,), (kv,), (kv,)), qkv),),
-            )
-        )
+
+    def one(internal: str, trtllm: str, hf: str, shape: Shape, rule: Rule) -> Weight:
+        return _one(out + internal, dst + trtllm, hf, shape, rule)
+
+    def fused_qkv(internal: str, trtllm: str, kind: str, cols: tuple[int, ...]) -> Weight:
+        sources = tuple(f"{attn}{p}_proj.{kind}" for p in "qkv")
+        shapes = ((q, *cols), (kv, *cols), (kv, *cols))
+        return Weight(out + internal, (Entry(dst + trtllm, sources, shapes, qkv),))
+
+    rows = [fused_qkv("attn.wqkv.weight", "attention.qkv.weight", "weight", (hidden,))]
+    if cfg.qkv_bias:
+        rows.append(fused_qkv("attn.wqkv.bias", "attention.qkv.bias", "bias", ()))
     if qk_norm:
         rows += [
-            _one(f"{out}attn.q_norm.weight", f"{dst}attention.q_layernorm.weight", f"{attn}q_norm.weight", (head_dim,), REPLICATED),
-            _one(f"{out}attn.k_norm.weight", f"{dst}attention.k_layernorm.weight", f"{attn}k_norm.weight", (head_dim,), REPLICATED),
+            one("attn.q_norm.weight", "attention.q_layernorm.weight", f"{attn}q_norm.weight", (head_dim,), REPLICATED),
+            one("attn.k_norm.weight", "attention.k_layernorm.weight", f"{attn}k_norm.weight", (head_dim,), REPLICATED),
         ]
+    # TRT-LLM GatedMLP: fc = gate_proj (goes through the activation), gate = up_proj; w13 = [gate; up].
+    w13 = (
+        Entry(f"{dst}mlp.fc.weight", (f"{src}mlp.gate_proj.weight",), ((inter, hidden),), COLUMN),
+        Entry(f"{dst}mlp.gate.weight", (f"{src}mlp.up_proj.weight",), ((inter, hidden),), COLUMN),
+    )
     return [
         *rows,
-        _one(f"{out}attn.wo.weight", f"{dst}attention.dense.weight", f"{attn}o_proj.weight", (hidden, q), ROW),
-        # TRT-LLM GatedMLP: fc = gate_proj (goes through the activation), gate = up_proj; w13 = [gate; up].
-        Weight(
-            f"{out}mlp.w13.weight",
-            (
-                Entry(f"{dst}mlp.fc.weight", (f"{src}mlp.gate_proj.weight",), ((inter, hidden),), COLUMN),
-                Entry(f"{dst}mlp.gate.weight", (f"{src}mlp.up_proj.weight",), ((inter, hidden),), COLUMN),
-            ),
-        ),
-        _one(f"{out}mlp.w2.weight", f"{dst}mlp.proj.weight", f"{src}mlp.down_proj.weight", (hidden, inter), ROW),
-        _one(f"{out}attn_norm.weight", f"{dst}input_layernorm.weight", f"{src}input_layernorm.weight", (hidden,), REPLICATED),
-        _one(
-            f"{out}mlp_norm.weight", f"{dst}post_layernorm.weight", f"{src}post_attention_layernorm.weight", (hidden,), REPLICATED
-        ),
+        one("attn.wo.weight", "attention.dense.weight", f"{attn}o_proj.weight", (hidden, q), ROW),
+        Weight(f"{out}mlp.w13.weight", w13),
+        one("mlp.w2.weight", "mlp.proj.weight", f"{src}mlp.down_proj.weight", (hidden, inter), ROW),
+        one("attn_norm.weight", "input_layernorm.weight", f"{src}input_layernorm.weight", (hidden,), REPLICATED),
+        one("mlp_norm.weight", "post_layernorm.weight", f"{src}post_attention_layernorm.weight", (hidden,), REPLICATED),
     ]
 
 
