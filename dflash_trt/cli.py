@@ -26,7 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "embedded SmolLM2-135M-Instruct target and, when present, the drafter shipped with the package. "
                     "Prints the text (streamed for a single prompt) and one metrics line on stderr.",
     )
-    p.add_argument("--target", type=Path, help="Hugging Face target directory (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--target", type=Path,
+                   help="Hugging Face target directory (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--drafter", type=Path, help="z-lab DFlash drafter directory (default: the embedded drafter)")
     p.add_argument("--no-drafter", action="store_true", help="run the autoregressive baseline")
     p.add_argument("--checkpoint", type=Path,
@@ -36,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text (default: a short chat question)")
     src.add_argument("--prompts-file", type=Path,
-                     help="JSONL, one {\"prompt\": ...} or {\"messages\": [...]} per line (optional \"max_new_tokens\")")
+                     help="JSONL, one {\"prompt\": ...} or {\"messages\": [...]} per line "
+                          "(optional \"max_new_tokens\")")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
     add_sampling_args(p)
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per prompt (default 128)")

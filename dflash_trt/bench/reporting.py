@@ -78,7 +78,8 @@ def write_report(start: RunStart, name: str, data: dict[str, Any], markdown: str
     m = meta["machine"]
     header = (f"Command: `{meta['command']}`  \nDate: {meta['date']}  \n"
               f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, no GPU; "
-              f"torch {m['torch']} ({m['torch_threads']} threads); load average {m['load_average_1m_at_start']} at start"
+              f"torch {m['torch']} ({m['torch_threads']} threads); "
+              f"load average {m['load_average_1m_at_start']} at start"
               + (f", {m['cpu_steal_percent']}% of CPU time stolen by the hypervisor during the run"
                  if m["cpu_steal_percent"] is not None else "") + "\n\n")
     if figure is not None:
