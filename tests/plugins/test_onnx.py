@@ -8,18 +8,17 @@ import onnx
 import pytest
 import torch
 
+import numpy_reference
 from dflash_trt.errors import UserError
 from dflash_trt.plugins.contracts import BLOCK_ATTENTION
 from dflash_trt.plugins.onnx import (
     DOMAIN,
-    BlockAttention,
     example_inputs,
     export_block_attention,
     ort_session,
     run_onnxruntime,
 )
 from dflash_trt.plugins.reference import dflash_block_attention
-import numpy_reference
 
 ATTRS = BLOCK_ATTENTION.resolve_attrs(num_heads=8, num_kv_heads=2, head_dim=64, window=5, qk_norm=1, eps=1e-5)
 ELEM = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16,
