@@ -11,13 +11,15 @@ from pathlib import Path
 
 import torch
 
-from dflash_trt.decoding.runners import TorchDrafter, TorchTarget
 from dflash_trt.decoding.speculative import Request
+from dflash_trt.dtypes import torch_dtype
 from dflash_trt.errors import UserError
 from dflash_trt.hardware import cpu_has_bf16_matmul
-from dflash_trt.models.loading import load_drafter, load_target
+from dflash_trt.models.drafter import DFlashDrafter
+from dflash_trt.models.target import Transformer
+from dflash_trt.runtime.loading import load_converted, load_drafter, load_target
+from dflash_trt.runtime.torch import TorchDrafter, TorchTarget
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EMBEDDED_DRAFTER = Path(__file__).parent / "assets" / "drafter"
 
 
@@ -28,10 +30,11 @@ class Pipeline:
     tokenizer: object
     target_dir: Path
     drafter_dir: Path | None
+    eos_token_ids: tuple[int, ...]  # from the target's config.json
 
     def stop_ids(self) -> tuple[int, ...]:
         """End-of-sequence ids from the tokenizer and the target config."""
-        ids = set(self.target.model.cfg.eos_token_ids)
+        ids = set(self.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             ids.add(int(self.tokenizer.eos_token_id))
         return tuple(sorted(ids))
@@ -56,6 +59,18 @@ def draft_head_dtype(dtype: str) -> torch.dtype | None:
     return torch.bfloat16 if dtype == "fp32" and cpu_has_bf16_matmul() else None
 
 
+def torch_runners(
+    target: Transformer, drafter: DFlashDrafter | None, head_dtype: torch.dtype | None = None,
+    vocab_size: int | None = None,
+) -> tuple[TorchTarget, TorchDrafter | None]:
+    """The torch runners of a loaded pair: the target captures the drafter's layers, the drafter borrows
+    the target's embedding and LM head (run in `head_dtype` when given, see `TorchDrafter`)."""
+    if drafter is None:
+        return TorchTarget(target, vocab_size=vocab_size), None
+    runner = TorchTarget(target, drafter.cfg.target_layer_ids, vocab_size)
+    return runner, TorchDrafter(drafter, target.embed, target.lm_head, head_dtype)
+
+
 def load_pipeline(target_dir: Path | None, drafter_dir: Path | None, use_drafter: bool = True,
                   dtype: str = "fp32") -> Pipeline:
     """Load the pair. target_dir None = embedded default; drafter_dir None = the embedded drafter (if any)."""
@@ -66,12 +81,13 @@ def load_pipeline(target_dir: Path | None, drafter_dir: Path | None, use_drafter
         if drafter_dir is None and (EMBEDDED_DRAFTER / "config.json").is_file():
             drafter_dir = EMBEDDED_DRAFTER
     target_dir = Path(target_dir)
-    model = load_target(target_dir, DTYPES[dtype])
+    model = load_target(target_dir, torch_dtype(dtype))
     drafter = None
     if use_drafter and drafter_dir is not None:
-        drafter = TorchDrafter(load_drafter(Path(drafter_dir), model, DTYPES[dtype]), draft_head_dtype(dtype))
-    return Pipeline(TorchTarget(model), drafter, load_tokenizer(target_dir), target_dir,
-                    Path(drafter_dir) if drafter else None)
+        drafter = load_drafter(Path(drafter_dir), model.cfg, torch_dtype(dtype))
+    target, draft = torch_runners(model, drafter, draft_head_dtype(dtype))
+    return Pipeline(target, draft, load_tokenizer(target_dir), target_dir, Path(drafter_dir) if drafter else None,
+                    model.cfg.eos_token_ids)
 
 
 def load_converted_pipeline(checkpoint: Path, tokenizer_dir: Path | None, mapping, use_drafter: bool = True,
@@ -80,15 +96,15 @@ def load_converted_pipeline(checkpoint: Path, tokenizer_dir: Path | None, mappin
     from (recorded in the manifest) unless `tokenizer_dir` is given."""
     from dflash_trt.checkpoint.convert import MANIFEST
     from dflash_trt.config import read_json
-    from dflash_trt.models.loading import load_converted
 
     checkpoint = Path(checkpoint)
-    target, drafter = load_converted(checkpoint, mapping, DTYPES[dtype])
+    target, drafter, target_cfg = load_converted(checkpoint, mapping, torch_dtype(dtype))
     if tokenizer_dir is None:
         tokenizer_dir = Path(read_json(checkpoint / MANIFEST)["sources"]["target"]["dir"])
-    drafter = TorchDrafter(drafter, draft_head_dtype(dtype)) if use_drafter else None
-    return Pipeline(TorchTarget(target), drafter, load_tokenizer(tokenizer_dir), checkpoint / "target",
-                    checkpoint / "drafter" if use_drafter else None)
+    runner, draft = torch_runners(target, drafter if use_drafter else None, draft_head_dtype(dtype),
+                                  target_cfg.vocab_size)
+    return Pipeline(runner, draft, load_tokenizer(tokenizer_dir), checkpoint / "target",
+                    checkpoint / "drafter" if use_drafter else None, target_cfg.eos_token_ids)
 
 
 def load_tokenizer(directory: Path):

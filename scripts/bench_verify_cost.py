@@ -33,24 +33,24 @@ def main() -> None:
 
     from dflash_trt.embedded import ensure_default_target
     from dflash_trt.runtime.loading import load_target
+    from dflash_trt.runtime.torch import TorchTarget
 
-    model = load_target(args.target or ensure_default_target(), torch_dtype(args.dtype))
+    target = TorchTarget(load_target(args.target or ensure_default_target(), torch_dtype(args.dtype)))
     rng = random.Random(0)
     rows = []
     for ctx in args.context:
-        model.setup_caches(1, ctx + max(args.blocks))
+        target.reset(1, ctx + max(args.blocks))
         with torch.inference_mode():
-            model(torch.randint(0, model.cfg.vocab_size, (1, ctx)))
-            model.commit(torch.tensor([ctx]))
+            target.prefill([torch.randint(0, target.vocab_size, (ctx,)).tolist()])
             times = {b: [] for b in args.blocks}
             for _ in range(3):  # warm-up
                 for b in args.blocks:
-                    model.lm_head(model(torch.randint(0, 1000, (1, b)))[0])
+                    target.verify(torch.randint(0, 1000, (1, b)))
             for _ in range(args.repeats):
                 for b in rng.sample(args.blocks, len(args.blocks)):
-                    tokens = torch.randint(0, model.cfg.vocab_size, (1, b))
+                    tokens = torch.randint(0, target.vocab_size, (1, b))
                     t0 = time.perf_counter()
-                    model.lm_head(model(tokens)[0])  # a verify: logits for all B positions, nothing committed
+                    target.verify(tokens)  # logits for all B positions, nothing committed
                     times[b].append(time.perf_counter() - t0)
         base = statistics.median(times[args.blocks[0]])
         for b in args.blocks:

@@ -22,11 +22,11 @@ import torch
 
 from dflash_trt.config import default_target_layer_ids
 from dflash_trt.decoding.sampling import SamplingParams
+from dflash_trt.dtypes import torch_dtype
 from dflash_trt.errors import UserError
 from dflash_trt.train import datagen, prompts
 from dflash_trt.train.recipe import resolve_target
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=512, help="teacher-forcing window in tokens (default 512)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--shard-size", type=int, default=64, help="sequences per shard (default 64)")
-    p.add_argument("--dtype", choices=list(DTYPES), default="bf16", help="target dtype (default bf16: ~5x faster on CPU)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16", help="target dtype (default bf16: ~5x faster on CPU)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -57,14 +57,13 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
-    from dflash_trt.models.loading import load_target
+    from dflash_trt.runtime.loading import load_target
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     target_dir = resolve_target(args.target)
-    target = load_target(target_dir, DTYPES[args.dtype])
+    target = load_target(target_dir, torch_dtype(args.dtype))
     layer_ids = tuple(args.layer_ids or default_target_layer_ids(target.cfg.num_layers, 5))
-    target.capture_layers = layer_ids
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
     rng = random.Random(args.seed)
     if args.source == "generated":
@@ -80,7 +79,7 @@ def run(args: argparse.Namespace) -> None:
         params = SamplingParams(temperature=args.temperature, seed=args.seed if args.temperature else None)
 
         def make(chunk):
-            return datagen.generate_shard(target, chunk, args.max_new_tokens, stop, params, args.batch_size)
+            return datagen.generate_shard(target, layer_ids, chunk, args.max_new_tokens, stop, params, args.batch_size)
     else:
         files = datagen.shuffled(prompts.stdlib_files(), args.seed)
         texts = (f.read_text(encoding="utf-8", errors="replace") for f in files)
@@ -92,7 +91,7 @@ def run(args: argparse.Namespace) -> None:
 
         def make(chunk):
             with torch.inference_mode():
-                return datagen.teacher_force(target, chunk, batch_size=4, first_anchor=8)
+                return datagen.teacher_force(target, layer_ids, chunk, batch_size=4, first_anchor=8)
     if args.limit:
         encoded = encoded[: args.limit + args.heldout]
     kind = "gen" if args.source == "generated" else "tf"

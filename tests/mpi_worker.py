@@ -7,14 +7,14 @@ import sys
 
 import torch
 
-from dflash_trt.decoding.runners import TorchDrafter, TorchTarget
-from dflash_trt.models.loading import load_converted
 from dflash_trt.parallel.comm import init_distributed
+from dflash_trt.pipeline import torch_runners
+from dflash_trt.runtime.loading import load_converted
 
 
 def run(checkpoint: str, mapping=None) -> dict[str, torch.Tensor]:
-    target_model, drafter_model = load_converted(checkpoint, mapping)
-    target, drafter = TorchTarget(target_model), TorchDrafter(drafter_model)
+    target_model, drafter_model, target_cfg = load_converted(checkpoint, mapping)
+    target, drafter = torch_runners(target_model, drafter_model, vocab_size=target_cfg.vocab_size)
     prompts = [[3, 14, 15, 92, 65], [35, 89, 79]]
     target.reset(2, 32)
     drafter.reset(2, 32)

@@ -7,7 +7,8 @@ import pytest
 import torch
 import transformers
 
-from dflash_trt.models.loading import load_drafter, load_target
+from dflash_trt.pipeline import torch_runners
+from dflash_trt.runtime.loading import load_drafter, load_target
 from tiny import hf_config, save_hf_target, save_zlab_drafter
 
 
@@ -22,9 +23,10 @@ def test_draft_logits_match_zlab(tmp_path, family, kv_heads, head_dim, block, ct
                                     head_dim=head_dim, layer_ids=(1, 3, 0))
     hf = transformers.AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
     zlab = dflash_model.DFlashDraftModel.from_pretrained(drafter_dir, dtype=torch.float32).eval()
-    ours = load_drafter(drafter_dir, load_target(target_dir))
+    target = load_target(target_dir)
+    _, ours = torch_runners(target, load_drafter(drafter_dir, target.cfg))
     batch = len(ctx_lens)
-    ours.setup_caches(batch, max(ctx_lens) + block + 1)
+    ours.reset(batch, max(ctx_lens) + block + 1)
     with torch.no_grad():
         # Context arrives in two pieces (prefill, then one step's committed tokens) to exercise the cache.
         feats, expected = [], []
@@ -47,7 +49,7 @@ def test_draft_logits_match_zlab(tmp_path, family, kv_heads, head_dim, block, ct
             rest[row, : len(f) - first[row]] = f[first[row]:]
         ours.append_context(rest, torch.tensor(ctx_lens) - first)
         blocks = torch.tensor([[11 + row] + [5] * (block - 1) for row in range(batch)])
-        logits = ours.draft_logits(blocks)
+        logits = ours.draft(blocks)
     for row in range(batch):
         assert (logits[row] - expected[row][0]).abs().max() <= 1e-4
     assert logits.std() > 0.1  # the comparison is not between two constant outputs
@@ -55,10 +57,10 @@ def test_draft_logits_match_zlab(tmp_path, family, kv_heads, head_dim, block, ct
 
 def test_draft_depends_on_context(tmp_path):
     """KV injection is live: different target features give different drafts."""
-    drafter = load_drafter(save_zlab_drafter(tmp_path / "d", hf_config("llama")),
-                           load_target(save_hf_target(tmp_path / "t", "llama")))
-    drafter.setup_caches(2, 32)
+    target = load_target(save_hf_target(tmp_path / "t", "llama"))
+    _, drafter = torch_runners(target, load_drafter(save_zlab_drafter(tmp_path / "d", hf_config("llama")), target.cfg))
+    drafter.reset(2, 32)
     with torch.no_grad():
         drafter.append_context(torch.randn(2, 6, 2 * 64), torch.tensor([6, 6]))
-        logits = drafter.draft_logits(torch.tensor([[3] + [5] * 7] * 2))
+        logits = drafter.draft(torch.tensor([[3] + [5] * 7] * 2))
     assert (logits[0] - logits[1]).abs().max() > 1e-2

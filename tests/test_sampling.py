@@ -14,11 +14,12 @@ import itertools
 import pytest
 import torch
 
-from dflash_trt.decoding import speculative
-from dflash_trt.decoding.runners import TorchDrafter, TorchTarget
+from dflash_trt.decoding import runners
 from dflash_trt.decoding.sampling import SamplingParams, probabilities
 from dflash_trt.decoding.speculative import Request, generate
-from dflash_trt.models.loading import load_drafter, load_target
+from dflash_trt.pipeline import torch_runners
+from dflash_trt.runtime.loading import load_drafter, load_target
+from dflash_trt.runtime.torch import TorchDrafter, TorchTarget
 from tiny import hf_config, save_hf_target, save_zlab_drafter
 
 VOCAB, ALPHA, N, PROMPT = 8, 1e-4, 6000, [1, 4, 6]
@@ -29,19 +30,20 @@ def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("sampling")
     target = load_target(save_hf_target(root / "t", "llama", vocab=VOCAB, hidden=32, layers=2))
     drafter = load_drafter(save_zlab_drafter(root / "d", hf_config("llama", vocab=VOCAB, hidden=32, layers=2),
-                                             block_size=4, layer_ids=(0, 1), mask_token_id=7), target)
+                                             block_size=4, layer_ids=(0, 1), mask_token_id=7), target.cfg)
     with torch.no_grad():  # sharpen the random target so that top-k/top-p actually cut tokens
         target.lm_head.weight.mul_(4.0)
-    return TorchTarget(target), TorchDrafter(drafter)
+    return torch_runners(target, drafter)  # fp32 draft head: the bf16 copy is tested on its own
 
 
 def exact_joint(target: TorchTarget, params: SamplingParams) -> torch.Tensor:
     """P(t1, t2, t3 | PROMPT) under AR sampling, shape [V, V, V]."""
     seqs = torch.tensor([PROMPT + [a, b] for a, b in itertools.product(range(VOCAB), repeat=2)])
-    target.model.setup_caches(len(seqs), seqs.shape[1])
+    runner = TorchTarget(target.model)
+    runner.reset(len(seqs), seqs.shape[1])
     with torch.no_grad():
-        hidden, _ = target.model(seqs)
-        p = probabilities(target.model.lm_head(hidden[:, -3:]), params)  # [V*V, 3, V]
+        logits, _ = runner.verify(seqs)
+        p = probabilities(logits[:, -3:], params)  # [V*V, 3, V]
     p1 = p[0, 0]
     p2 = p[:: VOCAB, 1]  # rows with t1 = a (any t2): the t2 distribution given t1
     p3 = p[:, 2].view(VOCAB, VOCAB, VOCAB)
@@ -86,7 +88,7 @@ def test_speculative_sampling_matches_target_distribution(pair, params):
 def test_bf16_draft_head_keeps_the_target_distribution(pair):
     """Drafts proposed through a bf16 LM head (q differs from the fp32 drafter's) are still corrected to p."""
     target, drafter = pair
-    bf16 = TorchDrafter(drafter.model, head_dtype=torch.bfloat16)
+    bf16 = TorchDrafter(drafter.model, drafter.embed, drafter.head, head_dtype=torch.bfloat16)
     params = SamplingParams(temperature=1.0, top_k=6, seed=7)
     counts, _ = sample_counts(target, bf16, params)
     assert chi_square_pvalue(counts, exact_joint(target, params)) > ALPHA
@@ -102,13 +104,13 @@ def test_autoregressive_sampling_matches_target_distribution(pair):
 def test_biased_acceptance_is_detected(pair, monkeypatch):
     """Negative control: a sampler that accepts every draft is not lossless, and the test says so."""
     target, drafter = pair
-    real_accept = speculative.accept
+    real_accept = runners.accept
 
     def accept_all(drafts, q, logits, params, generator):
         _, bonus = real_accept(drafts, q, logits, params, generator)
         return torch.full_like(bonus, drafts.shape[1]), bonus
 
-    monkeypatch.setattr(speculative, "accept", accept_all)
+    monkeypatch.setattr(runners, "accept", accept_all)
     params = SamplingParams(temperature=1.0, seed=6)
     counts, _ = sample_counts(target, drafter, params)
     assert chi_square_pvalue(counts, exact_joint(target, params)) < ALPHA

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dflash_trt.decoding.runners import TorchDrafter, TorchTarget
 from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.decoding.speculative import Request, generate
 from dflash_trt.errors import UserError
-from dflash_trt.models.loading import load_drafter, load_target
+from dflash_trt.pipeline import torch_runners
+from dflash_trt.runtime.loading import load_drafter, load_target
+from dflash_trt.runtime.torch import TorchDrafter
 from fakes import OracleDrafter
 from tiny import hf_config, save_hf_target, save_zlab_drafter
 
@@ -19,8 +20,8 @@ def pair(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     target = load_target(save_hf_target(root / "t", request.param))
     drafter = load_drafter(save_zlab_drafter(root / "d", hf_config(request.param), block_size=16,
-                                             layer_ids=(0, 2)), target)
-    return TorchTarget(target), TorchDrafter(drafter)
+                                             layer_ids=(0, 2)), target.cfg)
+    return torch_runners(target, drafter)  # fp32 draft head: the bf16 copy is tested on its own
 
 
 def _requests(batch: int, seed: int, max_new: int = 30, stop=()) -> list[Request]:
@@ -45,7 +46,7 @@ def test_greedy_equals_autoregressive(pair, block, batch):
 def test_bf16_draft_head_keeps_greedy_output(pair, block, batch):
     """The CPU pipeline's bf16 copy of the LM head for drafts changes proposals at most, never the output."""
     target, drafter = pair
-    bf16 = TorchDrafter(drafter.model, head_dtype=torch.bfloat16)
+    bf16 = TorchDrafter(drafter.model, drafter.embed, drafter.head, head_dtype=torch.bfloat16)
     requests = _requests(batch, seed=block + batch)
     ar = generate(target, None, requests)
     spec = generate(target, bf16, requests, block_size=block)

@@ -6,7 +6,8 @@ import pytest
 import torch
 import transformers
 
-from dflash_trt.models.loading import load_target
+from dflash_trt.runtime.loading import load_target
+from dflash_trt.runtime.torch import TorchTarget
 from tiny import save_hf_target
 
 CASES = [  # (family, tied, heads, kv_heads)
@@ -19,14 +20,12 @@ CASES = [  # (family, tied, heads, kv_heads)
 def test_logits_and_features_match_transformers(tmp_path, family, tied, heads, kv_heads):
     directory = save_hf_target(tmp_path, family, tied=tied, heads=heads, kv_heads=kv_heads)
     hf = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
-    ours = load_target(directory)
-    ours.capture_layers = (0, 2, 1)  # unsorted on purpose; HF normalises the last entry
+    ours = TorchTarget(load_target(directory), capture=(0, 2, 1))  # unsorted on purpose; HF normalises the last
     tokens = torch.randint(0, 97, (2, 150))  # longer than llama3's original context (64): scaling matters
     with torch.no_grad():
         ref = hf(tokens, output_hidden_states=True)
-        ours.setup_caches(2, 160)
-        hidden, features = ours(tokens)
-        logits = ours.lm_head(hidden)
+        ours.reset(2, 160)
+        logits, features = ours.verify(tokens)
     assert (logits - ref.logits).abs().max() <= 1e-4
     expected = torch.cat([ref.hidden_states[i + 1] for i in (0, 2, 1)], dim=-1)
     assert (features - expected).abs().max() <= 1e-4
@@ -48,36 +47,43 @@ def test_sharded_checkpoint_with_index_loads(tmp_path):
 
 def test_incremental_ragged_decode_matches_full_forward(tmp_path):
     """Prefill of different prompt lengths, then chunks with partial commits, equals one full forward."""
-    directory = save_hf_target(tmp_path, "qwen2")
-    model = load_target(directory)
+    model = load_target(save_hf_target(tmp_path, "qwen2"))
+    runner = TorchTarget(model)
     seqs = [torch.randint(0, 97, (40,)) for _ in range(3)]
     prompt_lens, max_len = [5, 12, 8], 64
-    model.setup_caches(3, max_len)
+    runner.reset(3, max_len)
     with torch.no_grad():
-        tokens = torch.zeros(3, 12, dtype=torch.long)
-        for row, n in enumerate(prompt_lens):
-            tokens[row, :n] = seqs[row][:n]
-        model(tokens)
-        model.commit(torch.tensor(prompt_lens))
+        runner.prefill([seqs[r][:n].tolist() for r, n in enumerate(prompt_lens)])
         committed = list(prompt_lens)
         for keep in ([3, 1, 4], [4, 4, 2], [1, 2, 3]):  # verify 4 tokens per row, keep a ragged prefix
             chunk = torch.stack([seqs[r][committed[r]: committed[r] + 4] for r in range(3)])
-            hidden, _ = model(chunk)
+            logits, _ = runner.verify(chunk)
             for r in range(3):
-                full, _ = _full(model, seqs[r][: committed[r] + 4])
-                assert (hidden[r] - full[0, -4:]).abs().max() <= 1e-4
-            model.commit(torch.tensor(keep))
+                full = _full(model, seqs[r][: committed[r] + 4])
+                assert (logits[r] - full[0, -4:]).abs().max() <= 1e-4
+            runner.commit(torch.tensor(keep))
             committed = [c + k for c, k in zip(committed, keep)]
 
 
+def test_forward_mutates_no_module_state(tmp_path):
+    """The functional model: a forward returns the K/V it computed and leaves the module's state untouched."""
+    model = load_target(save_hf_target(tmp_path, "qwen3"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attrs = set(vars(model))
+    runner = TorchTarget(model, capture=(1,))
+    runner.reset(2, 16)
+    with torch.no_grad():
+        runner.prefill([[3, 4, 5], [6, 7]])
+        runner.verify(torch.tensor([[8, 9], [10, 11]]))
+    assert set(vars(model)) == attrs and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not list(model.buffers())
+
+
 def _full(model, seq):
-    """Fresh single-row forward over a whole sequence, restoring the caller's caches afterwards."""
-    saved = [(layer.attn.cache, model.lens, model.cos, model.sin) for layer in model.layers]
-    model.setup_caches(1, len(seq))
-    out = model(seq[None])
-    for layer, (cache, lens, cos, sin) in zip(model.layers, saved):
-        layer.attn.cache, model.lens, model.cos, model.sin = cache, lens, cos, sin
-    return out
+    """Logits of a fresh single-row forward over a whole sequence, on a runner of its own."""
+    runner = TorchTarget(model)
+    runner.reset(1, len(seq))
+    return runner.verify(seq[None])[0]
 
 
 @pytest.mark.slow
@@ -90,9 +96,9 @@ def test_real_smollm2_matches_transformers():
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "Write a haiku about the sea."}],
                                         add_generation_prompt=True, return_tensors="pt", return_dict=False)
     hf = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
-    ours = load_target(directory)
+    ours = TorchTarget(load_target(directory))
     with torch.no_grad():
         ref = hf(ids).logits
-        ours.setup_caches(1, ids.shape[1])
-        logits = ours.lm_head(ours(ids)[0])
+        ours.reset(1, ids.shape[1])
+        logits = ours.verify(ids)[0]
     assert (logits - ref).abs().max() <= 1e-4

@@ -1,32 +1,57 @@
-"""The runtime contract the speculative loop talks to, and its PyTorch (reference) backend.
+"""The runtime contract the speculative loop talks to. Backends (torch, onnxruntime, TensorRT) implement it.
 
-Every backend (torch, onnxruntime, TensorRT) implements `TargetRunner` and `DrafterRunner`. Rows of a
-batch may have different prompt lengths and accept different numbers of drafts.
+Rows of a batch may have different prompt lengths and accept different numbers of drafts. A forward
+writes K/V for every input token, but only `commit(n)` advances a row's cache: rollback is free.
+`Features` (the concatenated outputs of the drafter's `target_layer_ids`) are opaque to the loop: it
+hands what the target returned to the drafter, so they may stay on the device in the backend's layout.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from dflash_trt.models.drafter import DFlashDrafter
-from dflash_trt.models.target import Transformer
+from dflash_trt.decoding.sampling import SamplingParams, accept
+
+Features = Any
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a runner can hold: rows decoded together, positions per row (prompt + output + one block)."""
+
+    max_batch: int
+    max_len: int
+    max_len_field: str = "max_position_embeddings"  # the config field that sets max_len, for error messages
 
 
 class TargetRunner(Protocol):
-    vocab_size: int
-    max_positions: int
+    device: torch.device
+    capacity: Capacity
 
-    def reset(self, batch: int, max_len: int) -> None: ...
+    def reset(self, batch: int, max_len: int) -> None:
+        """Empty caches for `batch` rows of up to `max_len` positions each."""
 
-    def prefill(self, prompts: list[list[int]]) -> tuple[Tensor, Tensor | None]:
-        """Run the prompts; commit them. Returns (logits after each prompt [b, V], features [b, T, F])."""
+    def prefill(self, prompts: list[list[int]]) -> tuple[Tensor, Features]:
+        """Run the prompts; commit them. Returns (logits after each prompt [b, V], their features)."""
 
-    def verify(self, block: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Run block [b, B] after the committed tokens. Returns (logits [b, B, V], features [b, B, F])."""
+    def verify(self, block: Tensor) -> tuple[Tensor, Features]:
+        """Run block [b, B] after the committed tokens. Returns (logits [b, B, V], features of the B tokens)."""
+
+    def verify_and_accept(
+        self, block: Tensor, q: Tensor | None, params: SamplingParams, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Features]:
+        """Verify the block and decide acceptance: (accepted drafts [b], next token [b], features).
+
+        The default is `verify` + `sampling.accept`; a backend may fuse acceptance on its device so that
+        only the accepted lengths and next tokens leave it.
+        """
+        logits, features = self.verify(block)
+        accepted, next_token = accept(block[:, 1:], q, logits, params, generator)
+        return accepted, next_token, features
 
     def commit(self, n: Tensor) -> None:
         """Keep the first n[b] tokens of the last verified block (the rest is rolled back)."""
@@ -36,71 +61,11 @@ class DrafterRunner(Protocol):
     block_size: int
     mask_token_id: int
 
-    def reset(self, batch: int, max_len: int) -> None: ...
+    def reset(self, batch: int, max_len: int) -> None:
+        """Empty context caches for `batch` rows of up to `max_len` positions each."""
 
-    def append_context(self, features: Tensor, n: Tensor) -> None:
-        """Add the first n[b] positions of target features [b, t, F] to row b's context K/V."""
+    def append_context(self, features: Features, n: Tensor) -> None:
+        """Inject the first n[b] positions of target features into row b's context K/V."""
 
     def draft(self, block: Tensor) -> Tensor:
         """Logits [b, B-1, V] for the mask positions of blocks [b, B] placed after each row's context."""
-
-
-class TorchTarget:
-    """Reference target backend on any torch device."""
-
-    def __init__(self, model: Transformer) -> None:
-        self.model = model
-        self.vocab_size = model.vocab_size
-        self.max_positions = model.cfg.max_position_embeddings
-        self.device = model.embed.weight.device
-
-    def reset(self, batch: int, max_len: int) -> None:
-        self.model.setup_caches(batch, max_len)
-
-    @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]]) -> tuple[Tensor, Tensor | None]:
-        lens = torch.tensor([len(p) for p in prompts], device=self.device)
-        tokens = torch.zeros(len(prompts), int(lens.max()), dtype=torch.long, device=self.device)
-        for row, prompt in enumerate(prompts):
-            tokens[row, : len(prompt)] = torch.tensor(prompt)
-        hidden, features = self.model(tokens)
-        self.model.commit(lens)
-        last = hidden[torch.arange(len(prompts)), lens - 1]
-        return self.model.lm_head(last), features
-
-    @torch.inference_mode()
-    def verify(self, block: Tensor) -> tuple[Tensor, Tensor | None]:
-        hidden, features = self.model(block)
-        return self.model.lm_head(hidden), features
-
-    def commit(self, n: Tensor) -> None:
-        self.model.commit(n)
-
-
-class TorchDrafter:
-    """Reference drafter backend; its model is bound to the target's embedding and LM head.
-
-    `head_dtype` runs the drafts' LM head in that dtype, on a private cast copy of the target's head. Drafts
-    are only proposals (acceptance is decided on the target's logits), so this is lossless: greedy output and
-    the sampled distribution are unchanged. On a CPU with bf16 matmul, bf16 halves the head's weight traffic,
-    the largest part of a drafter pass (SmolLM2: 49152 x 576).
-    """
-
-    def __init__(self, model: DFlashDrafter, head_dtype: torch.dtype | None = None) -> None:
-        self.model = model
-        self.block_size = model.cfg.block_size
-        self.mask_token_id = model.cfg.mask_token_id
-        self.head = None
-        if head_dtype is not None and head_dtype != model.lm_head.weight.dtype:
-            self.head = copy.deepcopy(model.lm_head).to(head_dtype)
-
-    def reset(self, batch: int, max_len: int) -> None:
-        self.model.setup_caches(batch, max_len)
-
-    @torch.inference_mode()
-    def append_context(self, features: Tensor, n: Tensor) -> None:
-        self.model.append_context(features, n)
-
-    @torch.inference_mode()
-    def draft(self, block: Tensor) -> Tensor:
-        return self.model.draft_logits(block, self.head)

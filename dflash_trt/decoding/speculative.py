@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from dflash_trt.decoding.metrics import Generation
-from dflash_trt.decoding.runners import DrafterRunner, TargetRunner
-from dflash_trt.decoding.sampling import SamplingParams, accept, first_token, propose
+from dflash_trt.decoding.runners import Capacity, DrafterRunner, TargetRunner
+from dflash_trt.decoding.sampling import SamplingParams, first_token, propose
 from dflash_trt.errors import UserError
 
 
@@ -28,17 +28,21 @@ class Request:
     stop_token_ids: tuple[int, ...] = ()
 
 
-def check_requests(requests: list[Request], block_size: int, max_positions: int) -> None:
+def check_requests(requests: list[Request], block_size: int, capacity: Capacity) -> None:
+    """Refuse requests the target runner cannot hold, naming the request and the limit."""
+    if len(requests) > capacity.max_batch:
+        raise UserError(f"{len(requests)} requests in one batch; this target runner holds at most "
+                        f"{capacity.max_batch}: lower --batch-size")
     for i, r in enumerate(requests):
         if not r.prompt:
             raise UserError(f"request {i}: the prompt is empty; give at least one token")
         if r.max_new_tokens < 1:
             raise UserError(f"request {i}: max_new_tokens is {r.max_new_tokens}; use 1 or more")
         need = len(r.prompt) + r.max_new_tokens + block_size
-        if need > max_positions:
+        if need > capacity.max_len:
             raise UserError(
                 f"request {i}: prompt of {len(r.prompt)} tokens + max_new_tokens {r.max_new_tokens} + block "
-                f"{block_size} exceeds the target's max_position_embeddings {max_positions}; shorten the prompt "
+                f"{block_size} exceeds the target's {capacity.max_len_field} {capacity.max_len}; shorten the prompt "
                 "or lower --max-new-tokens"
             )
 
@@ -66,12 +70,17 @@ def generate(
     block_size: int | None = None,
     on_tokens: Callable[[int, list[int]], None] | None = None,
 ) -> list[Generation]:
-    """Generate for a batch of requests. `on_tokens(row, new_tokens)` streams output as it is committed."""
+    """Generate for a batch of requests. `on_tokens(row, new_tokens)` streams output as it is committed.
+
+    Blocks, the sampling generator and commit counts live on the target's device; per step only the
+    block's tokens, accepted lengths and next tokens ([b, B] and [b] integers) cross to the host.
+    """
     block = resolve_block_size(drafter, block_size)
-    check_requests(requests, block, target.max_positions)
+    check_requests(requests, block, target.capacity)
+    device = target.device
     batch = len(requests)
     max_len = max(len(r.prompt) + r.max_new_tokens for r in requests) + block
-    generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+    generator = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
     target.reset(batch, max_len)
     if drafter is not None:
         drafter.reset(batch, max_len)
@@ -81,34 +90,35 @@ def generate(
     t0 = time.perf_counter()
     logits, features = target.prefill([r.prompt for r in requests])
     if drafter is not None:
-        drafter.append_context(features, torch.tensor([len(r.prompt) for r in requests]))
+        drafter.append_context(features, torch.tensor([len(r.prompt) for r in requests], device=device))
     x_start = first_token(logits, params, generator)
     ttft = time.perf_counter() - t0
-    active = torch.ones(batch, dtype=torch.bool)
-    for row, gen in enumerate(gens):
+    active = [True] * batch
+    for row, (gen, first) in enumerate(zip(gens, x_start.tolist())):
         gen.ttft_s = ttft
-        active[row] = _extend(gen, requests[row], [int(x_start[row])], emit, row)
+        active[row] = _extend(gen, requests[row], [first], emit, row)
 
     t_decode = time.perf_counter()
-    while bool(active.any()):
-        tokens = torch.full((batch, block), drafter.mask_token_id if drafter else 0, dtype=torch.long)
+    tokens = torch.full((batch, block), drafter.mask_token_id if drafter else 0, dtype=torch.long, device=device)
+    while any(active):
         tokens[:, 0] = x_start
         q = None
         if block > 1:
             tokens[:, 1:], q = propose(drafter.draft(tokens), params, generator)
-        target_logits, features = target.verify(tokens)
-        accepted, x_start = accept(tokens[:, 1:], q, target_logits, params, generator)
+        accepted, x_start, features = target.verify_and_accept(tokens, q, params, generator)
         # Commit x_start + accepted drafts, never past the request's length limit (keeps cache writes
         # within max_len); finished rows ride along in the batch and commit nothing.
-        room = torch.tensor([r.max_new_tokens - len(g.tokens) for r, g in zip(requests, gens)])
-        n_commit = torch.where(active, torch.minimum(accepted + 1, room), 0)
+        n_accepted, block_tokens, next_tokens = accepted.tolist(), tokens.tolist(), x_start.tolist()
+        n_commit = [min(n + 1, r.max_new_tokens - len(g.tokens)) if on else 0
+                    for n, r, g, on in zip(n_accepted, requests, gens, active)]
+        n_commit = torch.tensor(n_commit, device=device)
         target.commit(n_commit)
         if drafter is not None:
             drafter.append_context(features, n_commit)
         now = time.perf_counter()
-        for row in active.nonzero()[:, 0].tolist():
-            n = int(accepted[row])
-            new = tokens[row, 1 : n + 1].tolist() + [int(x_start[row])]
+        for row in [r for r in range(batch) if active[r]]:
+            n = n_accepted[row]
+            new = block_tokens[row][1 : n + 1] + [next_tokens[row]]
             active[row] = _extend(gens[row], requests[row], new, emit, row, step=True)
             gens[row].decode_s = now - t_decode
     return gens

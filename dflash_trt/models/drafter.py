@@ -1,44 +1,21 @@
 """DFlash drafter (z-lab v1): a Qwen3-style stack whose K/V are injected with fused target features.
 
-Per draft layer, the fused context c = hidden_norm(fc(features)) goes through that layer's own
-k_proj/v_proj (+ k_norm, RoPE at the context's absolute positions) and is cached; context positions are
-never queries. A block `[x_start, MASK x (B-1)]` at positions ctx_len .. ctx_len+B-1 attends to
-[cached context | its own K/V] with no mask inside the block. Embeddings and LM head are the target's.
+KV injection: the fused context c = hidden_norm(fc(features)) goes through every draft layer's own
+k_proj/v_proj (+ k_norm, RoPE at the context's absolute positions) and is cached by the caller; context
+positions are never queries. A block `[x_start, MASK x (B-1)]` at positions ctx_len .. ctx_len+B-1
+attends to [cached context | its own K/V] with no mask inside the block. The module holds weights only:
+embeddings and LM head are the target's and are applied by the caller.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from dflash_trt.config import DrafterConfig
-from dflash_trt.models.layers import RMSNorm, SwiGLU, apply_rope, attention
-from dflash_trt.models.target import KVCache, allocate_caches
-
-
-def block_attention(
-    q: Tensor, k_ctx: Tensor, v_ctx: Tensor, ctx_lens: Tensor, k_blk: Tensor, v_blk: Tensor, window: int | None
-) -> Tensor:
-    """Attention of block queries over [valid context | block]; the block is fully bidirectional.
-
-    q [b, hq, B, d] and k_blk/v_blk [b, hkv, B, d] at positions ctx_lens[b] + i; k_ctx/v_ctx
-    [b, hkv, S, d] with entry j at position j, valid for j < ctx_lens[b]. With a window, a key at p_k is
-    visible to a query at p_q iff |p_q - p_k| < window. Returns [b, hq, B, d].
-    """
-    block = q.shape[2]
-    s = int(ctx_lens.max()) if ctx_lens.numel() else 0
-    j = torch.arange(s, device=q.device)
-    q_pos = ctx_lens[:, None] + torch.arange(block, device=q.device)  # [b, B]
-    ctx_visible = (j < ctx_lens[:, None])[:, None, :].expand(-1, block, -1)  # [b, B, s]
-    blk_visible = torch.ones(q.shape[0], block, block, dtype=torch.bool, device=q.device)
-    if window:
-        ctx_visible = ctx_visible & (q_pos[:, :, None] - j < window)
-        offsets = torch.arange(block, device=q.device)
-        blk_visible = blk_visible & ((offsets[:, None] - offsets[None, :]).abs() < window)
-    visible = torch.cat([ctx_visible, blk_visible], dim=-1)[:, None]
-    k = torch.cat([k_ctx[:, :, :s], k_blk], dim=2)
-    v = torch.cat([v_ctx[:, :, :s], v_blk], dim=2)
-    return attention(q, k, v, visible)
+from dflash_trt.models.layers import RMSNorm, Rope, SwiGLU, apply_rope, attend
+from dflash_trt.models.target import KV
 
 
 class DraftAttention(nn.Module):
@@ -50,12 +27,11 @@ class DraftAttention(nn.Module):
         self.wo = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
-        self.cache: KVCache | None = None
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
         return x.view(*x.shape[:2], n, self.head_dim)
 
-    def context_kv(self, c: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    def context_kv(self, c: Tensor, cos: Tensor, sin: Tensor) -> KV:
         """K/V [b, t, kv_heads, d] of fused context c [b, t, H] through this layer's k/v (k normed, roped)."""
         q_dim = self.n_heads * self.head_dim
         bias = self.wqkv.bias[q_dim:] if self.wqkv.bias is not None else None
@@ -70,15 +46,11 @@ class DraftAttention(nn.Module):
         k = apply_rope(self.k_norm(self._heads(k, self.n_kv)), cos, sin)
         return q, k, self._heads(v, self.n_kv)
 
-    def append_context(self, c: Tensor, cos: Tensor, sin: Tensor, positions: Tensor) -> None:
-        """Cache the K/V of fused context c [b, t, H] at `positions` [b, t]."""
-        self.cache.write(positions, *self.context_kv(c, cos, sin))
-
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ctx_lens: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: KV, ctx_lens: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         b, t, _ = x.shape
         q, k, v = self.block_qkv(x, cos, sin)
-        out = block_attention(q.transpose(1, 2), self.cache.k, self.cache.v, ctx_lens,
-                              k.transpose(1, 2), v.transpose(1, 2), self.window)
+        out = attend(q.transpose(1, 2), *context, ctx_lens, k.transpose(1, 2), v.transpose(1, 2),
+                     causal=False, window=self.window)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -90,13 +62,13 @@ class DraftBlock(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, ctx_lens: Tensor) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, ctx_lens)
+    def forward(self, x: Tensor, context: KV, ctx_lens: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), context, ctx_lens, cos, sin)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class DFlashDrafter(nn.Module):
-    """The drafter. `bind` borrows the target's embedding and LM head (shared, never copied)."""
+    """The drafter's own weights: `fc`, `hidden_norm`, draft `layers`, final `norm`."""
 
     def __init__(self, cfg: DrafterConfig) -> None:
         super().__init__()
@@ -105,39 +77,21 @@ class DFlashDrafter(nn.Module):
         self.hidden_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.layers = nn.ModuleList(DraftBlock(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.embed: nn.Embedding | None = None
-        self.lm_head: nn.Linear | None = None
-        self.lens = torch.zeros(0, dtype=torch.long)
 
-    def bind(self, embed: nn.Embedding, lm_head: nn.Linear) -> None:
-        # Plain attributes, not submodules: the target owns these weights.
-        object.__setattr__(self, "embed", embed)
-        object.__setattr__(self, "lm_head", lm_head)
-
-    def setup_caches(self, batch: int, max_len: int) -> None:
-        """Allocate empty context caches for `batch` rows of up to `max_len` positions each."""
-        allocate_caches(self, batch, max_len, self.fc.weight)
-
-    def append_context(self, features: Tensor, n: Tensor) -> None:
-        """Cache context K/V for target features [b, t, n_feat*H]; keep the first n[b] of each row."""
-        positions = self.lens[:, None] + torch.arange(features.shape[1], device=features.device)
+    def context_kv(self, features: Tensor, positions: Tensor, rope: Rope) -> list[KV]:
+        """The KV injection: per draft layer, K/V [b, t, kv_heads, d] of target features [b, t, F] at `positions`."""
         c = self.hidden_norm(self.fc(features))
-        cos, sin = self.cos[positions], self.sin[positions]
-        for layer in self.layers:
-            layer.attn.append_context(c, cos, sin, positions)
-        self.lens += n
+        cos, sin = rope.at(positions)
+        return [layer.attn.context_kv(c, cos, sin) for layer in self.layers]
 
-    def forward(self, block_ids: Tensor) -> Tensor:
-        """Hidden states [b, B, H] for blocks [b, B] placed right after each row's context."""
-        positions = self.lens[:, None] + torch.arange(block_ids.shape[1], device=block_ids.device)
-        cos, sin = self.cos[positions], self.sin[positions]
-        x = self.embed(block_ids)
-        for layer in self.layers:
-            x = layer(x, cos, sin, self.lens)
+    def forward(self, x: Tensor, positions: Tensor, context: Sequence[KV], ctx_lens: Tensor, rope: Rope) -> Tensor:
+        """Final-normed hidden states [b, B, H] of embedded blocks x [b, B, H] at `positions` [b, B].
+
+        context: per layer the cached context (k, v) [b, kv_heads, S, d], valid below ctx_lens[b]; the block
+        sits right after it (positions = ctx_lens[b] + i, up to a constant offset RoPE does not see).
+        """
+        cos, sin = rope.at(positions)
+        for layer, layer_context in zip(self.layers, context):
+            x = layer(x, layer_context, ctx_lens, cos, sin)
         return self.norm(x)
 
-    def draft_logits(self, block_ids: Tensor, head: nn.Module | None = None) -> Tensor:
-        """Logits [b, B-1, V] predicting the tokens at the block's mask positions 1..B-1, through `head`
-        (default: the target's LM head; hidden states are cast to the head's dtype)."""
-        head = self.lm_head if head is None else head
-        return head(self(block_ids)[:, 1:].to(head.weight.dtype))

@@ -1,9 +1,9 @@
-"""Building blocks shared by the target and the drafter: RMSNorm, RoPE, SwiGLU MLP, masked attention."""
+"""Building blocks shared by the target and the drafter: RMSNorm, RoPE, SwiGLU MLP, the attention core."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,23 @@ def rope_tables(inv_freq: Tensor, max_positions: int) -> tuple[Tensor, Tensor]:
     return angles.cos(), angles.sin()
 
 
+class Rope(NamedTuple):
+    """cos/sin tables [max_positions, head_dim/2] (fp32) for one model's RoPE config."""
+
+    cos: Tensor
+    sin: Tensor
+
+    @classmethod
+    def build(cls, head_dim: int, theta: float, scaling: dict[str, Any] | None, max_positions: int,
+              device: torch.device | str = "cpu") -> Rope:
+        cos, sin = rope_tables(rope_inv_freq(head_dim, theta, scaling), max_positions)
+        return cls(cos.to(device), sin.to(device))
+
+    def at(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos/sin [..., head_dim/2] gathered at `positions`."""
+        return self.cos[positions], self.sin[positions]
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate-half RoPE. x [b, t, h, d]; cos/sin [b, t, d/2] gathered at each token's position."""
     x1, x2 = x.float().chunk(2, dim=-1)
@@ -76,3 +93,40 @@ def attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor) -> Tensor:
     Every query must see at least one key (callers guarantee it: each query sees itself).
     """
     return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def attend(
+    q: Tensor,
+    k_ctx: Tensor,
+    v_ctx: Tensor,
+    ctx_lens: Tensor,
+    k_new: Tensor,
+    v_new: Tensor,
+    *,
+    causal: bool,
+    window: int | None = None,
+) -> Tensor:
+    """The one attention core: new queries over [a row's valid cached keys | the new keys].
+
+    q [b, hq, t, d] and k_new/v_new [b, hkv, t, d] sit at positions ctx_lens[b] + i; k_ctx/v_ctx
+    [b, hkv, S, d] hold position j in slot j, valid for j < ctx_lens[b] (other slots may hold anything,
+    even NaN). Among the new tokens a query sees the keys at or before it (`causal`, the target) or all
+    of them (the drafter's block). With a window, a key at p_k is visible to a query at p_q iff
+    |p_q - p_k| < window. Returns [b, hq, t, d].
+    """
+    b, _, t, _ = q.shape
+    s = k_ctx.shape[2]
+    j = torch.arange(s, device=q.device)
+    i = torch.arange(t, device=q.device)
+    ctx_valid = j < ctx_lens[:, None]  # [b, S]
+    ctx_visible = ctx_valid[:, None, :].expand(b, t, s)
+    new_visible = (i[None, :] <= i[:, None]) if causal else torch.ones(t, t, dtype=torch.bool, device=q.device)
+    if window:
+        q_pos = ctx_lens[:, None] + i  # [b, t]
+        ctx_visible = ctx_visible & (q_pos[:, :, None] - j < window)
+        new_visible = new_visible & ((i[:, None] - i[None, :]).abs() < window)
+    visible = torch.cat([ctx_visible, new_visible.expand(b, t, t)], dim=-1)[:, None]
+    slot_valid = ctx_valid[:, None, :, None]
+    k = torch.cat([k_ctx.masked_fill(~slot_valid, 0), k_new], dim=2)
+    v = torch.cat([v_ctx.masked_fill(~slot_valid, 0), v_new], dim=2)
+    return attention(q, k, v, visible)

@@ -74,7 +74,6 @@ def build_target(cfg: TargetConfig, mapping: Mapping) -> Transformer:
     tp = mapping.tp_size
     local = local_config(cfg, tp)
     model = Transformer(local)
-    model.vocab_size = cfg.vocab_size  # the logits' width after the vocab-parallel gather
     if tp > 1:
         rows = local.vocab_size
         model.embed = VocabParallelEmbedding(rows, cfg.hidden_size, mapping.tp_rank * rows)

@@ -1,7 +1,8 @@
 """PyTorch reference of the plugin ops, registered as torch custom ops so they export to ONNX.
 
-``dflash_block_attention`` is ``torch.ops.dflash_trt.block_attention``: its eager body is the CPU
-reference the CUDA plugin is checked against; its fake kernel gives shapes for export.
+``dflash_block_attention`` is ``torch.ops.dflash_trt.block_attention``: its eager body is the models'
+own attention core (`models.layers.attend`) behind the plugin's fused-qkv interface, the CPU reference
+the CUDA plugin is checked against; its fake kernel gives shapes for export.
 """
 
 from __future__ import annotations
@@ -72,25 +73,11 @@ def dflash_block_attention(
     q, k, v = qkv.float().unflatten(-1, (nh + 2 * nkv, d)).split([nh, nkv, nkv], dim=2)  # [b, B, heads, d]
     if qk_norm:
         q, k = layers.rms_norm(q, q_norm_weight.float(), eps), layers.rms_norm(k, k_norm_weight.float(), eps)
-    pos = lens[:, None] + torch.arange(blk)  # [b, B]
-    cos, sin = rope_cos[pos], rope_sin[pos]
+    cos, sin = layers.Rope(rope_cos, rope_sin).at(lens[:, None] + torch.arange(blk))
     q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
-
-    ctx_pos = torch.arange(ctx).expand(b, ctx)
-    valid = torch.cat([ctx_pos < lens[:, None], torch.ones(b, blk, dtype=torch.bool)], dim=1)  # [b, S+B]
-    key_pos = torch.cat([ctx_pos, pos], dim=1)
-    visible = valid[:, None, :].expand(b, blk, ctx + blk)  # [b, B, S+B]
-    if window > 0:
-        visible = visible & ((pos[:, :, None] - key_pos[:, None, :]).abs() < window)
-    keys = torch.cat([k_cache.float(), k.transpose(1, 2)], dim=2)  # [b, nkv, S+B, d]
-    vals = torch.cat([v_cache.float(), v.transpose(1, 2)], dim=2)
-    vals = vals.masked_fill(~valid[:, None, :, None], 0.0)  # padding slots may hold anything, even NaN
-
-    qg = q.transpose(1, 2).reshape(b, nkv, nh // nkv, blk, d)  # head h -> kv head h // group
-    scores = torch.einsum("bkgid,bkjd->bkgij", qg, keys) * d**-0.5
-    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
-    out = torch.einsum("bkgij,bkjd->bkgid", scores.softmax(dim=-1), vals)
-    return out.reshape(b, nh, blk, d).transpose(1, 2).reshape(b, blk, nh * d).to(qkv.dtype)
+    out = layers.attend(q.transpose(1, 2), k_cache.float(), v_cache.float(), lens, k.transpose(1, 2),
+                        v.transpose(1, 2), causal=False, window=window)
+    return out.transpose(1, 2).reshape(b, blk, nh * d).to(qkv.dtype)
 
 
 @dflash_block_attention.register_fake

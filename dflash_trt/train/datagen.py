@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from dflash_trt.decoding.runners import TorchTarget
 from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.decoding.speculative import Request, generate
 from dflash_trt.models.target import Transformer
+from dflash_trt.runtime.torch import TorchTarget
 from dflash_trt.train.shards import Sequence, write_shard
 
 
@@ -54,10 +54,11 @@ class RecordingTarget(TorchTarget):
         return torch.cat([f, f.new_zeros(length - len(f), f.shape[1])])
 
 
-def generate_shard(target: Transformer, prompts: list[list[int]], max_new_tokens: int, stop_ids: tuple[int, ...],
-                   params: SamplingParams, batch_size: int) -> list[Sequence]:
-    """Let the target answer `prompts` in batches; one Sequence (prompt + response) per prompt."""
-    runner = RecordingTarget(target)
+def generate_shard(target: Transformer, layer_ids: tuple[int, ...], prompts: list[list[int]], max_new_tokens: int,
+                   stop_ids: tuple[int, ...], params: SamplingParams, batch_size: int) -> list[Sequence]:
+    """Let the target answer `prompts` in batches; one Sequence (prompt + response) per prompt, with the
+    features of `layer_ids`."""
+    runner = RecordingTarget(target, layer_ids)
     seqs = []
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
     for lo in range(0, len(order), batch_size):
@@ -71,8 +72,10 @@ def generate_shard(target: Transformer, prompts: list[list[int]], max_new_tokens
 
 
 @torch.inference_mode()
-def teacher_force(target: Transformer, windows: list[list[int]], batch_size: int, first_anchor: int) -> list[Sequence]:
-    """Features and the target's greedy next-token labels over real-text windows."""
+def teacher_force(target: Transformer, layer_ids: tuple[int, ...], windows: list[list[int]], batch_size: int,
+                  first_anchor: int) -> list[Sequence]:
+    """Features of `layer_ids` and the target's greedy next-token labels over real-text windows."""
+    runner = TorchTarget(target, layer_ids)
     seqs = []
     for lo in range(0, len(windows), batch_size):
         chunk = windows[lo: lo + batch_size]
@@ -80,9 +83,9 @@ def teacher_force(target: Transformer, windows: list[list[int]], batch_size: int
         tokens = torch.zeros(len(chunk), width, dtype=torch.long)
         for row, w in enumerate(chunk):
             tokens[row, : len(w)] = torch.tensor(w)
-        target.setup_caches(len(chunk), width)
-        hidden, features = target(tokens)
-        preds = target.lm_head(hidden).argmax(-1)
+        runner.reset(len(chunk), width)
+        logits, features = runner.verify(tokens)
+        preds = logits.argmax(-1)
         for row, w in enumerate(chunk):
             n = len(w)
             labels = torch.cat([tokens[row, :1], preds[row, : n - 1]])

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from dflash_trt.decoding.metrics import summarize
-from dflash_trt.decoding.runners import TorchDrafter, TorchTarget
 from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.decoding.speculative import Request, generate
 from dflash_trt.errors import UserError
-from dflash_trt.models.loading import load_drafter, load_target
+from dflash_trt.pipeline import draft_head_dtype, torch_runners
+from dflash_trt.runtime.loading import load_drafter, load_target
 from dflash_trt.train.datagen import encode_prompts
 from dflash_trt.train.recipe import resolve_target
 
@@ -42,7 +42,8 @@ def measure_tau(target: str, drafter_dir: Path, prompts: list[tuple[str, bool]],
 
     target_dir = resolve_target(target)
     model = load_target(target_dir)
-    drafter = load_drafter(drafter_dir, model)
+    drafter = load_drafter(drafter_dir, model.cfg)
+    target_runner, drafter_runner = torch_runners(model, drafter, draft_head_dtype("fp32"))
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
     stop = tuple(model.cfg.eos_token_ids) or (tokenizer.eos_token_id,)
     requests = [Request(p, max_new_tokens, stop) for p in encode_prompts(tokenizer, prompts, max_len=512)]
@@ -50,7 +51,7 @@ def measure_tau(target: str, drafter_dir: Path, prompts: list[tuple[str, bool]],
     for block in block_sizes:
         start, gens = time.perf_counter(), []
         for lo in range(0, len(requests), batch_size):
-            gens += generate(TorchTarget(model), TorchDrafter(drafter), requests[lo: lo + batch_size],
+            gens += generate(target_runner, drafter_runner, requests[lo: lo + batch_size],
                              SamplingParams(), block_size=block)
         summary = summarize(gens, time.perf_counter() - start)
         results[str(block)] = {k: summary[k] for k in ("requests", "output_tokens", "tau", "position_acceptance",

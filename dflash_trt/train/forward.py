@@ -1,9 +1,9 @@
-"""Training forward and loss of a DFlash drafter, built from the drafter's own modules.
+"""Training forward and loss of a DFlash drafter: the drafter's own inference forward, over all blocks.
 
-Only the attention layout differs from inference (`DFlashDrafter.append_context` + `draft_logits`): here
-the fused context of the whole sequence and all blocks go through each layer in one pass, under the
-block mask of `blocks.block_mask`. The context/block projections (`context_kv`, `block_qkv`: norms,
-RoPE), output projection, MLP, embedding and LM head are the drafter's own calls: one source of truth.
+Every block of a batch is one row of the drafter's forward (`DFlashDrafter.context_kv` + `forward`, the
+same calls as inference): its context is the sequence's injected K/V, valid strictly before the block's
+anchor (the anchor's own target feature does not exist yet at inference), and it sees its whole block.
+The context K/V of a sequence is computed once and shared by its blocks.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from dflash_trt.models.drafter import DFlashDrafter
-from dflash_trt.models.layers import attention, rope_inv_freq, rope_tables
+from dflash_trt.models.layers import Rope
 
 
 @dataclass
@@ -29,46 +29,30 @@ class Batch:
     labels: Tensor  # [b, n, B-1] target tokens at anchor+1 .. anchor+B-1
 
 
-class RopeTables:
-    """cos/sin tables for the drafter's rope config, grown on demand."""
-
-    def __init__(self, drafter: DFlashDrafter) -> None:
-        self.inv_freq = rope_inv_freq(drafter.cfg.head_dim, drafter.cfg.rope_theta, drafter.cfg.rope_scaling)
-        self.cos, self.sin = rope_tables(self.inv_freq, 0)
-
-    def __call__(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        need = int(positions.max()) + 1
-        if need > len(self.cos):
-            self.cos, self.sin = rope_tables(self.inv_freq, max(need, 2 * len(self.cos)))
-        return self.cos[positions], self.sin[positions]
+def drafter_rope(drafter: DFlashDrafter) -> Rope:
+    """RoPE tables over the drafter's whole position range."""
+    cfg = drafter.cfg
+    return Rope.build(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_position_embeddings)
 
 
-def block_hidden(drafter: DFlashDrafter, batch: Batch, visible: Tensor, rope: RopeTables) -> Tensor:
-    """Final-normed hidden states [b, n*B, H] of every block position."""
+def block_hidden(drafter: DFlashDrafter, embed: nn.Module, batch: Batch, rope: Rope) -> Tensor:
+    """Final-normed hidden states [b*n, B, H] of every block (padded anchors see only their own block)."""
     b, n, block = batch.block_ids.shape
-    ctx_len = batch.features.shape[1]
-    ctx_pos = batch.pos_offset[:, None] + torch.arange(ctx_len)
-    blk_pos = (batch.pos_offset[:, None, None] + batch.anchors[:, :, None] + torch.arange(block)).view(b, n * block)
-    cos_c, sin_c = rope(ctx_pos)
-    cos_b, sin_b = rope(blk_pos)
-    c = drafter.hidden_norm(drafter.fc(batch.features))
-    x = drafter.embed(batch.block_ids.view(b, n * block))
-    for layer in drafter.layers:
-        attn = layer.attn
-        k_ctx, v_ctx = attn.context_kv(c, cos_c, sin_c)
-        q, k, v = attn.block_qkv(layer.attn_norm(x), cos_b, sin_b)
-        k, v = torch.cat([k_ctx, k], dim=1), torch.cat([v_ctx, v], dim=1)
-        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), visible[:, None])
-        x = x + attn.wo(out.transpose(1, 2).reshape(b, n * block, -1))
-        x = x + layer.mlp(layer.mlp_norm(x))
-    return drafter.norm(x)
+    ctx_pos = batch.pos_offset[:, None] + torch.arange(batch.features.shape[1])
+
+    def per_block(t: Tensor) -> Tensor:  # [b, L, kv_heads, d] -> [b*n, kv_heads, L, d]
+        t = t.transpose(1, 2)
+        return t[:, None].expand(b, n, *t.shape[1:]).reshape(b * n, *t.shape[1:])
+
+    context = [(per_block(k), per_block(v)) for k, v in drafter.context_kv(batch.features, ctx_pos, rope)]
+    ctx_lens = torch.where(batch.valid, batch.anchors, 0).view(b * n)
+    positions = (batch.pos_offset[:, None, None] + batch.anchors[:, :, None] + torch.arange(block)).view(b * n, block)
+    return drafter(embed(batch.block_ids.view(b * n, block)), positions, context, ctx_lens, rope)
 
 
-def mask_logits(drafter: DFlashDrafter, hidden: Tensor, valid: Tensor, block: int) -> Tensor:
-    """LM-head logits [m, B-1, V] at the mask positions of the m valid blocks."""
-    b = hidden.shape[0]
-    h = hidden.view(b, -1, block, hidden.shape[-1])[:, :, 1:][valid]
-    return drafter.lm_head(h)
+def mask_logits(lm_head: nn.Module, hidden: Tensor, valid: Tensor) -> Tensor:
+    """LM-head logits [m, B-1, V] at the mask positions of the m valid blocks (hidden [b*n, B, H], valid [b, n])."""
+    return lm_head(hidden[:, 1:][valid.view(-1)])
 
 
 class DecayedCrossEntropy(torch.autograd.Function):

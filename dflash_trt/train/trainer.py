@@ -20,12 +20,12 @@ from tqdm import tqdm
 from dflash_trt.config import DrafterConfig, TargetConfig, default_target_layer_ids
 from dflash_trt.errors import UserError
 from dflash_trt.models.drafter import DFlashDrafter
-from dflash_trt.models.loading import load_target
+from dflash_trt.runtime.loading import load_target
 from dflash_trt.models.target import Transformer
-from dflash_trt.train.blocks import block_mask, decay_weights
+from dflash_trt.train.blocks import decay_weights
 from dflash_trt.train.dataset import load_sequences, make_batch, step_batch
 from dflash_trt.train.export import save_zlab
-from dflash_trt.train.forward import RopeTables, block_hidden, expected_tau, frozen, loss_and_accuracy, mask_logits
+from dflash_trt.train.forward import block_hidden, drafter_rope, expected_tau, frozen, loss_and_accuracy, mask_logits
 from dflash_trt.train.recipe import Recipe, resolve_target
 from dflash_trt.train.shards import Sequence
 
@@ -56,7 +56,7 @@ def drafter_config(recipe: Recipe, target: TargetConfig, embedded: bool) -> Draf
 
 
 def init_drafter(cfg: DrafterConfig, target: Transformer, from_layers: list[int]) -> DFlashDrafter:
-    """A fresh drafter bound to the target; optionally warm-started from target decoder layers.
+    """A fresh drafter for the target; optionally warm-started from target decoder layers.
 
     A warm start copies the layer's norms, fused qkv/o projections and MLP (shapes must match); the
     Qwen3-style q_norm/k_norm start at ones and the final norm is the target's.
@@ -77,7 +77,6 @@ def init_drafter(cfg: DrafterConfig, target: Transformer, from_layers: list[int]
                                         "intermediate_size/heads to the target or drop the warm start")
                     dst.load_state_dict(s.state_dict())
             drafter.norm.weight.copy_(target.norm.weight)
-    drafter.bind(target.embed, target.lm_head)
     return drafter
 
 
@@ -90,6 +89,7 @@ class Trainer:
         self.cfg = drafter_config(recipe, target.cfg, recipe.target == "embedded")
         torch.manual_seed(recipe.seed)
         self.drafter = init_drafter(self.cfg, target, recipe.init_from_target_layers)
+        self.embed, self.lm_head = target.embed, target.lm_head  # frozen, shared with the target
         min_len = recipe.block_size
         self.train_seqs = load_sequences(recipe.data, "train", self.cfg.target_layer_ids, min_len,
                                          recipe.generated_repeat)
@@ -101,7 +101,7 @@ class Trainer:
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                                       {"params": other, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
         self.weights = decay_weights(recipe.block_size, recipe.decay_gamma)
-        self.rope = RopeTables(self.drafter)
+        self.rope = drafter_rope(self.drafter)
         self.step, self.elapsed, self.log = 0, 0.0, {"train": [], "val": []}
         self.best_tau = 0.0
 
@@ -143,10 +143,9 @@ class Trainer:
     def forward(self, seqs: list[Sequence], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.recipe
         batch = make_batch(seqs, r.block_size, r.anchors_per_seq, r.max_seq_len, self.cfg.mask_token_id, generator)
-        visible = block_mask(batch.anchors, batch.valid, batch.features.shape[1], r.block_size)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=r.autocast_bf16):
-            hidden = block_hidden(self.drafter, batch, visible, self.rope)
-            logits = mask_logits(self.drafter, hidden, batch.valid, r.block_size)
+            hidden = block_hidden(self.drafter, self.embed, batch, self.rope)
+            logits = mask_logits(self.lm_head, hidden, batch.valid)
         return loss_and_accuracy(logits, batch.labels[batch.valid], self.weights)
 
     def train_step(self) -> tuple[float, list[float]]:

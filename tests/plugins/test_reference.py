@@ -176,71 +176,47 @@ def test_contract_binds_symbols_before_checking():
         ACCEPT_TOKENS.bind_inputs([(3, 15), (3, 15)], ["int32", "int32"], {})
 
 
-# --- the project's PyTorch drafter -------------------------------------------------------------------
-
-def _drafter():
-    # Imported per test so a missing or broken drafter fails these tests loudly instead of skipping them.
-    from dflash_trt.models import drafter
-
-    return drafter
-
-
-def _norm_rope(x, w, cos, sin, pos, eps, qk_norm):
-    """[b, B, h, d] -> normed + roped [b, h, B, d] in fp32, the contract's pre-attention transform."""
-    x = x.float()
-    if qk_norm:
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.float()
-    c, s = cos[pos][:, :, None], sin[pos][:, :, None]
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).transpose(1, 2)
-
+# --- the project's PyTorch drafter and an independent numpy implementation ---------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("nh,nkv,d,window,lens", [
     (8, 8, 64, 0, [0, 5, 13]), (8, 2, 128, 0, [13, 1]), (8, 1, 64, 4, [7, 0, 13]), (16, 2, 64, 9, [2, 13]),
 ])
-def test_matches_drafter_block_attention(nh, nkv, d, window, lens, dtype):
-    blk, ctx, eps = 5, 13, 1e-6
-    qkv, qw, kw, cos, sin, k_cache, v_cache, ctx_lens = make_inputs(len(lens), blk, nh, nkv, d, ctx, lens, dtype)
-    attrs = dict(num_heads=nh, num_kv_heads=nkv, head_dim=d, window=window, qk_norm=1, eps=eps)
-    got = dflash_block_attention(qkv, qw, kw, cos, sin, k_cache, v_cache, ctx_lens, **attrs)
+def test_matches_independent_numpy_implementation(nh, nkv, d, window, lens, dtype):
+    import numpy_reference
 
-    pos = ctx_lens.long()[:, None] + torch.arange(blk)
-    q, k, v = qkv.float().unflatten(-1, (nh + 2 * nkv, d)).split([nh, nkv, nkv], dim=2)
-    want = _drafter().block_attention(
-        _norm_rope(q, qw, cos, sin, pos, eps, 1), k_cache.float(), v_cache.float(), ctx_lens.long(),
-        _norm_rope(k, kw, cos, sin, pos, eps, 1), v.transpose(1, 2), window or None,
-    )
+    blk, ctx, eps = 5, 13, 1e-6
+    inputs = make_inputs(len(lens), blk, nh, nkv, d, ctx, lens, dtype)
+    attrs = dict(num_heads=nh, num_kv_heads=nkv, head_dim=d, window=window, qk_norm=1, eps=eps)
+    got = dflash_block_attention(*inputs, **attrs)
+    want = numpy_reference.block_attention(*(t.float() if t.is_floating_point() else t for t in inputs), **attrs)
     tol = TOLERANCE[dtype]
-    torch.testing.assert_close(got.float(), want.transpose(1, 2).reshape(got.shape), atol=tol, rtol=tol)
+    torch.testing.assert_close(got.float(), torch.from_numpy(want).float(), atol=tol, rtol=tol)
 
 
 def test_replaces_drafter_attention_core():
     """wo(op(wqkv(x))) equals the drafter's DraftAttention forward: same qkv layout, norms and RoPE."""
     from dflash_trt.config import DrafterConfig
-    from dflash_trt.models.layers import rope_inv_freq
-    from dflash_trt.models.layers import rope_tables as model_rope_tables
-    from dflash_trt.models.target import KVCache
+    from dflash_trt.models.drafter import DraftAttention
+    from dflash_trt.models.layers import Rope
 
     torch.manual_seed(0)
     nh, nkv, d, blk, ctx, window = 8, 2, 64, 6, 10, 5
     cfg = DrafterConfig(hidden_size=96, intermediate_size=128, num_layers=1, num_heads=nh, num_kv_heads=nkv,
                         head_dim=d, block_size=blk, mask_token_id=0, target_layer_ids=(0,), num_target_layers=2,
                         rms_norm_eps=1e-5)
-    attn = _drafter().DraftAttention(cfg, window).eval()
+    attn = DraftAttention(cfg, window).eval()
     for norm in (attn.q_norm, attn.k_norm):
         norm.weight.data.uniform_(0.5, 1.5)
     lens = torch.tensor([10, 0, 4])
-    attn.cache = KVCache(3, nkv, ctx, d, torch.float32)
-    attn.cache.k.normal_()
-    attn.cache.v.normal_()
-    cos, sin = model_rope_tables(rope_inv_freq(d, 10_000.0, None), ctx + blk)
-    pos = lens[:, None] + torch.arange(blk)
+    k_cache, v_cache = torch.randn(3, nkv, ctx, d), torch.randn(3, nkv, ctx, d)
+    rope = Rope.build(d, 10_000.0, None, ctx + blk)
+    cos, sin = rope.at(lens[:, None] + torch.arange(blk))
     x = torch.randn(3, blk, 96)
     with torch.no_grad():
-        want = attn(x, cos[pos], sin[pos], lens)
+        want = attn(x, (k_cache, v_cache), lens, cos, sin)
         core = dflash_block_attention(
-            attn.wqkv(x), attn.q_norm.weight, attn.k_norm.weight, cos, sin, attn.cache.k, attn.cache.v,
+            attn.wqkv(x), attn.q_norm.weight, attn.k_norm.weight, rope.cos, rope.sin, k_cache, v_cache,
             lens.int(), num_heads=nh, num_kv_heads=nkv, head_dim=d, window=window, qk_norm=1, eps=cfg.rms_norm_eps,
         )
         got = attn.wo(core)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dflash_trt.decoding.sampling import SamplingParams
-from dflash_trt.models.loading import load_target
+from dflash_trt.runtime.loading import load_target
 from dflash_trt.train import datagen
 from dflash_trt.train.recipe import recipe_from_dict
 from tiny import save_hf_target
@@ -26,13 +26,12 @@ def tiny_data(tiny_target, tmp_path_factory):
     """Teacher-forced random windows plus target-generated responses, split into train/ and val/."""
     out = tmp_path_factory.mktemp("data")
     target = load_target(tiny_target)
-    target.capture_layers = LAYER_IDS
     gen = torch.Generator().manual_seed(0)
     windows = [torch.randint(6, 97, (int(n),), generator=gen).tolist() for n in torch.randint(24, 48, (12,), generator=gen)]
     prompts = [torch.randint(6, 97, (int(n),), generator=gen).tolist() for n in torch.randint(3, 9, (6,), generator=gen)]
     with torch.inference_mode():
-        tf = lambda chunk: datagen.teacher_force(target, chunk, batch_size=4, first_anchor=2)  # noqa: E731
-        gen_fn = lambda chunk: datagen.generate_shard(target, chunk, 24, (), SamplingParams(), 4)  # noqa: E731
+        tf = lambda chunk: datagen.teacher_force(target, LAYER_IDS, chunk, batch_size=4, first_anchor=2)  # noqa: E731
+        gen_fn = lambda chunk: datagen.generate_shard(target, LAYER_IDS, chunk, 24, (), SamplingParams(), 4)  # noqa: E731
         datagen.write_shards(out / "train", "tf", windows[:8], 4, LAYER_IDS, tf)
         datagen.write_shards(out / "val", "tf", windows[8:], 4, LAYER_IDS, tf)
         datagen.write_shards(out / "train", "gen", prompts, 3, LAYER_IDS, gen_fn)

@@ -1,32 +1,10 @@
-"""Anchors, the block-sparse training mask and the decay weights, checked on hand-written cases."""
+"""Anchors and the decay weights, checked on hand-written cases."""
 
 from __future__ import annotations
 
 import torch
 
-from dflash_trt.train.blocks import block_mask, decay_weights, sample_anchors
-
-
-def test_block_mask_by_hand():
-    # Sequence of 6 context positions, anchors 1 and 3, B = 3. Columns: ctx 0..5 | block0 (3) | block1 (3).
-    T, F = True, False
-    expected = torch.tensor([
-        # ctx: j < anchor          block 0    block 1
-        [T, F, F, F, F, F,         T, T, T,   F, F, F],  # block 0 (anchor 1), position 0
-        [T, F, F, F, F, F,         T, T, T,   F, F, F],
-        [T, F, F, F, F, F,         T, T, T,   F, F, F],
-        [T, T, T, F, F, F,         F, F, F,   T, T, T],  # block 1 (anchor 3)
-        [T, T, T, F, F, F,         F, F, F,   T, T, T],
-        [T, T, T, F, F, F,         F, F, F,   T, T, T],
-    ])
-    mask = block_mask(torch.tensor([[1, 3]]), torch.tensor([[True, True]]), ctx_len=6, block=3)
-    assert torch.equal(mask[0], expected)
-
-
-def test_padded_anchor_sees_only_its_block():
-    mask = block_mask(torch.tensor([[2, 0]]), torch.tensor([[True, False]]), ctx_len=4, block=2)
-    assert torch.equal(mask[0, 2:], torch.tensor([[False] * 4 + [False, False, True, True]] * 2))
-    assert torch.equal(mask[0, :2, :4], torch.tensor([[True, True, False, False]] * 2))
+from dflash_trt.train.blocks import decay_weights, sample_anchors
 
 
 def test_anchors_stay_in_range_and_are_distinct():

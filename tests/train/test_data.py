@@ -6,21 +6,21 @@ import pytest
 import torch
 
 from dflash_trt.errors import UserError
-from dflash_trt.models.loading import load_target
+from dflash_trt.runtime.loading import load_target
+from dflash_trt.runtime.torch import TorchTarget
 from dflash_trt.train.recipe import load_recipe
 from dflash_trt.train.shards import read_shard, shard_files
 
 
 def test_cached_features_and_labels_match_the_target(tiny_target, tiny_data):
-    target = load_target(tiny_target)
-    target.capture_layers = (0, 2)
+    target = TorchTarget(load_target(tiny_target), capture=(0, 2))
     for kind in ("gen", "tf"):
         seqs = read_shard(sorted((tiny_data / "train").glob(f"shard-{kind}-*"))[0], (0, 2))
         for s in seqs:
             with torch.no_grad():
-                target.setup_caches(1, len(s.tokens))
-                hidden, features = target(s.tokens[None])
-                preds = target.lm_head(hidden[0]).argmax(-1)
+                target.reset(1, len(s.tokens))
+                logits, features = target.verify(s.tokens[None])
+                preds = logits[0].argmax(-1)
             n = len(s.tokens) - (kind == "gen")  # a response's last token has not been through the target yet
             assert (s.features[:n].float() - features[0, :n]).abs().max() < 2e-2
             # labels are the target's greedy tokens: generated text is greedy; teacher-forced labels are predictions

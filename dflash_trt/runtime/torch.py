@@ -1,0 +1,127 @@
+"""The PyTorch backend (the reference, on any torch device): runners over the functional models.
+
+Each runner owns its buffers: per-layer K/V caches [batch, kv_heads, max_len, head_dim], the committed
+length of every row and the RoPE tables. A forward stores the K/V it returns for every input token at
+positions lens[b] + i; only `commit` advances lens.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from dflash_trt.decoding.runners import Capacity, TargetRunner
+from dflash_trt.models.drafter import DFlashDrafter
+from dflash_trt.models.layers import Rope
+from dflash_trt.models.target import KV, Transformer
+
+DEFAULT_MAX_BATCH = 1 << 16  # buffers are allocated per batch: memory is the only limit
+
+
+class KVCaches:
+    """Per-layer K/V buffers [batch, kv_heads, max_len, head_dim] and each row's committed length."""
+
+    def __init__(self, layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, weight: Tensor) -> None:
+        shape = (batch, kv_heads, max_len, head_dim)
+        self.kv = [(weight.new_zeros(shape), weight.new_zeros(shape)) for _ in range(layers)]
+        self.lens = torch.zeros(batch, dtype=torch.long, device=weight.device)
+
+    def visible(self) -> list[KV]:
+        """Each layer's cache cut to the longest committed row (what a forward attends to)."""
+        s = int(self.lens.max())
+        return [(k[:, :, :s], v[:, :, :s]) for k, v in self.kv]
+
+    def store(self, new_kv: Sequence[KV]) -> None:
+        """Write each layer's new k/v [b, t, kv_heads, d] at positions lens[b] + i (not committed)."""
+        b, t = new_kv[0][0].shape[:2]
+        positions = self.lens[:, None] + torch.arange(t, device=self.lens.device)
+        rows = torch.arange(b, device=self.lens.device)[:, None]
+        for (k_cache, v_cache), (k, v) in zip(self.kv, new_kv):
+            k_cache[rows, :, positions] = k
+            v_cache[rows, :, positions] = v
+
+
+class TorchTarget(TargetRunner):
+    """Reference target runner. `capture` = the drafter's target_layer_ids (features it returns)."""
+
+    def __init__(self, model: Transformer, capture: Sequence[int] = (), vocab_size: int | None = None,
+                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        self.model, self.capture = model, tuple(capture)
+        weight = model.embed.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        self.vocab_size = vocab_size or model.cfg.vocab_size  # a vocab-parallel shard's head gathers it all
+        self.capacity = Capacity(max_batch, model.cfg.max_position_embeddings)
+        self.caches: KVCaches | None = None
+        self.rope: Rope | None = None
+
+    def reset(self, batch: int, max_len: int) -> None:
+        cfg = self.model.cfg
+        self.caches = KVCaches(cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim, self.model.embed.weight)
+        self.rope = Rope.build(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_len, self.device)
+
+    def _forward(self, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
+        hidden, features, new_kv = self.model(tokens, self.caches.visible(), self.caches.lens, self.rope, self.capture)
+        self.caches.store(new_kv)
+        return hidden, features
+
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]]) -> tuple[Tensor, Tensor | None]:
+        lens = torch.tensor([len(p) for p in prompts], device=self.device)
+        tokens = torch.zeros(len(prompts), int(lens.max()), dtype=torch.long, device=self.device)
+        for row, prompt in enumerate(prompts):
+            tokens[row, : len(prompt)] = torch.tensor(prompt)
+        hidden, features = self._forward(tokens)
+        self.caches.lens += lens
+        last = hidden[torch.arange(len(prompts), device=self.device), lens - 1]
+        return self.model.lm_head(last), features
+
+    @torch.inference_mode()
+    def verify(self, block: Tensor) -> tuple[Tensor, Tensor | None]:
+        hidden, features = self._forward(block)
+        return self.model.lm_head(hidden), features
+
+    def commit(self, n: Tensor) -> None:
+        self.caches.lens += n
+
+
+class TorchDrafter:
+    """Reference drafter runner: the drafter's weights plus the target's embedding and LM head (shared).
+
+    `head_dtype` runs the drafts' LM head in that dtype, on a private cast copy of the target's head. Drafts
+    are only proposals (acceptance is decided on the target's logits), so this is lossless: greedy output and
+    the sampled distribution are unchanged. On a CPU with bf16 matmul, bf16 halves the head's weight traffic,
+    the largest part of a drafter pass (SmolLM2: 49152 x 576).
+    """
+
+    def __init__(self, model: DFlashDrafter, embed: nn.Module, lm_head: nn.Module,
+                 head_dtype: torch.dtype | None = None) -> None:
+        self.model, self.embed, self.head = model, embed, lm_head
+        self.block_size = model.cfg.block_size
+        self.mask_token_id = model.cfg.mask_token_id
+        self.device = model.fc.weight.device
+        if head_dtype is not None and head_dtype != lm_head.weight.dtype:
+            self.head = copy.deepcopy(lm_head).to(head_dtype)
+        self.head_dtype = self.head.weight.dtype
+        self.caches: KVCaches | None = None
+        self.rope: Rope | None = None
+
+    def reset(self, batch: int, max_len: int) -> None:
+        cfg = self.model.cfg
+        self.caches = KVCaches(cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim, self.model.fc.weight)
+        self.rope = Rope.build(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_len, self.device)
+
+    @torch.inference_mode()
+    def append_context(self, features: Tensor, n: Tensor) -> None:
+        positions = self.caches.lens[:, None] + torch.arange(features.shape[1], device=self.device)
+        self.caches.store(self.model.context_kv(features, positions, self.rope))
+        self.caches.lens += n
+
+    @torch.inference_mode()
+    def draft(self, block: Tensor) -> Tensor:
+        lens = self.caches.lens
+        positions = lens[:, None] + torch.arange(block.shape[1], device=self.device)
+        hidden = self.model(self.embed(block), positions, self.caches.visible(), lens, self.rope)
+        return self.head(hidden[:, 1:].to(self.head_dtype))
