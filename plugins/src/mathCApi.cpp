@@ -9,6 +9,8 @@
 #include "dflashContextKVAppend/dflashContextKVAppendAttributes.h"
 #include "dflashContextKVAppend/dflashContextKVAppendLaunch.h"
 
+#include "common/deviceInfo.h"
+
 #include <cstring>
 #include <string>
 #include <vector>
@@ -191,45 +193,95 @@ DFLASH_MATH_EXPORT char const* dflash_math_backend()
 #endif
 }
 
-// dtype: 0 fp32, 1 fp16, 2 bf16. keys_per_split > 0 forces the key split size (0: the plugin's plan).
-DFLASH_MATH_EXPORT int32_t dflash_math_block_attention(int32_t dtype, int32_t batch, int32_t block_len,
-    int32_t num_heads, int32_t num_kv_heads, int32_t head_dim, int32_t cache_len, int32_t max_pos, int32_t window,
-    int32_t qk_norm, float eps, int32_t keys_per_split, void const* qkv, void const* q_norm_weight,
-    void const* k_norm_weight, float const* rope_cos, float const* rope_sin, void const* k_cache, void const* v_cache,
-    int32_t const* ctx_lens, void* out)
+namespace
 {
-    namespace ba = dflash::blockattn;
+
+namespace ba = dflash::blockattn;
+namespace kva = dflash::kvappend;
+
+#ifndef DFLASH_TRT_MATH_CUDA
+dflash::DeviceInfo gDevice = dflash::hostDevice();
+#endif
+thread_local dflash::HostCtaStats gStats{};
+
+// The device the launches are planned for: the current CUDA device, or the one set with
+// dflash_math_set_device (default hostDevice()) in the host library.
+std::string currentDevice(dflash::DeviceInfo& device)
+{
+#ifdef DFLASH_TRT_MATH_CUDA
+    return dflash::queryCurrentDevice(device);
+#else
+    device = gDevice;
+    return "";
+#endif
+}
+
+// Collects the host CTA counters of one launch (dflash_math_last_stats).
+class StatsScope
+{
+public:
+    StatsScope()
+    {
+        gStats = dflash::HostCtaStats{};
+#ifndef DFLASH_TRT_MATH_CUDA
+        dflash::hostCtaStats() = &gStats;
+#endif
+    }
+    ~StatsScope()
+    {
+#ifndef DFLASH_TRT_MATH_CUDA
+        dflash::hostCtaStats() = nullptr;
+#endif
+    }
+    StatsScope(StatsScope const&) = delete;
+    StatsScope& operator=(StatsScope const&) = delete;
+};
+
+int32_t blockAttention(int32_t dtype, ba::Dims const& dims, ba::CacheLayout const& layout, int32_t keysPerSplit,
+    void const* qkv, void const* qNormWeight, void const* kNormWeight, float const* ropeCos, float const* ropeSin,
+    void const* cacheA, size_t cacheABytes, void const* cacheB, size_t cacheBBytes, int32_t const* ctxLens, void* out)
+{
     ElemType type;
     if (!toElemType(dtype, type))
     {
         return fail("dtype must be 0 (fp32), 1 (fp16) or 2 (bf16)");
     }
-    ba::Attributes const attributes{num_heads, num_kv_heads, head_dim, window, qk_norm, eps};
+    ba::Attributes const attributes{dims.numHeads, dims.numKvHeads, dims.headDim, dims.window, dims.qkNorm, dims.eps};
     std::string error = attributes.validate();
     if (!error.empty())
     {
         return fail(error);
     }
-    if (batch < 0 || block_len < 0 || cache_len < 0 || max_pos < 0)
+    if (dims.batch < 0 || dims.blockLen < 0 || dims.cacheLen < 0 || dims.maxPos < 0)
     {
         return fail("batch, block_len, cache_len and max_pos must be >= 0");
     }
-    ba::Dims const dims{batch, block_len, num_heads, num_kv_heads, head_dim, cache_len, max_pos, window, qk_norm, eps};
-    ba::Plan const plan = ba::makePlan(dims, keys_per_split);
+    dflash::DeviceInfo device{};
+    error = currentDevice(device);
+    if (error.empty())
+    {
+        error = ba::checkDevice(device, dims.headDim);
+    }
+    if (!error.empty())
+    {
+        return fail(error);
+    }
+    ba::Plan const plan = ba::makePlan(dims, device, keysPerSplit);
     size_t const es = elemSize(type);
-    size_t const tokens = static_cast<size_t>(batch) * block_len;
-    size_t const cacheElems = static_cast<size_t>(batch) * num_kv_heads * cache_len * head_dim;
-    size_t const ropeBytes = static_cast<size_t>(max_pos) * (head_dim / 2) * sizeof(float);
+    size_t const tokens = static_cast<size_t>(dims.batch) * dims.blockLen;
+    size_t const ropeBytes = static_cast<size_t>(dims.maxPos) * (dims.headDim / 2) * sizeof(float);
     Staging s;
-    ba::RawTensors const tensors{s.in(qkv, tokens * (num_heads + 2 * num_kv_heads) * head_dim * es),
-        s.in(q_norm_weight, head_dim * es), s.in(k_norm_weight, head_dim * es),
-        static_cast<float const*>(s.in(rope_cos, ropeBytes)), static_cast<float const*>(s.in(rope_sin, ropeBytes)),
-        s.in(k_cache, cacheElems * es), s.in(v_cache, cacheElems * es),
-        static_cast<int32_t const*>(s.in(ctx_lens, batch * sizeof(int32_t))),
-        s.out(out, tokens * num_heads * head_dim * es)};
+    ba::RawTensors const tensors{s.in(qkv, tokens * (dims.numHeads + 2 * dims.numKvHeads) * dims.headDim * es),
+        s.in(qNormWeight, dims.headDim * es), s.in(kNormWeight, dims.headDim * es),
+        static_cast<float const*>(s.in(ropeCos, ropeBytes)), static_cast<float const*>(s.in(ropeSin, ropeBytes)),
+        s.in(cacheA, cacheABytes), layout.paged ? nullptr : s.in(cacheB, cacheBBytes),
+        layout.paged ? static_cast<int32_t const*>(s.in(cacheB, cacheBBytes)) : nullptr,
+        static_cast<int32_t const*>(s.in(ctxLens, dims.batch * sizeof(int32_t))),
+        s.out(out, tokens * dims.numHeads * dims.headDim * es)};
     void* const workspace = s.scratch(ba::workspaceBytes(dims, plan));
     error = s.error();
-    if (error.empty() && ba::launchBlockAttention(type, dims, tensors, plan, workspace, nullptr) != 0)
+    StatsScope stats;
+    if (error.empty() && ba::launchBlockAttention(type, dims, layout, tensors, plan, device, workspace, nullptr) != 0)
     {
         return fail("launch failed: " + s.finish());
     }
@@ -237,69 +289,153 @@ DFLASH_MATH_EXPORT int32_t dflash_math_block_attention(int32_t dtype, int32_t ba
     return error.empty() ? 0 : fail(error);
 }
 
-// Passing the same buffer as k_cache_in and k_cache_out (and v) updates it in place, as TensorRT
-// does when it honours the plugin's output aliasing; distinct buffers exercise the copying path.
-DFLASH_MATH_EXPORT int32_t dflash_math_context_kv_append(int32_t dtype, int32_t batch, int32_t new_len,
-    int32_t num_kv_heads, int32_t head_dim, int32_t cache_len, int32_t max_pos, int32_t qk_norm, float eps,
-    void const* kv, void const* k_norm_weight, float const* rope_cos, float const* rope_sin, void* k_cache_in,
-    void* v_cache_in, int32_t const* ctx_lens, int32_t const* new_lens, void* k_cache_out, void* v_cache_out)
+int32_t kvAppend(int32_t dtype, kva::Dims const& dims, kva::CacheLayout const& layout, void const* kv,
+    void const* kNormWeight, float const* ropeCos, float const* ropeSin, void* cacheA, size_t cacheABytes, void* cacheB,
+    size_t cacheBBytes, int32_t const* pageTable, size_t pageTableBytes, int32_t const* ctxLens, int32_t const* newLens)
 {
-    namespace kva = dflash::kvappend;
     ElemType type;
     if (!toElemType(dtype, type))
     {
         return fail("dtype must be 0 (fp32), 1 (fp16) or 2 (bf16)");
     }
-    std::string error = kva::Attributes{num_kv_heads, head_dim, qk_norm, eps}.validate();
+    std::string error = kva::Attributes{dims.numKvHeads, dims.headDim, dims.qkNorm, dims.eps}.validate();
     if (!error.empty())
     {
         return fail(error);
     }
-    if (batch < 0 || new_len < 0 || cache_len < 0 || max_pos < 0)
+    if (dims.batch < 0 || dims.newLen < 0 || dims.cacheLen < 0 || dims.maxPos < 0)
     {
         return fail("batch, new_len, cache_len and max_pos must be >= 0");
     }
-    kva::Dims const dims{batch, new_len, num_kv_heads, head_dim, cache_len, max_pos, qk_norm, eps};
     size_t const es = elemSize(type);
-    size_t const cache = kva::cacheBytes(dims, es);
-    size_t const ropeBytes = static_cast<size_t>(max_pos) * (head_dim / 2) * sizeof(float);
+    size_t const ropeBytes = static_cast<size_t>(dims.maxPos) * (dims.headDim / 2) * sizeof(float);
     Staging s;
-    void const* const kv_ = s.in(kv, static_cast<size_t>(batch) * new_len * 2 * num_kv_heads * head_dim * es);
-    void const* const knw = s.in(k_norm_weight, head_dim * es);
-    auto const* const cos_ = static_cast<float const*>(s.in(rope_cos, ropeBytes));
-    auto const* const sin_ = static_cast<float const*>(s.in(rope_sin, ropeBytes));
-    auto const* const ctx = static_cast<int32_t const*>(s.in(ctx_lens, batch * sizeof(int32_t)));
-    auto const* const lens = static_cast<int32_t const*>(s.in(new_lens, batch * sizeof(int32_t)));
-    void* kOut = nullptr;
-    void* vOut = nullptr;
-    void const* kIn = nullptr;
-    void const* vIn = nullptr;
-    if (k_cache_in == k_cache_out)
-    {
-        kIn = kOut = s.inOut(k_cache_out, cache);
-    }
-    else
-    {
-        kIn = s.in(k_cache_in, cache);
-        kOut = s.out(k_cache_out, cache);
-    }
-    if (v_cache_in == v_cache_out)
-    {
-        vIn = vOut = s.inOut(v_cache_out, cache);
-    }
-    else
-    {
-        vIn = s.in(v_cache_in, cache);
-        vOut = s.out(v_cache_out, cache);
-    }
-    kva::RawTensors const tensors{kv_, knw, cos_, sin_, kIn, vIn, ctx, lens, kOut, vOut};
+    kva::RawTensors const tensors{
+        s.in(kv, static_cast<size_t>(dims.batch) * dims.newLen * 2 * dims.numKvHeads * dims.headDim * es),
+        s.in(kNormWeight, dims.headDim * es), static_cast<float const*>(s.in(ropeCos, ropeBytes)),
+        static_cast<float const*>(s.in(ropeSin, ropeBytes)), s.inOut(cacheA, cacheABytes),
+        layout.paged ? nullptr : s.inOut(cacheB, cacheBBytes),
+        layout.paged ? static_cast<int32_t const*>(s.in(pageTable, pageTableBytes)) : nullptr,
+        static_cast<int32_t const*>(s.in(ctxLens, dims.batch * sizeof(int32_t))),
+        static_cast<int32_t const*>(s.in(newLens, dims.batch * sizeof(int32_t)))};
     error = s.error();
-    if (error.empty() && kva::launchContextKvAppend(type, dims, tensors, nullptr) != 0)
+    StatsScope stats;
+    if (error.empty() && kva::launchContextKvAppend(type, dims, layout, tensors, nullptr) != 0)
     {
         return fail("launch failed: " + s.finish());
     }
     error = s.finish();
     return error.empty() ? 0 : fail(error);
+}
+
+} // namespace
+
+// dtype: 0 fp32, 1 fp16, 2 bf16. keys_per_split > 0 forces the key split size (0: the plugin's plan).
+DFLASH_MATH_EXPORT int32_t dflash_math_block_attention(int32_t dtype, int32_t batch, int32_t block_len,
+    int32_t num_heads, int32_t num_kv_heads, int32_t head_dim, int32_t cache_len, int32_t max_pos, int32_t window,
+    int32_t qk_norm, float eps, int32_t keys_per_split, void const* qkv, void const* q_norm_weight,
+    void const* k_norm_weight, float const* rope_cos, float const* rope_sin, void const* k_cache, void const* v_cache,
+    int32_t const* ctx_lens, void* out)
+{
+    ba::Dims const dims{batch, block_len, num_heads, num_kv_heads, head_dim, cache_len, max_pos, window, qk_norm, eps};
+    size_t const cacheBytes = static_cast<size_t>(batch < 0 ? 0 : batch) * (num_kv_heads < 0 ? 0 : num_kv_heads)
+        * (cache_len < 0 ? 0 : cache_len) * (head_dim < 0 ? 0 : head_dim) * (dtype == 0 ? 4 : 2);
+    return blockAttention(dtype, dims, ba::CacheLayout{false, 0, 0, 0}, keys_per_split, qkv, q_norm_weight,
+        k_norm_weight, rope_cos, rope_sin, k_cache, cacheBytes, v_cache, cacheBytes, ctx_lens, out);
+}
+
+// The paged layout: kv_pool [2][num_pages][tokens_per_page][num_kv_heads][head_dim], page_table
+// [batch][2][max_pages] int32.
+DFLASH_MATH_EXPORT int32_t dflash_math_paged_block_attention(int32_t dtype, int32_t batch, int32_t block_len,
+    int32_t num_heads, int32_t num_kv_heads, int32_t head_dim, int32_t num_pages, int32_t tokens_per_page,
+    int32_t max_pages, int32_t max_pos, int32_t window, int32_t qk_norm, float eps, int32_t keys_per_split,
+    void const* qkv, void const* q_norm_weight, void const* k_norm_weight, float const* rope_cos,
+    float const* rope_sin, void const* kv_pool, int32_t const* page_table, int32_t const* ctx_lens, void* out)
+{
+    if (num_pages < 0 || tokens_per_page < 1 || max_pages < 0)
+    {
+        return fail("num_pages and max_pages must be >= 0 and tokens_per_page >= 1");
+    }
+    ba::Dims const dims{batch, block_len, num_heads, num_kv_heads, head_dim, max_pages * tokens_per_page, max_pos,
+        window, qk_norm, eps};
+    size_t const poolBytes = size_t{2} * num_pages * tokens_per_page * (num_kv_heads < 0 ? 0 : num_kv_heads)
+        * (head_dim < 0 ? 0 : head_dim) * (dtype == 0 ? 4 : 2);
+    size_t const tableBytes = static_cast<size_t>(batch < 0 ? 0 : batch) * 2 * max_pages * sizeof(int32_t);
+    return blockAttention(dtype, dims, ba::CacheLayout{true, num_pages, tokens_per_page, max_pages}, keys_per_split,
+        qkv, q_norm_weight, k_norm_weight, rope_cos, rope_sin, kv_pool, poolBytes, page_table, tableBytes, ctx_lens,
+        out);
+}
+
+// Updates k_cache and v_cache in place, as TensorRT does when it honours the plugin's output aliasing
+// (the plugin refuses to run otherwise).
+DFLASH_MATH_EXPORT int32_t dflash_math_context_kv_append(int32_t dtype, int32_t batch, int32_t new_len,
+    int32_t num_kv_heads, int32_t head_dim, int32_t cache_len, int32_t max_pos, int32_t qk_norm, float eps,
+    void const* kv, void const* k_norm_weight, float const* rope_cos, float const* rope_sin, void* k_cache,
+    void* v_cache, int32_t const* ctx_lens, int32_t const* new_lens)
+{
+    kva::Dims const dims{batch, new_len, num_kv_heads, head_dim, cache_len, max_pos, qk_norm, eps};
+    size_t const cacheBytes = static_cast<size_t>(batch < 0 ? 0 : batch) * (num_kv_heads < 0 ? 0 : num_kv_heads)
+        * (cache_len < 0 ? 0 : cache_len) * (head_dim < 0 ? 0 : head_dim) * (dtype == 0 ? 4 : 2);
+    return kvAppend(dtype, dims, kva::CacheLayout{false, 0, 0, 0}, kv, k_norm_weight, rope_cos, rope_sin, k_cache,
+        cacheBytes, v_cache, cacheBytes, nullptr, 0, ctx_lens, new_lens);
+}
+
+DFLASH_MATH_EXPORT int32_t dflash_math_paged_kv_append(int32_t dtype, int32_t batch, int32_t new_len,
+    int32_t num_kv_heads, int32_t head_dim, int32_t num_pages, int32_t tokens_per_page, int32_t max_pages,
+    int32_t max_pos, int32_t qk_norm, float eps, void const* kv, void const* k_norm_weight, float const* rope_cos,
+    float const* rope_sin, void* kv_pool, int32_t const* page_table, int32_t const* ctx_lens, int32_t const* new_lens)
+{
+    if (num_pages < 0 || tokens_per_page < 1 || max_pages < 0)
+    {
+        return fail("num_pages and max_pages must be >= 0 and tokens_per_page >= 1");
+    }
+    kva::Dims const dims{batch, new_len, num_kv_heads, head_dim, max_pages * tokens_per_page, max_pos, qk_norm, eps};
+    size_t const poolBytes = size_t{2} * num_pages * tokens_per_page * (num_kv_heads < 0 ? 0 : num_kv_heads)
+        * (head_dim < 0 ? 0 : head_dim) * (dtype == 0 ? 4 : 2);
+    size_t const tableBytes = static_cast<size_t>(batch < 0 ? 0 : batch) * 2 * max_pages * sizeof(int32_t);
+    return kvAppend(dtype, dims, kva::CacheLayout{true, num_pages, tokens_per_page, max_pages}, kv, k_norm_weight,
+        rope_cos, rope_sin, kv_pool, poolBytes, nullptr, 0, page_table, tableBytes, ctx_lens, new_lens);
+}
+
+// The launch plan of a DFlashBlockAttention call on the current device: out[0..3] = rows per tile,
+// row tiles, key splits launched, min keys per split; workspace[0] = this call's workspace bytes,
+// workspace[1] = what getWorkspaceSize reserves for a profile whose maxima are these extents.
+DFLASH_MATH_EXPORT int32_t dflash_math_block_attention_plan(int32_t batch, int32_t block_len, int32_t num_heads,
+    int32_t num_kv_heads, int32_t head_dim, int32_t cache_len, int32_t window, int32_t* out, int64_t* workspace)
+{
+    ba::Attributes const attributes{num_heads, num_kv_heads, head_dim, window, 1, 1e-6f};
+    std::string error = attributes.validate();
+    dflash::DeviceInfo device{};
+    if (error.empty())
+    {
+        error = currentDevice(device);
+    }
+    if (error.empty())
+    {
+        error = ba::checkDevice(device, head_dim);
+    }
+    if (!error.empty())
+    {
+        return fail(error);
+    }
+    ba::Dims const dims{batch, block_len, num_heads, num_kv_heads, head_dim, cache_len, cache_len + block_len, window,
+        1, 1e-6f};
+    ba::Plan const plan = ba::makePlan(dims, device);
+    out[0] = plan.rowsPerTile;
+    out[1] = plan.rowTiles;
+    out[2] = plan.numSplits;
+    out[3] = plan.minKeysPerSplit;
+    workspace[0] = static_cast<int64_t>(ba::workspaceBytes(dims, plan));
+    workspace[1] = static_cast<int64_t>(ba::maxWorkspaceBytes(dims));
+    return 0;
+}
+
+// Host CTA counters of the last launch on this thread: CTAs entered, CTAs that did work, merges.
+DFLASH_MATH_EXPORT void dflash_math_last_stats(int64_t* out)
+{
+    out[0] = gStats.ctas;
+    out[1] = gStats.ctasWithWork;
+    out[2] = gStats.merges;
 }
 
 DFLASH_MATH_EXPORT int32_t dflash_math_accept_tokens(int32_t batch, int32_t block_len, int32_t const* draft_tokens,
@@ -336,6 +472,15 @@ DFLASH_MATH_EXPORT int32_t dflash_math_device_count()
 }
 
 #else
+
+// The device the host library plans for (what queryCurrentDevice returns in the CUDA build);
+// sm_count 0 restores hostDevice().
+DFLASH_MATH_EXPORT void dflash_math_set_device(
+    int32_t cc_major, int32_t cc_minor, int32_t sm_count, int32_t max_smem_per_cta, int32_t smem_per_sm)
+{
+    gDevice = sm_count == 0 ? dflash::hostDevice()
+                            : dflash::DeviceInfo{cc_major, cc_minor, sm_count, max_smem_per_cta, smem_per_sm};
+}
 
 // The host element conversions the math uses (fp32 <-> fp16/bf16, round to nearest even).
 DFLASH_MATH_EXPORT int32_t dflash_math_from_float(int32_t dtype, int64_t count, float const* in, void* out)

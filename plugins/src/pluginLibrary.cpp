@@ -18,7 +18,10 @@ DFLASH_TRT_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t&
     static dflash::PluginCreator<dflash::DFlashBlockAttentionPlugin> blockAttention;
     static dflash::PluginCreator<dflash::DFlashContextKVAppendPlugin> contextKvAppend;
     static dflash::PluginCreator<dflash::DFlashAcceptTokensPlugin> acceptTokens;
-    static nvinfer1::IPluginCreatorInterface* const creators[] = {&blockAttention, &contextKvAppend, &acceptTokens};
+    static dflash::PluginCreator<dflash::DFlashPagedBlockAttentionPlugin> pagedBlockAttention;
+    static dflash::PluginCreator<dflash::DFlashPagedKVAppendPlugin> pagedKvAppend;
+    static nvinfer1::IPluginCreatorInterface* const creators[]
+        = {&blockAttention, &contextKvAppend, &acceptTokens, &pagedBlockAttention, &pagedKvAppend};
     nbCreators = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
     return creators;
 }

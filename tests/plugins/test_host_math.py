@@ -55,15 +55,47 @@ class MathLib:
             _ptr(qkv), _ptr(qw), _ptr(kw), _ptr(cos), _ptr(sin), _ptr(kc), _ptr(vc), _ptr(ctx), _ptr(out)))
         return out
 
+    def paged_block_attention(self, qkv, qw, kw, cos, sin, pool, page_table, ctx, *, num_heads, num_kv_heads,
+                              head_dim, window, qk_norm, eps, keys_per_split=0) -> torch.Tensor:
+        b, blk, _ = qkv.shape
+        out = torch.empty(b, blk, num_heads * head_dim, dtype=qkv.dtype)
+        self._check(self.lib.dflash_math_paged_block_attention(
+            DTYPE_CODE[qkv.dtype], b, blk, num_heads, num_kv_heads, head_dim, pool.shape[1], pool.shape[2],
+            page_table.shape[2], cos.shape[0], window, qk_norm, ctypes.c_float(eps), keys_per_split,
+            _ptr(qkv), _ptr(qw), _ptr(kw), _ptr(cos), _ptr(sin), _ptr(pool), _ptr(page_table), _ptr(ctx), _ptr(out)))
+        return out
+
     def context_kv_append(self, kv, kw, cos, sin, k_cache, v_cache, ctx, new_lens, *, num_kv_heads, head_dim,
-                          qk_norm, eps, in_place=True) -> tuple[torch.Tensor, torch.Tensor]:
+                          qk_norm, eps) -> tuple[torch.Tensor, torch.Tensor]:
+        """Appends in place (the plugin's only mode); returns the updated caches."""
         b, n, _ = kv.shape
-        k_out, v_out = (k_cache, v_cache) if in_place else (torch.empty_like(k_cache), torch.empty_like(v_cache))
         self._check(self.lib.dflash_math_context_kv_append(
             DTYPE_CODE[kv.dtype], b, n, num_kv_heads, head_dim, k_cache.shape[2], cos.shape[0], qk_norm,
             ctypes.c_float(eps), _ptr(kv), _ptr(kw), _ptr(cos), _ptr(sin), _ptr(k_cache), _ptr(v_cache), _ptr(ctx),
-            _ptr(new_lens), _ptr(k_out), _ptr(v_out)))
-        return k_out, v_out
+            _ptr(new_lens)))
+        return k_cache, v_cache
+
+    def paged_kv_append(self, kv, kw, cos, sin, pool, page_table, ctx, new_lens, *, num_kv_heads, head_dim,
+                        qk_norm, eps) -> torch.Tensor:
+        b, n, _ = kv.shape
+        self._check(self.lib.dflash_math_paged_kv_append(
+            DTYPE_CODE[kv.dtype], b, n, num_kv_heads, head_dim, pool.shape[1], pool.shape[2], page_table.shape[2],
+            cos.shape[0], qk_norm, ctypes.c_float(eps), _ptr(kv), _ptr(kw), _ptr(cos), _ptr(sin), _ptr(pool),
+            _ptr(page_table), _ptr(ctx), _ptr(new_lens)))
+        return pool
+
+    def plan(self, batch, block, num_heads, num_kv_heads, head_dim, cache, window=0) -> dict:
+        out = (ctypes.c_int32 * 4)()
+        ws = (ctypes.c_int64 * 2)()
+        self._check(self.lib.dflash_math_block_attention_plan(batch, block, num_heads, num_kv_heads, head_dim, cache,
+                                                               window, out, ws))
+        return dict(rows_per_tile=out[0], row_tiles=out[1], num_splits=out[2], min_keys_per_split=out[3],
+                    workspace=ws[0], max_workspace=ws[1])
+
+    def last_stats(self) -> dict:
+        out = (ctypes.c_int64 * 3)()
+        self.lib.dflash_math_last_stats(out)
+        return dict(ctas=out[0], ctas_with_work=out[1], merges=out[2])
 
     def accept_tokens(self, draft, target) -> tuple[torch.Tensor, torch.Tensor]:
         b, blk = target.shape
@@ -78,6 +110,21 @@ def math(host_build) -> MathLib:
     lib = MathLib(host_build.math_host)
     assert lib.lib.dflash_math_backend() == b"host"
     return lib
+
+
+# (compute capability, SMs, opt-in shared memory per CTA, shared memory per SM) of devices the plans are checked for
+H100 = (9, 0, 132, 227 * 1024, 228 * 1024)
+RTX_5090 = (12, 0, 170, 99 * 1024, 100 * 1024)  # consumer Blackwell: 99 KB per CTA
+T4 = (7, 5, 40, 64 * 1024, 64 * 1024)
+
+
+@pytest.fixture
+def device(math):
+    """Plan the host math for another device; restores the default (an H100) afterwards."""
+    def set_device(spec):
+        math.lib.dflash_math_set_device(*spec)
+    yield set_device
+    math.lib.dflash_math_set_device(0, 0, 0, 0, 0)
 
 
 def make_inputs(dtype, batch, block, num_heads, num_kv_heads, head_dim, cache, ctx_lens, seed):
@@ -215,8 +262,7 @@ def test_kv_append_feeds_block_attention(math, dtype, window):
             rows[s, :count] = kv[s, start:start + count]
         new_lens = torch.tensor(step_lens, dtype=torch.int32)
         k_cache, v_cache = math.context_kv_append(rows, kw, cos, sin, k_cache, v_cache, ctx, new_lens,
-                                                  num_kv_heads=nkv, head_dim=hd, qk_norm=1, eps=1e-6,
-                                                  in_place=step == 0)
+                                                  num_kv_heads=nkv, head_dim=hd, qk_norm=1, eps=1e-6)
         ctx = ctx + new_lens
     assert ctx.tolist() == lens
 
@@ -244,7 +290,8 @@ def test_kv_append_leaves_other_rows_alone(math):
     ctx = torch.tensor([1, 6, 2], dtype=torch.int32)
     new_lens = torch.tensor([2, 4, 0], dtype=torch.int32)  # sequence 1 runs past S after 2 rows
     k_new, v_new = math.context_kv_append(kv, torch.ones(hd), cos, sin, k_cache, v_cache, ctx, new_lens,
-                                          num_kv_heads=nkv, head_dim=hd, qk_norm=0, eps=1e-6, in_place=False)
+                                          num_kv_heads=nkv, head_dim=hd, qk_norm=0, eps=1e-6)
+    assert k_new is k_cache and v_new is v_cache  # in place: the plugin never copies the cache
     written = torch.zeros(3, cap, dtype=torch.bool)
     written[0, 1:3] = True
     written[1, 6:8] = True
@@ -252,7 +299,6 @@ def test_kv_append_leaves_other_rows_alone(math):
     assert torch.equal(v_new[:, 0][~written], v_old[:, 0][~written])
     assert torch.equal(v_new[0, 0, 1:3], kv[0, :2, hd:]) and torch.equal(v_new[1, 0, 6:8], kv[1, :2, hd:])
     assert not torch.equal(k_new[0, 0, 2], k_old[0, 0, 2])
-    assert torch.equal(k_cache, k_old) and torch.equal(v_cache, v_old)  # separate outputs: inputs untouched
 
 
 def test_accept_tokens(math):
@@ -302,3 +348,148 @@ def test_invalid_arguments_are_reported(math):
                                                   *(_ptr(t) for _ in range(8)), _ptr(t))
     assert status != 0
     assert "num_heads (6) must be a multiple of num_kv_heads (4)" in math.lib.dflash_math_last_error().decode()
+
+
+# --- paged layout -----------------------------------------------------------------------------------------
+
+def to_paged(k_cache, v_cache, tokens_per_page, seed, spare_pages=3):
+    """The contiguous caches [b, kv, S, d] as a pool [2, pages, tpp, kv, d] + page table [b, 2, max_pages]:
+    key and value pages shuffled independently, unused slots NaN (the plugin must never read them)."""
+    b, nkv, cap, d = k_cache.shape
+    max_pages = -(-cap // tokens_per_page)
+    pages = b * max_pages + spare_pages
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.full((2, pages, tokens_per_page, nkv, d), float("nan"), dtype=k_cache.dtype)
+    table = torch.empty(b, 2, max_pages, dtype=torch.int32)
+    for which, cache in enumerate((k_cache, v_cache)):
+        table[:, which] = torch.randperm(pages, generator=g)[:b * max_pages].view(b, max_pages).int()
+        for s in range(b):
+            for p in range(cap):
+                pool[which, table[s, which, p // tokens_per_page], p % tokens_per_page] = cache[s, :, p]
+    return pool, table
+
+
+def from_paged(pool, table, capacity):
+    """The inverse of to_paged: contiguous [b, kv, capacity, d] caches read through the page table."""
+    tpp = pool.shape[2]
+    pos = torch.arange(capacity)
+    caches = []
+    for which in range(2):
+        pages = table[:, which, pos // tpp].long()  # [b, capacity]
+        caches.append(pool[which][pages, pos % tpp].permute(0, 2, 1, 3).contiguous())
+    return caches
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODE), ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("tokens_per_page,window,keys_per_split", [(16, 0, 0), (5, 0, 32), (64, 7, 64)])
+def test_paged_block_attention_equals_contiguous(math, dtype, tokens_per_page, window, keys_per_split):
+    """DFlashPagedBlockAttention reads the same keys through the page table: bit-identical outputs to the
+    contiguous layout (same math, same order), and within tolerance of the reference."""
+    cache = 320
+    inputs = make_inputs(dtype, 3, 8, 8, 2, 64, cache, [0, 319, 150], seed=21)
+    attrs = dict(num_heads=8, num_kv_heads=2, head_dim=64, window=window, qk_norm=1, eps=1e-6)
+    pool, table = to_paged(inputs[5], inputs[6], tokens_per_page, seed=4)
+    got = math.paged_block_attention(*inputs[:5], pool, table, inputs[7], **attrs, keys_per_split=keys_per_split)
+    assert torch.equal(got, math.block_attention(*inputs, **attrs, keys_per_split=keys_per_split))
+    torch.testing.assert_close(got.float(), dflash_block_attention(*inputs, **attrs).float(), **TOLERANCE[dtype])
+
+
+def test_paged_block_attention_missing_page_gives_nan(math):
+    """A page id outside the pool for a position the context uses makes that sequence NaN, the others exact."""
+    inputs = make_inputs(torch.float32, 3, 4, 4, 1, 64, 40, [33, 33, 8], seed=22)
+    attrs = dict(num_heads=4, num_kv_heads=1, head_dim=64, window=0, qk_norm=1, eps=1e-6)
+    pool, table = to_paged(inputs[5], inputs[6], 8, seed=5)
+    table[0, 1, 4] = -1               # sequence 0: no value page for positions 32..39, which it uses
+    table[2, 0, 3] = pool.shape[1]    # sequence 2: a bad page past its context (8), never read
+    got = math.paged_block_attention(*inputs[:5], pool, table, inputs[7], **attrs)
+    assert got[0].isnan().all() and not got[1:].isnan().any()
+    torch.testing.assert_close(got[1:], dflash_block_attention(*inputs, **attrs)[1:], **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODE), ids=lambda d: str(d).split(".")[-1])
+def test_paged_kv_append_equals_contiguous(math, dtype):
+    """DFlashPagedKVAppend writes the same bits as DFlashContextKVAppend, through the page table, and
+    nothing else in the pool."""
+    nkv, hd, cap, tpp = 2, 128, 24, 6
+    g = torch.Generator().manual_seed(6)
+    kv = torch.randn(3, 5, 2 * nkv * hd, generator=g).to(dtype)
+    kw = (1 + 0.2 * torch.randn(hd, generator=g)).to(dtype)
+    cos, sin = (t.contiguous() for t in rope_tables(cap, hd))
+    k_cache = torch.randn(3, nkv, cap, hd, generator=g).to(dtype)
+    v_cache = torch.randn(3, nkv, cap, hd, generator=g).to(dtype)
+    pool, table = to_paged(k_cache, v_cache, tpp, seed=7)
+    spare = torch.ones(pool.shape[1], dtype=torch.bool)
+    spare[table.flatten().long()] = False
+    untouched = pool[:, spare].clone()
+    ctx = torch.tensor([0, 21, 9], dtype=torch.int32)
+    new_lens = torch.tensor([5, 5, 3], dtype=torch.int32)  # sequence 1 runs past the capacity after 3 rows
+    args = dict(num_kv_heads=nkv, head_dim=hd, qk_norm=1, eps=1e-6)
+    math.context_kv_append(kv, kw, cos, sin, k_cache, v_cache, ctx, new_lens, **args)
+    assert math.paged_kv_append(kv, kw, cos, sin, pool, table, ctx, new_lens, **args) is pool
+    k_paged, v_paged = from_paged(pool, table, cap)
+    assert torch.equal(k_paged, k_cache) and torch.equal(v_paged, v_cache)
+    assert torch.equal(torch.nan_to_num(pool[:, spare], 7.0), torch.nan_to_num(untouched, 7.0))
+
+
+# --- planning (SM count, batch, actual lengths) and devices ----------------------------------------------
+
+def test_plan_splits_only_to_fill_the_device(math, device):
+    """Splits come from the SM count and the grid (batch x kv heads x row tiles), not from the cache
+    capacity: at batch 64 nothing is split and no workspace is used; at batch 1 the keys are split."""
+    device(H100)
+    qwen = dict(num_heads=32, num_kv_heads=8, head_dim=128)
+    big = math.plan(64, 16, **qwen, cache=32768)
+    assert big["num_splits"] == 1 and big["workspace"] == 0 and big["rows_per_tile"] == 64
+    assert math.plan(1, 16, **qwen, cache=4096)["num_splits"] == 17  # ceil(4112 keys / 256)
+    assert math.plan(1, 16, **qwen, cache=32768)["num_splits"] == 32  # 8 CTAs unsplit: 132 SMs x 2 // 8 = 33 > 32
+    mid = math.plan(8, 16, **qwen, cache=4096)
+    assert mid["num_splits"] == 4  # 64 CTAs unsplit: 264 // 64
+    short = math.plan(1, 16, **qwen, cache=200)
+    assert short["num_splits"] == 1  # 216 keys: fewer than 256 keys per split would not pay
+    # What getWorkspaceSize reserves for a profile up to batch 64 x 32k (was 545 MB): bounded by
+    # 256 SMs x 2 CTAs x 64 rows of (head_dim + 2) fp32 partials, whatever the batch and context.
+    bound = 256 * 2 * 64 * 130 * 4 + 256 * 4
+    assert 0 < big["max_workspace"] <= bound and big["max_workspace"] < 20e6
+
+
+def test_consumer_device_gets_smaller_row_tiles(math, device):
+    """99 KB of shared memory per CTA (sm_120 consumer parts): 64-row tiles (106 KB) do not fit, 32-row
+    tiles do, and the result is the same attention."""
+    device(RTX_5090)
+    plan = math.plan(2, 16, 32, 8, 128, 1024)
+    assert plan["rows_per_tile"] == 32 and plan["row_tiles"] == 2
+    smem = (2 * 32 * 129 + 2 * 32 * 129 + 32 * 33 + 3 * 32 + 1) * 4
+    assert smem <= 99 * 1024 < (2 * 64 * 129 + 2 * 32 * 129 + 64 * 33 + 3 * 64 + 1) * 4
+    inputs = make_inputs(torch.float16, 2, 16, 8, 2, 128, 300, [300, 41], seed=23)
+    attrs = dict(num_heads=8, num_kv_heads=2, head_dim=128, window=0, qk_norm=1, eps=1e-6)
+    got = math.block_attention(*inputs, **attrs, keys_per_split=64)
+    torch.testing.assert_close(got.float(), dflash_block_attention(*inputs, **attrs).float(),
+                               **TOLERANCE[torch.float16])
+
+
+def test_unsupported_device_is_refused(math, device):
+    device(T4)
+    with pytest.raises(AssertionError, match=r"compute capability 7\.5 is not supported: the kernels need 8\.0"):
+        math.plan(1, 16, 32, 8, 128, 1024)
+    inputs = make_inputs(torch.float32, 1, 2, 2, 1, 64, 8, [3], seed=1)
+    with pytest.raises(AssertionError, match="compute capability 7.5"):
+        math.block_attention(*inputs, num_heads=2, num_kv_heads=1, head_dim=64, window=0, qk_norm=1, eps=1e-6)
+    device((8, 0, 108, 1024, 1024))  # a device with too little shared memory for even one row
+    with pytest.raises(AssertionError, match="allows 1024 bytes of shared memory per CTA; head_dim 128 needs"):
+        math.plan(1, 16, 32, 8, 128, 1024)
+
+
+def test_ctas_exit_early_and_the_last_split_merges(math, device):
+    """Each CTA splits its own sequence's actual key range: a short sequence uses one split and the CTAs of
+    its other splits exit before loading or norming anything; the last CTA of each split row tile merges
+    (no second kernel)."""
+    device(H100)
+    inputs = make_inputs(torch.float32, 2, 16, 8, 2, 64, 2000, [0, 2000], seed=24)
+    attrs = dict(num_heads=8, num_kv_heads=2, head_dim=64, window=0, qk_norm=1, eps=1e-6)
+    plan = math.plan(2, 16, 8, 2, 64, 2000)
+    assert plan["num_splits"] == 8 and plan["row_tiles"] == 1  # ceil(2016 / 256) = 8 splits launched
+    got = math.block_attention(*inputs, **attrs)
+    stats = math.last_stats()
+    # 2 sequences x 2 kv heads x 8 splits launched; sequence 0 (16 keys) works in 1 split, sequence 1 in 8
+    assert stats == dict(ctas=32, ctas_with_work=2 * (1 + 8), merges=2)
+    torch.testing.assert_close(got, dflash_block_attention(*inputs, **attrs), **TOLERANCE[torch.float32])

@@ -20,7 +20,7 @@ namespace dflash
 // The IPluginV3 plumbing every plugin shares, written once for a plugin class Derived (CRTP).
 // BuildInterface is IPluginV3OneBuild, or IPluginV3OneBuildV2 for plugins that alias outputs to inputs.
 //
-// Derived provides:
+// Derived provides (and may hide deviceError, see below):
 //  - kName, kNumInputs (an enumerator of its input enum) and kNumOutputs;
 //  - a constructor from Attributes (inheriting PluginBase's does);
 //  - std::string checkShapes(nvinfer1::Dims const* dims, int32_t nbInputs, int32_t nbOutputs) const
@@ -85,16 +85,34 @@ public:
         return Derived::kNumOutputs;
     }
 
+    // Build time: the shapes, and the build device when there is one (see deviceError).
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const*, int32_t nbOutputs) noexcept override
     {
-        return checkInputs(in, nbInputs, nbOutputs);
+        if (checkInputs(in, nbInputs, nbOutputs) != 0)
+        {
+            return -1;
+        }
+        return reportError(static_cast<Derived*>(this)->deviceError(false), " configure");
     }
 
+    // Run time: the shapes and the device the engine runs on.
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const*,
         int32_t nbOutputs) noexcept override
     {
-        return checkInputs(in, nbInputs, nbOutputs);
+        if (checkInputs(in, nbInputs, nbOutputs) != 0)
+        {
+            return -1;
+        }
+        return reportError(static_cast<Derived*>(this)->deviceError(true), " onShapeChange");
+    }
+
+    // "" when the plugin's kernels can run on the current device, else why not. A plugin with
+    // device requirements hides this; requireDevice is false at build time, where a builder without
+    // a usable device is not an error (TensorRT-RTX builds on a CPU).
+    std::string deviceError(bool /*requireDevice*/)
+    {
+        return "";
     }
 
     nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext*) noexcept override

@@ -49,6 +49,15 @@ public:
         }
     }
 
+    // Records `reason` about input `index` unless an earlier check failed.
+    void fail(int32_t index, char const* tensor, std::string const& reason)
+    {
+        if (mError.empty())
+        {
+            mError = where(index, tensor) + " " + reason;
+        }
+    }
+
     std::string const& error() const
     {
         return mError;
@@ -94,6 +103,31 @@ inline void checkKvCaches(ShapeCheck& c, nvinfer1::Dims const* dims, int32_t kIn
             c.equal(i, name, dims[i], 1, numKvHeads, "num_kv_heads");
             c.equal(i, name, dims[i], 2, dims[kIndex].d[2], "k_cache dim 2");
             c.equal(i, name, dims[i], 3, headDim, "head_dim");
+        }
+    }
+}
+
+// kv_pool: [2, pages, tokens_per_page, num_kv_heads, head_dim]; page_table: [batch, 2, max_pages];
+// a sequence's capacity max_pages * tokens_per_page must fit INT32.
+inline void checkKvPool(ShapeCheck& c, nvinfer1::Dims const* dims, int32_t poolIndex, int32_t tableIndex,
+    int64_t batch, int64_t numKvHeads, int64_t headDim)
+{
+    nvinfer1::Dims const& pool = dims[poolIndex];
+    nvinfer1::Dims const& table = dims[tableIndex];
+    if (c.rank(poolIndex, "kv_pool", pool, 5))
+    {
+        c.equal(poolIndex, "kv_pool", pool, 0, 2, "2 (keys, values)");
+        c.equal(poolIndex, "kv_pool", pool, 3, numKvHeads, "num_kv_heads");
+        c.equal(poolIndex, "kv_pool", pool, 4, headDim, "head_dim");
+    }
+    if (c.rank(tableIndex, "page_table", table, 3))
+    {
+        c.equal(tableIndex, "page_table", table, 0, batch, "batch");
+        c.equal(tableIndex, "page_table", table, 1, 2, "2 (key pages, value pages)");
+        if (pool.nbDims == 5 && pool.d[2] > 0 && table.d[2] > 0
+            && pool.d[2] * table.d[2] > std::numeric_limits<int32_t>::max())
+        {
+            c.fail(tableIndex, "page_table", "max_pages * tokens_per_page exceeds INT32");
         }
     }
 }

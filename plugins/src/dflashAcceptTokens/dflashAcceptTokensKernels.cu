@@ -26,7 +26,7 @@ int32_t launchAcceptTokens(Tensors const& tensors, int32_t batch, int32_t blockL
     }
     unsigned const blocks = static_cast<unsigned>((batch + kThreads - 1) / kThreads);
     acceptKernel<<<blocks, kThreads, 0, stream>>>(tensors, batch, blockLen);
-    return cudaGetLastError() == cudaSuccess ? 0 : -1;
+    return cudaPeekAtLastError() == cudaSuccess ? 0 : -1;
 }
 
 } // namespace accept

@@ -8,12 +8,16 @@
 //
 // Work decomposition (see plugins/README.md): a CTA owns one (sequence, kv head, row tile, key
 // split). Its rows are the query heads of the kv head's GQA group times the block's queries, so
-// every K/V element it loads serves all of them. Key splits are combined flash-decoding style.
+// every K/V element it loads serves all of them. The launch fixes the most splits a row tile may
+// use; each CTA cuts its sequence's actual visible key range into as few of them as needed and
+// exits at once when its split is empty. The CTA that finishes a row tile's splits last (a
+// semaphore in global memory) merges them: there is no second kernel.
 #pragma once
 
 #include "common/ctaGroup.h"
 #include "common/floatTypes.h"
 #include "common/hd.h"
+#include "common/kvCache.h"
 #include "common/normRope.h"
 
 #include <cmath>
@@ -34,14 +38,15 @@ struct Dims
     int32_t numHeads;
     int32_t numKvHeads;
     int32_t headDim;
-    int32_t cacheLen; // S, capacity of the context cache
+    int32_t cacheLen; // capacity of a sequence's context cache (paged: maxPages * tokensPerPage)
     int32_t maxPos;   // rows of the RoPE tables
     int32_t window;   // 0: no sliding window
     int32_t qkNorm;
     float eps;
 };
 
-template <typename T>
+// Cache is ContiguousKv<T const*> or PagedKv<T const*> (common/kvCache.h).
+template <typename T, typename Cache>
 struct Tensors
 {
     T const* qkv;
@@ -49,39 +54,39 @@ struct Tensors
     T const* kNormWeight;
     float const* ropeCos;
     float const* ropeSin;
-    T const* kCache;
-    T const* vCache;
+    Cache cache;
     int32_t const* ctxLens;
     T* out;
 };
 
 struct Plan
 {
-    int32_t groupSize;    // query heads per kv head
-    int32_t rowsPerGroup; // groupSize * blockLen
-    int32_t rowsPerTile;
+    int32_t groupSize;       // query heads per kv head
+    int32_t rowsPerGroup;    // groupSize * blockLen
+    int32_t rowsPerTile;     // chosen so that the CTA's shared memory fits the device
     int32_t rowTiles;
-    int32_t keysPerSplit; // multiple of kKeyTile
-    int32_t numSplits;
+    int32_t numSplits;       // key splits launched per row tile (the most a sequence may use)
+    int32_t minKeysPerSplit; // a sequence uses min(numSplits, ceil(keys / minKeysPerSplit)) splits
 };
 
-// fp32 partial results of the key splits, laid out in the plugin's workspace.
+// Split partials and the per-row-tile semaphores, laid out in the plugin's workspace.
 struct Partials
 {
-    float* maxes; // [rows][numSplits]
-    float* sums;  // [rows][numSplits]
-    float* accs;  // [rows][numSplits][headDim]
+    float* maxes;      // [rows][numSplits]
+    float* sums;       // [rows][numSplits]
+    float* accs;       // [rows][numSplits][headDim]
+    int32_t* counters; // [batch][numKvHeads][rowTiles], zeroed before the launch
 };
 
-HD inline Partials carvePartials(float* workspace, int64_t totalRows, int32_t numSplits)
+HD inline int32_t ceilDivHD(int32_t a, int32_t b)
 {
-    int64_t const slots = totalRows * numSplits;
-    return Partials{workspace, workspace + slots, workspace + 2 * slots};
+    return (a + b - 1) / b;
 }
 
-HD inline bool sequenceIsValid(int32_t ctxLen, Dims const& dims)
+template <typename Cache>
+HD inline bool sequenceIsValid(int32_t seq, int32_t ctxLen, Dims const& dims, Cache const& cache)
 {
-    return ctxLen >= 0 && ctxLen <= dims.cacheLen && ctxLen + dims.blockLen <= dims.maxPos;
+    return ctxLen >= 0 && ctxLen + dims.blockLen <= dims.maxPos && cache.prefixUsable(seq, ctxLen);
 }
 
 HD inline bool keyVisible(int32_t queryPos, int32_t keyPos, int32_t window)
@@ -95,6 +100,26 @@ HD inline int32_t firstVisibleKey(int32_t ctxLen, int32_t window)
 {
     int32_t const first = ctxLen - window + 1;
     return (window > 0 && first > 0) ? first : 0;
+}
+
+// The keys [begin, end) of split `split` of a sequence, and how many splits the sequence uses.
+struct SplitRange
+{
+    int32_t begin;
+    int32_t end;
+    int32_t used;
+};
+
+HD inline SplitRange splitRange(int32_t ctxLen, Dims const& dims, Plan const& plan, int32_t split)
+{
+    int32_t const keyBegin = firstVisibleKey(ctxLen, dims.window);
+    int32_t const keyEnd = ctxLen + dims.blockLen;
+    int32_t const keys = keyEnd - keyBegin; // >= blockLen >= 1
+    int32_t used = minI(plan.numSplits, ceilDivHD(keys, plan.minKeysPerSplit));
+    int32_t const keysPerSplit = ceilDivHD(ceilDivHD(keys, used), kKeyTile) * kKeyTile;
+    used = ceilDivHD(keys, keysPerSplit); // no empty split
+    int32_t const begin = keyBegin + split * keysPerSplit;
+    return SplitRange{begin, minI(keyEnd, begin + keysPerSplit), used};
 }
 
 HD inline float scaledDot(float const* q, float const* k, int32_t headDim, float scale)
@@ -149,24 +174,24 @@ HD inline float accumulateElement(
     return acc;
 }
 
-// Combines the key splits of one output element. Every query sees at least its own block key, so
-// some split has a finite max and the denominator is positive; a split that saw no visible key
-// (max -inf, sum and accumulator 0) gets weight exp(-inf) = 0.
+// Combines the key splits of one output element, reading what other CTAs wrote. Every query sees
+// at least its own block key, so some split has a finite max and the denominator is positive; a
+// split that saw no visible key (max -inf, sum and accumulator 0) gets weight exp(-inf) = 0.
 HD inline float mergeSplits(
     float const* maxes, float const* sums, float const* accs, int32_t accStride, int32_t numSplits)
 {
     float globalMax = -INFINITY;
     for (int32_t s = 0; s < numSplits; ++s)
     {
-        globalMax = fmaxf(globalMax, maxes[s]);
+        globalMax = fmaxf(globalMax, loadFromOtherCta(maxes + s));
     }
     float numerator = 0.0f;
     float denominator = 0.0f;
     for (int32_t s = 0; s < numSplits; ++s)
     {
-        float const weight = expf(maxes[s] - globalMax);
-        numerator += weight * accs[s * accStride];
-        denominator += weight * sums[s];
+        float const weight = expf(loadFromOtherCta(maxes + s) - globalMax);
+        numerator += weight * loadFromOtherCta(accs + s * accStride);
+        denominator += weight * loadFromOtherCta(sums + s);
     }
     return numerator / denominator;
 }
@@ -182,12 +207,13 @@ struct Smem
     float* rowMax;   // [rowsPerTile]
     float* rowSum;   // [rowsPerTile]
     float* rescale;  // [rowsPerTile]
+    float* flag;     // [1] the semaphore's answer
 };
 
 HD inline int32_t smemFloats(int32_t rowsPerTile, int32_t headDim)
 {
     int32_t const ld = headDim + 1;
-    return 2 * rowsPerTile * ld + 2 * kKeyTile * ld + rowsPerTile * (kKeyTile + 1) + 3 * rowsPerTile;
+    return 2 * rowsPerTile * ld + 2 * kKeyTile * ld + rowsPerTile * (kKeyTile + 1) + 3 * rowsPerTile + 1;
 }
 
 HD inline Smem carveSmem(float* base, int32_t rowsPerTile, int32_t headDim)
@@ -202,6 +228,7 @@ HD inline Smem carveSmem(float* base, int32_t rowsPerTile, int32_t headDim)
     s.rowMax = s.weights + rowsPerTile * (kKeyTile + 1);
     s.rowSum = s.rowMax + rowsPerTile;
     s.rescale = s.rowSum + rowsPerTile;
+    s.flag = s.rescale + rowsPerTile;
     return s;
 }
 
@@ -223,35 +250,40 @@ HD inline int64_t outputOffset(Dims const& dims, int32_t seq, RowIndex const& ri
 }
 
 // One CTA: (seq, kvHead, rowTile, split). smem holds smemFloats(plan.rowsPerTile, D) floats.
-template <typename T, int32_t D>
-HD void blockAttentionCta(Dims const& dims, Tensors<T> const& t, Plan const& plan, Partials const& partials,
+template <typename T, int32_t D, typename Cache>
+HD void blockAttentionCta(Dims const& dims, Tensors<T, Cache> const& t, Plan const& plan, Partials const& partials,
     int32_t seq, int32_t kvHead, int32_t rowTile, int32_t split, float* smemBase)
 {
     CtaGroup const group;
     constexpr int32_t ld = D + 1;
     constexpr int32_t weightLd = kKeyTile + 1;
     constexpr int32_t half = D / 2;
+    countCta(false);
     int32_t const ctxLen = t.ctxLens[seq];
     int32_t const rowBegin = rowTile * plan.rowsPerTile;
     int32_t const rows = minI(plan.rowsPerTile, plan.rowsPerGroup - rowBegin);
-    bool const directOutput = plan.numSplits == 1;
 
-    if (!sequenceIsValid(ctxLen, dims))
+    if (!sequenceIsValid(seq, ctxLen, dims, t.cache))
     {
-        if (directOutput)
+        if (split == 0)
         {
             group.forEach(rows * D, [&](int32_t e) {
                 RowIndex const ri = rowIndex(dims, plan, kvHead, rowBegin + e / D);
                 t.out[outputOffset(dims, seq, ri) + e % D] = fromFloat<T>(quietNaN());
             });
         }
-        return; // the merge writes NaN for split partials
+        return;
     }
+    SplitRange const range = splitRange(ctxLen, dims, plan, split);
+    if (split >= range.used)
+    {
+        return; // this sequence needs fewer splits: nothing to load, norm or rope
+    }
+    countCta(true);
 
     Smem const s = carveSmem(smemBase, plan.rowsPerTile, D);
     int64_t const tokenStride = static_cast<int64_t>(dims.numHeads + 2 * dims.numKvHeads) * D;
     T const* const blockTokens = t.qkv + static_cast<int64_t>(seq) * dims.blockLen * tokenStride;
-    int64_t const cacheBase = (static_cast<int64_t>(seq) * dims.numKvHeads + kvHead) * dims.cacheLen * D;
     float const scale = 1.0f / sqrtf(static_cast<float>(D));
 
     group.forEach(rows, [&](int32_t r) {
@@ -265,19 +297,15 @@ HD void blockAttentionCta(Dims const& dims, Tensors<T> const& t, Plan const& pla
     group.forEach(rows * D, [&](int32_t e) { s.acc[(e / D) * ld + e % D] = 0.0f; });
     group.sync();
 
-    int32_t const keyEnd = ctxLen + dims.blockLen;
-    int32_t const splitBegin = maxI(split * plan.keysPerSplit, firstVisibleKey(ctxLen, dims.window));
-    int32_t const splitEnd = minI(keyEnd, (split + 1) * plan.keysPerSplit);
-    for (int32_t tileBegin = splitBegin; tileBegin < splitEnd; tileBegin += kKeyTile)
+    for (int32_t tileBegin = range.begin; tileBegin < range.end; tileBegin += kKeyTile)
     {
-        int32_t const count = minI(kKeyTile, splitEnd - tileBegin);
+        int32_t const count = minI(kKeyTile, range.end - tileBegin);
         int32_t const contextCount = maxI(0, minI(count, ctxLen - tileBegin));
 
         group.forEach(contextCount * D, [&](int32_t e) {
             int32_t const j = e / D;
-            int64_t const src = cacheBase + static_cast<int64_t>(tileBegin + j) * D + e % D;
-            s.k[j * ld + e % D] = toFloat(t.kCache[src]);
-            s.v[j * ld + e % D] = toFloat(t.vCache[src]);
+            s.k[j * ld + e % D] = toFloat(t.cache.k[t.cache.kOffset(seq, kvHead, tileBegin + j) + e % D]);
+            s.v[j * ld + e % D] = toFloat(t.cache.v[t.cache.vOffset(seq, kvHead, tileBegin + j) + e % D]);
         });
         group.forEach(count - contextCount, [&](int32_t b) {
             int32_t const j = contextCount + b;
@@ -318,7 +346,7 @@ HD void blockAttentionCta(Dims const& dims, Tensors<T> const& t, Plan const& pla
         group.sync();
     }
 
-    if (directOutput)
+    if (range.used == 1)
     {
         group.forEach(rows * D, [&](int32_t e) {
             int32_t const r = e / D;
@@ -337,25 +365,19 @@ HD void blockAttentionCta(Dims const& dims, Tensors<T> const& t, Plan const& pla
         int64_t const slot = (firstRow + e / D) * plan.numSplits + split;
         partials.accs[slot * D + e % D] = s.acc[(e / D) * ld + e % D];
     });
-}
-
-// One CTA per output row (seq, head, query) when the keys were split: (seq * numHeads + head) * blockLen + query.
-template <typename T, int32_t D>
-HD void mergeSplitsCta(Dims const& dims, Tensors<T> const& t, Plan const& plan, Partials const& partials, int64_t row)
-{
-    CtaGroup const group;
-    int32_t const seq = static_cast<int32_t>(row / (static_cast<int64_t>(dims.numHeads) * dims.blockLen));
-    RowIndex const ri{static_cast<int32_t>((row / dims.blockLen) % dims.numHeads), static_cast<int32_t>(row % dims.blockLen)};
-    T* const out = t.out + outputOffset(dims, seq, ri);
-    if (!sequenceIsValid(t.ctxLens[seq], dims))
+    int32_t* const counter
+        = partials.counters + (static_cast<int64_t>(seq) * dims.numKvHeads + kvHead) * plan.rowTiles + rowTile;
+    if (!group.arriveLast(counter, range.used, s.flag))
     {
-        group.forEach(D, [&](int32_t d) { out[d] = fromFloat<T>(quietNaN()); });
         return;
     }
-    int64_t const slot = row * plan.numSplits;
-    group.forEach(D, [&](int32_t d) {
-        out[d] = fromFloat<T>(mergeSplits(
-            partials.maxes + slot, partials.sums + slot, partials.accs + slot * D + d, D, plan.numSplits));
+    countMerge();
+    group.forEach(rows * D, [&](int32_t e) {
+        int32_t const r = e / D;
+        int64_t const slot = (firstRow + r) * plan.numSplits;
+        RowIndex const ri = rowIndex(dims, plan, kvHead, rowBegin + r);
+        t.out[outputOffset(dims, seq, ri) + e % D] = fromFloat<T>(mergeSplits(partials.maxes + slot,
+            partials.sums + slot, partials.accs + slot * D + e % D, D, range.used));
     });
 }
 

@@ -11,18 +11,20 @@ namespace dflash
 using nvinfer1::DataType;
 using nvinfer1::Dims;
 
-int32_t DFlashBlockAttentionPlugin::getOutputDataTypes(
+template <bool kPaged>
+int32_t BlockAttentionPlugin<kPaged>::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
     if (nbInputs != kNumInputs || nbOutputs != kNumOutputs || !isActivationType(inputTypes[kQKV]))
     {
-        return reportError("expects 8 inputs with qkv of type FLOAT, HALF or BF16, and 1 output");
+        return Base::reportError("expects 8 inputs with qkv of type FLOAT, HALF or BF16, and 1 output");
     }
     outputTypes[0] = inputTypes[kQKV];
     return 0;
 }
 
-std::string DFlashBlockAttentionPlugin::checkShapes(Dims const* dims, int32_t nbInputs, int32_t nbOutputs) const
+template <bool kPaged>
+std::string BlockAttentionPlugin<kPaged>::checkShapes(Dims const* dims, int32_t nbInputs, int32_t nbOutputs) const
 {
     if (nbOutputs != kNumOutputs)
     {
@@ -32,9 +34,9 @@ std::string DFlashBlockAttentionPlugin::checkShapes(Dims const* dims, int32_t nb
     {
         return "expects 8 inputs, got " + std::to_string(nbInputs);
     }
-    int64_t const numHeads = mAttributes.numHeads;
-    int64_t const numKvHeads = mAttributes.numKvHeads;
-    int64_t const headDim = mAttributes.headDim;
+    int64_t const numHeads = this->mAttributes.numHeads;
+    int64_t const numKvHeads = this->mAttributes.numKvHeads;
+    int64_t const headDim = this->mAttributes.headDim;
     ShapeCheck c;
     if (c.rank(kQKV, "qkv", dims[kQKV], 3))
     {
@@ -50,30 +52,51 @@ std::string DFlashBlockAttentionPlugin::checkShapes(Dims const* dims, int32_t nb
         }
     }
     checkRopeTables(c, dims, kRopeCos, kRopeSin, headDim);
-    checkKvCaches(c, dims, kKCache, kVCache, dims[kQKV].d[0], numKvHeads, headDim);
+    if (kPaged)
+    {
+        checkKvPool(c, dims, kKCache, kVCache, dims[kQKV].d[0], numKvHeads, headDim);
+    }
+    else
+    {
+        checkKvCaches(c, dims, kKCache, kVCache, dims[kQKV].d[0], numKvHeads, headDim);
+    }
     checkPerSequence(c, dims, kCtxLens, "ctx_lens", dims[kQKV].d[0]);
     return c.error();
 }
 
-int32_t DFlashBlockAttentionPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
+template <bool kPaged>
+std::string BlockAttentionPlugin<kPaged>::deviceError(bool requireDevice)
+{
+    DeviceInfo device{};
+    std::string const error = mDevice.get(device);
+    if (!error.empty())
+    {
+        return requireDevice ? error : "";
+    }
+    return blockattn::checkDevice(device, this->mAttributes.headDim);
+}
+
+template <bool kPaged>
+int32_t BlockAttentionPlugin<kPaged>::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
     nvinfer1::DimsExprs const*, int32_t, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
     nvinfer1::IExprBuilder& exprBuilder) noexcept
 {
-    if (checkInputs(inputs, nbInputs, nbOutputs) != 0)
+    if (Base::checkInputs(inputs, nbInputs, nbOutputs) != 0)
     {
         return -1;
     }
     outputs[0].nbDims = 3;
     outputs[0].d[0] = inputs[kQKV].d[0];
     outputs[0].d[1] = inputs[kQKV].d[1];
-    outputs[0].d[2] = exprBuilder.constant(static_cast<int64_t>(mAttributes.numHeads) * mAttributes.headDim);
+    outputs[0].d[2] = exprBuilder.constant(static_cast<int64_t>(this->mAttributes.numHeads) * this->mAttributes.headDim);
     return 0;
 }
 
-bool DFlashBlockAttentionPlugin::supportsFormatCombination(
+template <bool kPaged>
+bool BlockAttentionPlugin<kPaged>::supportsFormatCombination(
     int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
-    if (!isLinearTensor(pos, inOut, nbInputs, nbOutputs))
+    if (!Base::isLinearTensor(pos, inOut, nbInputs, nbOutputs))
     {
         return false;
     }
@@ -84,27 +107,31 @@ bool DFlashBlockAttentionPlugin::supportsFormatCombination(
     case kRopeCos:
     case kRopeSin: return type == DataType::kFLOAT;
     case kCtxLens: return type == DataType::kINT32;
+    case kVCache: return kPaged ? type == DataType::kINT32 : type == inOut[kQKV].desc.type;
     default: return type == inOut[kQKV].desc.type; // norm weights, caches and the output share qkv's type
     }
 }
 
-blockattn::Dims DFlashBlockAttentionPlugin::callDims(Dims const* dims) const
+template <bool kPaged>
+blockattn::Dims BlockAttentionPlugin<kPaged>::callDims(Dims const* dims) const
 {
     blockattn::Dims d{};
     d.batch = static_cast<int32_t>(dims[kQKV].d[0]);
     d.blockLen = static_cast<int32_t>(dims[kQKV].d[1]);
-    d.numHeads = mAttributes.numHeads;
-    d.numKvHeads = mAttributes.numKvHeads;
-    d.headDim = mAttributes.headDim;
-    d.cacheLen = static_cast<int32_t>(dims[kKCache].d[2]);
+    d.numHeads = this->mAttributes.numHeads;
+    d.numKvHeads = this->mAttributes.numKvHeads;
+    d.headDim = this->mAttributes.headDim;
+    d.cacheLen = kPaged ? static_cast<int32_t>(dims[kKCache].d[2] * dims[kVCache].d[2])
+                        : static_cast<int32_t>(dims[kKCache].d[2]);
     d.maxPos = static_cast<int32_t>(dims[kRopeCos].d[0]);
-    d.window = mAttributes.window;
-    d.qkNorm = mAttributes.qkNorm;
-    d.eps = mAttributes.eps;
+    d.window = this->mAttributes.window;
+    d.qkNorm = this->mAttributes.qkNorm;
+    d.eps = this->mAttributes.eps;
     return d;
 }
 
-size_t DFlashBlockAttentionPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs,
+template <bool kPaged>
+size_t BlockAttentionPlugin<kPaged>::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs,
     int32_t nbInputs, nvinfer1::DynamicPluginTensorDesc const*, int32_t) const noexcept
 {
     if (nbInputs != kNumInputs)
@@ -116,30 +143,46 @@ size_t DFlashBlockAttentionPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTenso
     {
         maxDims[i] = inputs[i].max;
     }
-    blockattn::Dims const dims = callDims(maxDims.data());
-    return blockattn::workspaceBytes(dims, blockattn::makePlan(dims));
+    return blockattn::maxWorkspaceBytes(callDims(maxDims.data()));
 }
 
-int32_t DFlashBlockAttentionPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
+template <bool kPaged>
+int32_t BlockAttentionPlugin<kPaged>::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
     nvinfer1::PluginTensorDesc const*, void const* const* inputs, void* const* outputs, void* workspace,
     cudaStream_t stream) noexcept
 {
-    auto const dims = inputDims(inputDesc, kNumInputs);
-    ElemType type;
+    auto const dims = Base::inputDims(inputDesc, kNumInputs);
+    ElemType type = ElemType::kFLOAT32;
     std::string error = checkShapes(dims.data(), kNumInputs, kNumOutputs);
     if (error.empty() && !toElemType(inputDesc[kQKV].type, type))
     {
         error = "unsupported qkv type";
     }
-    if (reportError(error, " enqueue") != 0)
+    DeviceInfo device{};
+    if (error.empty())
+    {
+        error = mDevice.get(device);
+    }
+    if (error.empty())
+    {
+        error = blockattn::checkDevice(device, this->mAttributes.headDim);
+    }
+    if (Base::reportError(error, " enqueue") != 0)
     {
         return -1;
     }
     blockattn::Dims const d = callDims(dims.data());
+    blockattn::CacheLayout const layout{kPaged, kPaged ? static_cast<int32_t>(dims[kKCache].d[1]) : 0,
+        kPaged ? static_cast<int32_t>(dims[kKCache].d[2]) : 0, kPaged ? static_cast<int32_t>(dims[kVCache].d[2]) : 0};
     blockattn::RawTensors const tensors{inputs[kQKV], inputs[kQNormWeight], inputs[kKNormWeight],
         static_cast<float const*>(inputs[kRopeCos]), static_cast<float const*>(inputs[kRopeSin]), inputs[kKCache],
-        inputs[kVCache], static_cast<int32_t const*>(inputs[kCtxLens]), outputs[0]};
-    return reportLaunch(blockattn::launchBlockAttention(type, d, tensors, blockattn::makePlan(d), workspace, stream));
+        kPaged ? nullptr : inputs[kVCache], kPaged ? static_cast<int32_t const*>(inputs[kVCache]) : nullptr,
+        static_cast<int32_t const*>(inputs[kCtxLens]), outputs[0]};
+    return Base::reportLaunch(blockattn::launchBlockAttention(
+        type, d, layout, tensors, blockattn::makePlan(d, device), device, workspace, stream));
 }
+
+template class BlockAttentionPlugin<false>;
+template class BlockAttentionPlugin<true>;
 
 } // namespace dflash

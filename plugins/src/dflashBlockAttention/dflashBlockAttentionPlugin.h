@@ -1,7 +1,9 @@
-// DFlashBlockAttention: IPluginV3 glue around the math of dflashBlockAttentionMath.h.
-// The op contract (fields, inputs, outputs, semantics) is documented in plugins/README.md.
+// DFlashBlockAttention and DFlashPagedBlockAttention: IPluginV3 glue around the math of
+// dflashBlockAttentionMath.h, reading a contiguous K/V cache or a paged pool. The op contracts
+// (fields, inputs, outputs, semantics) are documented in plugins/README.md.
 #pragma once
 
+#include "common/deviceInfo.h"
 #include "common/pluginBase.h"
 #include "dflashBlockAttention/dflashBlockAttentionAttributes.h"
 #include "dflashBlockAttention/dflashBlockAttentionMath.h"
@@ -11,11 +13,17 @@
 namespace dflash
 {
 
-class DFlashBlockAttentionPlugin
-    : public PluginBase<DFlashBlockAttentionPlugin, blockattn::Attributes, nvinfer1::IPluginV3OneBuild>
+// kPaged selects the cache operands: inputs 5 and 6 are k_cache and v_cache
+// ([b, num_kv_heads, S, head_dim]) or kv_pool ([2, pages, tokens_per_page, num_kv_heads, head_dim])
+// and page_table ([b, 2, max_pages] INT32).
+template <bool kPaged>
+class BlockAttentionPlugin
+    : public PluginBase<BlockAttentionPlugin<kPaged>, blockattn::Attributes, nvinfer1::IPluginV3OneBuild>
 {
+    using Base = PluginBase<BlockAttentionPlugin<kPaged>, blockattn::Attributes, nvinfer1::IPluginV3OneBuild>;
+
 public:
-    static constexpr char const* kName = "DFlashBlockAttention";
+    static constexpr char const* kName = kPaged ? "DFlashPagedBlockAttention" : "DFlashBlockAttention";
     static constexpr int32_t kNumOutputs = 1;
 
     enum Input : int32_t
@@ -25,13 +33,13 @@ public:
         kKNormWeight,
         kRopeCos,
         kRopeSin,
-        kKCache,
-        kVCache,
+        kKCache, // paged: kv_pool
+        kVCache, // paged: page_table
         kCtxLens,
         kNumInputs
     };
 
-    using PluginBase::PluginBase;
+    using Base::Base;
 
     int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
         int32_t nbInputs) const noexcept override;
@@ -49,8 +57,16 @@ public:
     // "" when the inputs' shapes (unknown extents -1) fit the contract, else the reason.
     std::string checkShapes(nvinfer1::Dims const* dims, int32_t nbInputs, int32_t nbOutputs) const;
 
+    // Compute capability and shared memory of the device (see PluginBase::deviceError).
+    std::string deviceError(bool requireDevice);
+
 private:
     blockattn::Dims callDims(nvinfer1::Dims const* dims) const;
+
+    DeviceCache mDevice;
 };
+
+using DFlashBlockAttentionPlugin = BlockAttentionPlugin<false>;
+using DFlashPagedBlockAttentionPlugin = BlockAttentionPlugin<true>;
 
 } // namespace dflash

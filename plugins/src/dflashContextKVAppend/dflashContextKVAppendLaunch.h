@@ -1,5 +1,7 @@
-// Launch entry point of DFlashContextKVAppend, defined by dflashContextKVAppendKernels.cu in CUDA
-// builds and by dflashContextKVAppendHost.cpp in host builds.
+// Launch entry point of DFlashContextKVAppend (contiguous and paged caches), defined by
+// dflashContextKVAppendKernels.cu in CUDA builds and by dflashContextKVAppendHost.cpp in host builds.
+// The cache is updated in place: the plugin refuses to run when TensorRT did not alias its outputs
+// to the cache inputs, rather than copying the whole cache.
 #pragma once
 
 #include "common/floatTypes.h"
@@ -15,33 +17,49 @@ namespace dflash
 namespace kvappend
 {
 
+struct CacheLayout
+{
+    bool paged;
+    int32_t numPages;      // paged only
+    int32_t tokensPerPage; // paged only
+    int32_t maxPages;      // paged only
+};
+
 struct RawTensors
 {
     void const* kv;
     void const* kNormWeight;
     float const* ropeCos;
     float const* ropeSin;
-    void const* kCacheIn;
-    void const* vCacheIn;
+    void* kCache; // contiguous: k_cache; paged: kv_pool
+    void* vCache; // contiguous: v_cache; paged: unused
+    int32_t const* pageTable;
     int32_t const* ctxLens;
     int32_t const* newLens;
-    void* kCacheOut; // may alias kCacheIn; otherwise the input cache is copied first
-    void* vCacheOut;
 };
 
 template <typename T>
-Tensors<T> typed(RawTensors const& r)
+Tensors<T, ContiguousKv<T*>> contiguousTensors(RawTensors const& r, Dims const& dims)
 {
-    return Tensors<T>{static_cast<T const*>(r.kv), static_cast<T const*>(r.kNormWeight), r.ropeCos, r.ropeSin,
-        r.ctxLens, r.newLens, static_cast<T*>(r.kCacheOut), static_cast<T*>(r.vCacheOut)};
+    return {static_cast<T const*>(r.kv), static_cast<T const*>(r.kNormWeight), r.ropeCos, r.ropeSin, r.ctxLens,
+        r.newLens,
+        ContiguousKv<T*>{static_cast<T*>(r.kCache), static_cast<T*>(r.vCache), dims.numKvHeads, dims.cacheLen,
+            dims.headDim}};
 }
 
-inline size_t cacheBytes(Dims const& dims, size_t elemSize)
+template <typename T>
+Tensors<T, PagedKv<T*>> pagedTensors(RawTensors const& r, Dims const& dims, CacheLayout const& layout)
 {
-    return static_cast<size_t>(dims.batch) * dims.numKvHeads * dims.cacheLen * dims.headDim * elemSize;
+    T* const pool = static_cast<T*>(r.kCache);
+    int64_t const half = static_cast<int64_t>(layout.numPages) * layout.tokensPerPage * dims.numKvHeads * dims.headDim;
+    return {static_cast<T const*>(r.kv), static_cast<T const*>(r.kNormWeight), r.ropeCos, r.ropeSin, r.ctxLens,
+        r.newLens,
+        PagedKv<T*>{pool, pool + half, r.pageTable, layout.numPages, layout.tokensPerPage, layout.maxPages,
+            dims.numKvHeads, dims.headDim}};
 }
 
-int32_t launchContextKvAppend(ElemType type, Dims const& dims, RawTensors const& tensors, cudaStream_t stream);
+int32_t launchContextKvAppend(
+    ElemType type, Dims const& dims, CacheLayout const& layout, RawTensors const& tensors, cudaStream_t stream);
 
 } // namespace kvappend
 } // namespace dflash

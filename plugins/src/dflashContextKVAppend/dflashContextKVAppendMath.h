@@ -1,13 +1,14 @@
-// DFlashContextKVAppend math, written once for the CUDA kernels and the host build: k-norm and
-// RoPE of newly committed context keys and their scatter, with the raw values, into a layer's
-// K/V cache at each sequence's current length.
+// DFlashContextKVAppend math (contiguous and paged caches), written once for the CUDA kernels and
+// the host build: k-norm and RoPE of newly committed context keys and their scatter, with the raw
+// values, into a layer's K/V cache at each sequence's current length. The cache is updated in place.
 #pragma once
 
 #include "common/ctaGroup.h"
 #include "common/floatTypes.h"
 #include "common/hd.h"
-#include "common/normRope.h"
+#include "common/kvCache.h"
 
+#include <cmath>
 #include <cstdint>
 
 namespace dflash
@@ -21,13 +22,14 @@ struct Dims
     int32_t newLen; // N, rows of the kv input per sequence
     int32_t numKvHeads;
     int32_t headDim;
-    int32_t cacheLen; // S
+    int32_t cacheLen; // capacity of a sequence (paged: maxPages * tokensPerPage)
     int32_t maxPos;
     int32_t qkNorm;
     float eps;
 };
 
-template <typename T>
+// Cache is ContiguousKv<T*> or PagedKv<T*> (common/kvCache.h).
+template <typename T, typename Cache>
 struct Tensors
 {
     T const* kv; // [batch][newLen][2 * numKvHeads * headDim]: k heads then v heads
@@ -36,8 +38,7 @@ struct Tensors
     float const* ropeSin;
     int32_t const* ctxLens;
     int32_t const* newLens;
-    T* kCache; // [batch][numKvHeads][cacheLen][headDim], updated in place
-    T* vCache;
+    Cache cache; // updated in place
 };
 
 // Row `row` of a sequence lands at position ctxLen + row if it is one of the sequence's newLen
@@ -48,29 +49,68 @@ HD inline bool rowIsWritten(int32_t ctxLen, int32_t newLen, int32_t row, Dims co
     return ctxLen >= 0 && row < newLen && pos < dims.cacheLen && pos < dims.maxPos;
 }
 
-// One CTA per (seq, kvHead, row); smem holds headDim floats.
-template <typename T, int32_t D>
-HD void contextKvAppendCta(Dims const& dims, Tensors<T> const& t, int32_t seq, int32_t kvHead, int32_t row, float* smem)
+HD inline int32_t smemFloats(int32_t headDim)
 {
+    return 2 * headDim;
+}
+
+// One CTA per (seq, kvHead, row), headDim threads on the device; smem holds smemFloats(D) floats.
+// The key's RMSNorm is a tree reduction over the CTA's threads and its RoPE one element per thread.
+template <typename T, int32_t D, typename Cache>
+HD void contextKvAppendCta(Dims const& dims, Tensors<T, Cache> const& t, int32_t seq, int32_t kvHead, int32_t row,
+    float* smem)
+{
+    static_assert((D & (D - 1)) == 0, "the norm's tree reduction needs a power-of-two head size");
     CtaGroup const group;
+    constexpr int32_t half = D / 2;
+    countCta(false);
     int32_t const ctxLen = t.ctxLens[seq];
     if (!rowIsWritten(ctxLen, t.newLens[seq], row, dims))
     {
         return;
     }
     int32_t const pos = ctxLen + row;
+    int64_t const kDst = t.cache.kOffset(seq, kvHead, pos);
+    int64_t const vDst = t.cache.vOffset(seq, kvHead, pos);
+    if (kDst == kNoSlot || vDst == kNoSlot)
+    {
+        return; // a paged sequence whose page table has no page for this position
+    }
+    countCta(true);
     T const* const token = t.kv + (static_cast<int64_t>(seq) * dims.newLen + row) * 2 * dims.numKvHeads * D;
-    int64_t const ropeRow = static_cast<int64_t>(pos) * (D / 2);
-    group.forEach(1, [&](int32_t) {
-        normRopeHead(token + static_cast<int64_t>(kvHead) * D, t.kNormWeight, t.ropeCos + ropeRow, t.ropeSin + ropeRow,
-            D, dims.qkNorm != 0, dims.eps, smem);
+    T const* const key = token + static_cast<int64_t>(kvHead) * D;
+    T const* const value = token + static_cast<int64_t>(dims.numKvHeads + kvHead) * D;
+    float* const x = smem;       // [D] the raw key in fp32
+    float* const squares = smem + D; // [D] reduced in place to the sum of squares
+    bool const qkNorm = dims.qkNorm != 0;
+
+    group.forEach(D, [&](int32_t d) {
+        float const v = toFloat(key[d]);
+        x[d] = v;
+        squares[d] = v * v;
     });
     group.sync();
-    int64_t const dst = ((static_cast<int64_t>(seq) * dims.numKvHeads + kvHead) * dims.cacheLen + pos) * D;
-    T const* const value = token + static_cast<int64_t>(dims.numKvHeads + kvHead) * D;
+    for (int32_t stride = half; stride > 0; stride /= 2)
+    {
+        group.forEach(stride, [&](int32_t d) { squares[d] += squares[d + stride]; });
+        group.sync();
+    }
+
+    int64_t const ropeRow = static_cast<int64_t>(pos) * half;
     group.forEach(D, [&](int32_t d) {
-        t.kCache[dst + d] = fromFloat<T>(smem[d]);
-        t.vCache[dst + d] = value[d];
+        float const inverseRms = qkNorm ? 1.0f / sqrtf(squares[0] / static_cast<float>(D) + dims.eps) : 1.0f;
+        int32_t const i = d < half ? d : d - half; // the rotation pair (i, i + half)
+        float x1 = x[i] * inverseRms;
+        float x2 = x[i + half] * inverseRms;
+        if (qkNorm)
+        {
+            x1 *= toFloat(t.kNormWeight[i]);
+            x2 *= toFloat(t.kNormWeight[i + half]);
+        }
+        float const c = t.ropeCos[ropeRow + i];
+        float const s = t.ropeSin[ropeRow + i];
+        t.cache.k[kDst + d] = fromFloat<T>(d < half ? x1 * c - x2 * s : x2 * c + x1 * s);
+        t.cache.v[vDst + d] = value[d];
     });
 }
 

@@ -1,6 +1,8 @@
-// DFlashContextKVAppend: IPluginV3 glue around dflashContextKVAppendMath.h. Its outputs are the
-// updated caches, aliased to the cache inputs (IPluginV3OneBuildV2::getAliasedInput).
-// The op contract is documented in plugins/README.md.
+// DFlashContextKVAppend and DFlashPagedKVAppend: IPluginV3 glue around dflashContextKVAppendMath.h.
+// Their outputs are the updated caches, aliased to the cache inputs
+// (IPluginV3OneBuildV2::getAliasedInput), so the engine must be built with
+// PreviewFeature::kALIASED_PLUGIN_IO_10_03; enqueue refuses outputs that are not the inputs'
+// buffers instead of copying the cache. The op contracts are documented in plugins/README.md.
 #pragma once
 
 #include "common/pluginBase.h"
@@ -11,12 +13,18 @@
 namespace dflash
 {
 
-class DFlashContextKVAppendPlugin
-    : public PluginBase<DFlashContextKVAppendPlugin, kvappend::Attributes, nvinfer1::IPluginV3OneBuildV2>
+// kPaged selects the cache operands: inputs 4 and 5 are k_cache and v_cache
+// ([b, num_kv_heads, S, head_dim], outputs k_cache_out and v_cache_out) or kv_pool
+// ([2, pages, tokens_per_page, num_kv_heads, head_dim], output kv_pool_out) and page_table
+// ([b, 2, max_pages] INT32).
+template <bool kPaged>
+class KvAppendPlugin : public PluginBase<KvAppendPlugin<kPaged>, kvappend::Attributes, nvinfer1::IPluginV3OneBuildV2>
 {
+    using Base = PluginBase<KvAppendPlugin<kPaged>, kvappend::Attributes, nvinfer1::IPluginV3OneBuildV2>;
+
 public:
-    static constexpr char const* kName = "DFlashContextKVAppend";
-    static constexpr int32_t kNumOutputs = 2;
+    static constexpr char const* kName = kPaged ? "DFlashPagedKVAppend" : "DFlashContextKVAppend";
+    static constexpr int32_t kNumOutputs = kPaged ? 1 : 2;
 
     enum Input : int32_t
     {
@@ -24,14 +32,14 @@ public:
         kKNormWeight,
         kRopeCos,
         kRopeSin,
-        kKCache,
-        kVCache,
+        kKCache, // paged: kv_pool
+        kVCache, // paged: page_table
         kCtxLens,
         kNewLens,
         kNumInputs
     };
 
-    using PluginBase::PluginBase;
+    using Base::Base;
 
     int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
         int32_t nbInputs) const noexcept override;
@@ -47,6 +55,12 @@ public:
 
     // "" when the inputs' shapes (unknown extents -1) fit the contract, else the reason.
     std::string checkShapes(nvinfer1::Dims const* dims, int32_t nbInputs, int32_t nbOutputs) const;
+
+    // "" when every output is the buffer of the input it aliases, else which one is not.
+    static std::string checkAliasing(void const* const* inputs, void* const* outputs);
 };
+
+using DFlashContextKVAppendPlugin = KvAppendPlugin<false>;
+using DFlashPagedKVAppendPlugin = KvAppendPlugin<true>;
 
 } // namespace dflash

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <random>
 
 namespace harness
 {
@@ -172,7 +173,10 @@ struct Problem
             descs.push_back(d.desc);
         }
         EXPECT(build(plugin)->configurePlugin(dyn.data(), 8, dyn.data() + 8, 1) == 0, "configurePlugin failed");
-        EXPECT(runtime(plugin)->onShapeChange(descs.data(), 8, descs.data() + 8, 1) == 0, "onShapeChange failed");
+        if (runtime(plugin)->onShapeChange(descs.data(), 8, descs.data() + 8, 1) != 0)
+        {
+            return -2; // the run-time checks (shapes, device) refused the call
+        }
         std::vector<unsigned char> workspace(build(plugin)->getWorkspaceSize(dyn.data(), 8, dyn.data() + 8, 1));
         out.assign(static_cast<size_t>(b) * B * c.numHeads * c.headDim, 0.0f);
         void const* inputs[] = {qkv.data(), qWeight.data(), kWeight.data(), cosTable.data(), sinTable.data(),
@@ -182,12 +186,97 @@ struct Problem
     }
 };
 
-void checkAgainstReference(Context& ctx, Problem const& p)
+// The problem's caches moved into a paged pool: pages of tokensPerPage positions, key and value
+// pages shuffled independently through the page table, every unused slot NaN.
+struct PagedCopy
 {
-    PluginPtr plugin = create(ctx.library, p.c);
-    std::vector<float> out;
-    EXPECT(p.enqueue(plugin.get(), out) == 0, "enqueue failed");
-    std::vector<double> const expected = p.reference();
+    int32_t tokensPerPage, maxPages, numPages;
+    std::vector<float> pool;
+    std::vector<int32_t> pageTable;
+
+    PagedCopy(Problem const& p, int32_t tokensPerPage_, uint32_t seed)
+        : tokensPerPage(tokensPerPage_)
+        , maxPages((p.S + tokensPerPage_ - 1) / tokensPerPage_)
+        , numPages(p.b * maxPages + 3)
+    {
+        int32_t const D = p.c.headDim;
+        int32_t const kvHeads = p.c.numKvHeads;
+        size_t const half = static_cast<size_t>(numPages) * tokensPerPage * kvHeads * D;
+        pool.assign(2 * half, std::nanf(""));
+        std::mt19937 rng(seed);
+        for (int32_t which = 0; which < 2; ++which)
+        {
+            std::vector<int32_t> pages(static_cast<size_t>(numPages));
+            for (int32_t i = 0; i < numPages; ++i)
+            {
+                pages[i] = i;
+            }
+            std::shuffle(pages.begin(), pages.end(), rng);
+            pageTable.resize(static_cast<size_t>(p.b) * 2 * maxPages);
+            for (int32_t s = 0; s < p.b; ++s)
+            {
+                for (int32_t i = 0; i < maxPages; ++i)
+                {
+                    pageTable[(static_cast<size_t>(s) * 2 + which) * maxPages + i] = pages[s * maxPages + i];
+                }
+            }
+            std::vector<float> const& cache = which == 0 ? p.kCache : p.vCache;
+            for (int32_t s = 0; s < p.b; ++s)
+            {
+                for (int32_t h = 0; h < kvHeads; ++h)
+                {
+                    for (int32_t pos = 0; pos < std::max(0, std::min(p.ctxLens[s], p.S)); ++pos)
+                    {
+                        int32_t const page = pageTable[(static_cast<size_t>(s) * 2 + which) * maxPages + pos / tokensPerPage];
+                        float const* src = cache.data() + ((static_cast<size_t>(s) * kvHeads + h) * p.S + pos) * D;
+                        float* dst = pool.data() + which * half
+                            + ((static_cast<size_t>(page) * tokensPerPage + pos % tokensPerPage) * kvHeads + h) * D;
+                        std::copy(src, src + D, dst);
+                    }
+                }
+            }
+        }
+    }
+
+    int32_t enqueue(nvinfer1::IPluginV3* plugin, Problem const& p, std::vector<float>& out) const
+    {
+        std::vector<std::vector<int64_t>> shapes = inputShapes(p.c, p.b, p.B, p.S, p.maxPos);
+        shapes[5] = {2, numPages, tokensPerPage, p.c.numKvHeads, p.c.headDim};
+        shapes[6] = {p.b, 2, maxPages};
+        std::vector<int64_t> const outShape{p.b, p.B, static_cast<int64_t>(p.c.numHeads) * p.c.headDim};
+        std::vector<nvinfer1::DynamicPluginTensorDesc> dyn = dynamicDescs(shapes, DataType::kFLOAT, outShape);
+        dyn[6].desc.type = DataType::kINT32;
+        std::vector<nvinfer1::PluginTensorDesc> descs;
+        for (auto const& d : dyn)
+        {
+            descs.push_back(d.desc);
+        }
+        for (int32_t pos = 0; pos < 9; ++pos)
+        {
+            EXPECT(build(plugin)->supportsFormatCombination(pos, dyn.data(), 8, 1), "paged format at " + std::to_string(pos));
+        }
+        EXPECT(build(plugin)->configurePlugin(dyn.data(), 8, dyn.data() + 8, 1) == 0, "configurePlugin failed");
+        EXPECT(runtime(plugin)->onShapeChange(descs.data(), 8, descs.data() + 8, 1) == 0, "onShapeChange failed");
+        std::vector<unsigned char> workspace(build(plugin)->getWorkspaceSize(dyn.data(), 8, dyn.data() + 8, 1));
+        out.assign(static_cast<size_t>(p.b) * p.B * p.c.numHeads * p.c.headDim, 0.0f);
+        void const* inputs[] = {p.qkv.data(), p.qWeight.data(), p.kWeight.data(), p.cosTable.data(), p.sinTable.data(),
+            pool.data(), pageTable.data(), p.ctxLens.data()};
+        void* outputs[] = {out.data()};
+        return runtime(plugin)->enqueue(descs.data(), descs.data() + 8, inputs, outputs, workspace.data(), nullptr);
+    }
+};
+
+PluginPtr createPaged(PluginLibrary& library, Config const& c)
+{
+    Fields f = fieldsOf(c);
+    PluginPtr plugin(library.creator("DFlashPagedBlockAttention")
+                         ->createPlugin("paged", f.collection(), nvinfer1::TensorRTPhase::kBUILD));
+    EXPECT(plugin != nullptr, "createPlugin refused valid fields");
+    return plugin;
+}
+
+void checkOutput(std::vector<float> const& out, std::vector<double> const& expected)
+{
     double worst = 0.0;
     for (size_t i = 0; i < out.size(); ++i)
     {
@@ -199,6 +288,23 @@ void checkAgainstReference(Context& ctx, Problem const& p)
         worst = std::max(worst, std::abs(out[i] - expected[i]));
     }
     EXPECT(worst < 1e-4, "max abs error vs the double reference is " + std::to_string(worst));
+}
+
+void checkPagedAgainstReference(Context& ctx, Problem const& p, int32_t tokensPerPage)
+{
+    PagedCopy const paged(p, tokensPerPage, 99);
+    PluginPtr plugin = createPaged(ctx.library, p.c);
+    std::vector<float> out;
+    EXPECT(paged.enqueue(plugin.get(), p, out) == 0, "paged enqueue failed");
+    checkOutput(out, p.reference());
+}
+
+void checkAgainstReference(Context& ctx, Problem const& p)
+{
+    PluginPtr plugin = create(ctx.library, p.c);
+    std::vector<float> out;
+    EXPECT(p.enqueue(plugin.get(), out) == 0, "enqueue failed");
+    checkOutput(out, p.reference());
 }
 
 } // namespace
@@ -219,7 +325,8 @@ void blockAttentionCases(Context& ctx)
             EXPECT(std::strcmp(v3->getPluginNamespace(), "dflash_trt") == 0, "namespace must be dflash_trt");
             names.emplace_back(v3->getPluginName());
         }
-        std::vector<std::string> const expected{"DFlashBlockAttention", "DFlashContextKVAppend", "DFlashAcceptTokens"};
+        std::vector<std::string> const expected{"DFlashBlockAttention", "DFlashContextKVAppend", "DFlashAcceptTokens",
+            "DFlashPagedBlockAttention", "DFlashPagedKVAppend"};
         EXPECT(names == expected, "creator names");
     });
 
@@ -443,9 +550,18 @@ void blockAttentionCases(Context& ctx)
             descs[i].max = dims(maxShapes[i]);
         }
         EXPECT(b->configurePlugin(descs.data(), 8, descs.data() + 8, 1) == 0, "configurePlugin with wildcards");
-        // 2 * 8 heads * 16 queries rows, ceil((4096 + 16) / 256) = 17 key splits, (128 + 2) floats each.
-        EXPECT(b->getWorkspaceSize(descs.data(), 8, descs.data() + 8, 1) == size_t{2} * 8 * 16 * 17 * 130 * 4,
-            "workspace for split partials");
+        // Split partials are planned for at most 256 SMs x 2 CTAs x 64 rows, whatever the batch and
+        // context: (128 + 2) floats per row and split, plus one semaphore per (sequence, kv head, row tile).
+        size_t const bound = size_t{256} * 2 * 64 * 130 * 4 + size_t{64} * 2 * 16 * 4;
+        size_t const small = b->getWorkspaceSize(descs.data(), 8, descs.data() + 8, 1);
+        EXPECT(small > 0 && small <= bound, "workspace for split partials: " + std::to_string(small));
+        auto const bigShapes = inputShapes(c, 64, 16, 32768, 40000); // was 64 * 8 * 16 * 32 splits * 130 * 4 = 545 MB
+        for (size_t i = 0; i < bigShapes.size(); ++i)
+        {
+            descs[i].max = dims(bigShapes[i]);
+        }
+        size_t const big = b->getWorkspaceSize(descs.data(), 8, descs.data() + 8, 1);
+        EXPECT(big >= small && big <= bound, "bounded workspace at batch 64 x 32k context: " + std::to_string(big));
         auto const shortShapes = inputShapes(c, 2, 16, 200, 8192);
         for (size_t i = 0; i < shortShapes.size(); ++i)
         {
@@ -487,6 +603,63 @@ void blockAttentionCases(Context& ctx)
             checkAgainstReference(ctx, Problem(c, 2, 2, 600, {700, 10}, 6));  // same through the split merge
         });
     }
+    ctx.runner.run("paged_block_attention_shapes", [&] {
+        Config const c;
+        PluginPtr plugin = createPaged(lib, c);
+        HostExprBuilder eb;
+        auto shapesWith = [&](int64_t poolLead, int64_t tableMiddle) {
+            return std::vector<nvinfer1::DimsExprs>{eb.dims({-1, -1, 768}, {"b", "B"}), eb.dims({64}, {}),
+                eb.dims({64}, {}), eb.dims({-1, 32}, {"P"}), eb.dims({-1, 32}, {"P"}),
+                eb.dims({poolLead, -1, -1, 2, 64}, {"", "pages", "tpp"}), eb.dims({-1, tableMiddle, -1}, {"b", "", "M"}),
+                eb.dims({-1}, {"b"})};
+        };
+        nvinfer1::DimsExprs out{};
+        EXPECT(build(plugin.get())->getOutputShapes(shapesWith(2, 2).data(), 8, nullptr, 0, &out, 1, eb) == 0,
+            "getOutputShapes failed");
+        EXPECT(out.nbDims == 3 && out.d[2]->getConstantValue() == 512, "[b, B, num_heads * head_dim]");
+        ctx.logger.takeErrors();
+        EXPECT(build(plugin.get())->getOutputShapes(shapesWith(3, 2).data(), 8, nullptr, 0, &out, 1, eb) != 0,
+            "kv_pool dim 0 must be 2");
+        std::vector<std::string> errors = ctx.logger.takeErrors();
+        EXPECT(errors.size() == 1 && errors[0].find("kv_pool") != std::string::npos, "the message names kv_pool");
+        EXPECT(build(plugin.get())->getOutputShapes(shapesWith(2, 1).data(), 8, nullptr, 0, &out, 1, eb) != 0,
+            "page_table dim 1 must be 2");
+        errors = ctx.logger.takeErrors();
+        EXPECT(errors.size() == 1 && errors[0].find("page_table") != std::string::npos, "the message names page_table");
+    });
+
+    if (ctx.runEnqueue)
+    {
+        ctx.runner.run("paged_block_attention_enqueue_host", [&] {
+            Config c;
+            c.numHeads = 4;
+            c.numKvHeads = 2;
+            checkPagedAgainstReference(ctx, Problem(c, 2, 3, 40, {5, 40}, 1), 8);
+            c.window = 4;
+            c.qkNorm = 0;
+            checkPagedAgainstReference(ctx, Problem(c, 3, 3, 40, {0, 17, 39}, 2), 3);
+            c = Config{}; // three key splits merged
+            c.numHeads = 8;
+            c.numKvHeads = 1;
+            c.headDim = 128;
+            checkPagedAgainstReference(ctx, Problem(c, 2, 4, 600, {0, 597}, 3), 64);
+        });
+        ctx.runner.run("paged_block_attention_missing_page_is_nan", [&] {
+            Config c;
+            c.numHeads = 2;
+            c.numKvHeads = 1;
+            Problem const p(c, 2, 2, 20, {12, 12}, 5);
+            PagedCopy paged(p, 4, 7);
+            paged.pageTable[(0 * 2 + 1) * paged.maxPages + 1] = -1;            // sequence 0: no value page for positions 4..7
+            paged.pageTable[(1 * 2 + 0) * paged.maxPages + 4] = paged.numPages; // sequence 1: past its context, unused
+            PluginPtr plugin = createPaged(ctx.library, c);
+            std::vector<float> out;
+            EXPECT(paged.enqueue(plugin.get(), p, out) == 0, "paged enqueue failed");
+            std::vector<double> expected = p.reference();
+            std::fill(expected.begin(), expected.begin() + expected.size() / 2, std::nan(""));
+            checkOutput(out, expected);
+        });
+    }
     if (ctx.expectEnqueueError)
     {
         ctx.runner.run("block_attention_enqueue_reports_cuda_error", [&] {
@@ -495,9 +668,27 @@ void blockAttentionCases(Context& ctx)
             PluginPtr plugin = create(lib, c);
             std::vector<float> out;
             ctx.logger.takeErrors();
-            EXPECT(p.enqueue(plugin.get(), out) != 0, "enqueue without a CUDA device must fail");
-            std::vector<std::string> const errors = ctx.logger.takeErrors();
-            EXPECT(errors.size() == 1 && errors[0].find("launch failed") != std::string::npos, "the failure is logged");
+            EXPECT(p.enqueue(plugin.get(), out) == -2, "onShapeChange without a CUDA device must refuse");
+            std::vector<std::string> errors = ctx.logger.takeErrors();
+            EXPECT(errors.size() == 1 && errors[0].find("onShapeChange: cannot query the CUDA device") != std::string::npos,
+                "the refusal is logged: " + (errors.empty() ? std::string() : errors[0]));
+            // enqueue refuses too, before any launch
+            std::vector<std::vector<int64_t>> const shapes = inputShapes(c, 1, 2, 8, p.maxPos);
+            auto const dyn = dynamicDescs(shapes, DataType::kFLOAT, {1, 2, 512});
+            std::vector<nvinfer1::PluginTensorDesc> descs;
+            for (auto const& d : dyn)
+            {
+                descs.push_back(d.desc);
+            }
+            out.assign(1024, 0.0f);
+            void const* inputs[] = {p.qkv.data(), p.qWeight.data(), p.kWeight.data(), p.cosTable.data(),
+                p.sinTable.data(), p.kCache.data(), p.vCache.data(), p.ctxLens.data()};
+            void* outputs[] = {out.data()};
+            EXPECT(runtime(plugin.get())->enqueue(descs.data(), descs.data() + 8, inputs, outputs, nullptr, nullptr) != 0,
+                "enqueue without a CUDA device must fail");
+            errors = ctx.logger.takeErrors();
+            EXPECT(errors.size() == 1 && errors[0].find("enqueue: cannot query the CUDA device") != std::string::npos,
+                "the failure is logged");
         });
     }
 }
