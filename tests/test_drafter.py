@@ -64,3 +64,28 @@ def test_draft_depends_on_context(tmp_path):
         drafter.append_context(torch.randn(2, 6, 2 * 64), torch.tensor([6, 6]))
         logits = drafter.draft(torch.tensor([[3] + [5] * 7] * 2))
     assert (logits[0] - logits[1]).abs().max() > 1e-2
+
+
+def test_restart_one_row_keeps_the_others(tmp_path):
+    """In-flight batching on the drafter: a restarted row drafts from its new context only; row 0 is untouched."""
+    target = load_target(save_hf_target(tmp_path / "t", "qwen3"))
+    drafter = load_drafter(save_zlab_drafter(tmp_path / "d", hf_config("qwen3")), target.cfg)
+    g = torch.Generator().manual_seed(0)
+    old, new, other = (torch.randn(1, n, 2 * 64, generator=g) for n in (6, 4, 5))
+    block = torch.tensor([[3] + [5] * 7])
+
+    def fresh(features):
+        _, runner = torch_runners(target, drafter)
+        runner.reset(1, 32)
+        runner.append_context(features, torch.tensor([features.shape[1]]))
+        return runner.draft(block)[0]
+
+    _, runner = torch_runners(target, drafter)
+    runner.reset(2, 32)
+    with torch.no_grad():
+        runner.append_context(torch.cat([other[:, :5], old[:, :5]]), torch.tensor([5, 6 - 1]))
+        runner.restart([1])
+        runner.append_context(new, torch.tensor([4]), rows=[1])
+        logits = runner.draft(block.expand(2, -1))
+        assert (logits[0] - fresh(other)).abs().max() <= 1e-5
+        assert (logits[1] - fresh(new)).abs().max() <= 1e-5

@@ -102,3 +102,20 @@ def test_real_smollm2_matches_transformers():
         ours.reset(1, ids.shape[1])
         logits = ours.verify(ids)[0]
     assert (logits - ref).abs().max() <= 1e-4
+
+
+def test_prefill_into_one_row_keeps_the_others(tmp_path):
+    """In-flight batching: a new prompt restarts one row; the other rows' caches and outputs are untouched."""
+    model = load_target(save_hf_target(tmp_path, "llama"))
+    runner = TorchTarget(model)
+    runner.reset(2, 32)
+    g = torch.Generator().manual_seed(0)
+    a, b, c = (torch.randint(0, 97, (n,), generator=g).tolist() for n in (7, 5, 9))
+    with torch.no_grad():
+        runner.prefill([a, b])
+        runner.verify(torch.tensor([[11, 12, 13], [14, 15, 16]]))
+        runner.commit(torch.tensor([2, 3]))  # row 0 now holds a + [11, 12]
+        runner.prefill([c], rows=[1])  # row 1 restarts with c
+        logits, _ = runner.verify(torch.tensor([[21, 22], [23, 24]]))
+        assert (logits[0] - _full(model, torch.tensor(a + [11, 12, 21, 22]))[0, -2:]).abs().max() <= 1e-4
+        assert (logits[1] - _full(model, torch.tensor(c + [23, 24]))[0, -2:]).abs().max() <= 1e-4

@@ -35,11 +35,12 @@ class TargetRunner(Protocol):
     def reset(self, batch: int, max_len: int) -> None:
         """Empty caches for `batch` rows of up to `max_len` positions each."""
 
-    def prefill(self, prompts: list[list[int]]) -> tuple[Tensor, Features]:
-        """Run the prompts; commit them. Returns (logits after each prompt [b, V], their features)."""
+    def prefill(self, prompts: list[list[int]], rows: list[int] | None = None) -> tuple[Tensor, Features]:
+        """Start new sequences: rows[i] (default i) restarts with prompts[i], committed. Other rows keep their
+        state (in-flight batching). Returns (logits after each prompt [n, V], the prompts' features)."""
 
     def verify(self, block: Tensor) -> tuple[Tensor, Features]:
-        """Run block [b, B] after the committed tokens. Returns (logits [b, B, V], features of the B tokens)."""
+        """Run block [b, B] after every row's committed tokens. Returns (logits [b, B, V], the B tokens' features)."""
 
     def verify_and_accept(
         self, block: Tensor, q: Tensor | None, params: SamplingParams, generator: torch.Generator | None
@@ -64,8 +65,11 @@ class DrafterRunner(Protocol):
     def reset(self, batch: int, max_len: int) -> None:
         """Empty context caches for `batch` rows of up to `max_len` positions each."""
 
-    def append_context(self, features: Features, n: Tensor) -> None:
-        """Inject the first n[b] positions of target features into row b's context K/V."""
+    def restart(self, rows: list[int]) -> None:
+        """Empty the context of `rows` (a new sequence starts there)."""
+
+    def append_context(self, features: Features, n: Tensor, rows: list[int] | None = None) -> None:
+        """Inject the first n[i] positions of feature row i into row rows[i]'s (default i) context K/V."""
 
     def draft(self, block: Tensor) -> Tensor:
         """Logits [b, B-1, V] for the mask positions of blocks [b, B] placed after each row's context."""

@@ -34,14 +34,18 @@ class KVCaches:
         s = int(self.lens.max())
         return [(k[:, :, :s], v[:, :, :s]) for k, v in self.kv]
 
-    def store(self, new_kv: Sequence[KV]) -> None:
-        """Write each layer's new k/v [b, t, kv_heads, d] at positions lens[b] + i (not committed)."""
-        b, t = new_kv[0][0].shape[:2]
-        positions = self.lens[:, None] + torch.arange(t, device=self.lens.device)
-        rows = torch.arange(b, device=self.lens.device)[:, None]
+    def empty(self, rows: int) -> list[KV]:
+        """Zero-length caches for `rows` rows that start from scratch."""
+        return [(k[:rows, :, :0], v[:rows, :, :0]) for k, v in self.kv]
+
+    def store(self, new_kv: Sequence[KV], rows: Tensor | None = None) -> None:
+        """Write each layer's new k/v [n, t, kv_heads, d] of `rows` (default: all) at lens[row] + i, uncommitted."""
+        t = new_kv[0][0].shape[1]
+        rows = torch.arange(len(self.lens), device=self.lens.device) if rows is None else rows
+        positions = self.lens[rows, None] + torch.arange(t, device=self.lens.device)
         for (k_cache, v_cache), (k, v) in zip(self.kv, new_kv):
-            k_cache[rows, :, positions] = k
-            v_cache[rows, :, positions] = v
+            k_cache[rows[:, None], :, positions] = k
+            v_cache[rows[:, None], :, positions] = v
 
 
 class TorchTarget(TargetRunner):
@@ -68,14 +72,19 @@ class TorchTarget(TargetRunner):
         return hidden, features
 
     @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]]) -> tuple[Tensor, Tensor | None]:
+    def prefill(self, prompts: list[list[int]], rows: list[int] | None = None) -> tuple[Tensor, Tensor | None]:
+        n = len(prompts)
+        rows = torch.arange(n, device=self.device) if rows is None else torch.tensor(rows, device=self.device)
         lens = torch.tensor([len(p) for p in prompts], device=self.device)
-        tokens = torch.zeros(len(prompts), int(lens.max()), dtype=torch.long, device=self.device)
-        for row, prompt in enumerate(prompts):
-            tokens[row, : len(prompt)] = torch.tensor(prompt)
-        hidden, features = self._forward(tokens)
-        self.caches.lens += lens
-        last = hidden[torch.arange(len(prompts), device=self.device), lens - 1]
+        tokens = torch.zeros(n, int(lens.max()), dtype=torch.long, device=self.device)
+        for i, prompt in enumerate(prompts):
+            tokens[i, : len(prompt)] = torch.tensor(prompt)
+        self.caches.lens[rows] = 0
+        hidden, features, new_kv = self.model(tokens, self.caches.empty(n), self.caches.lens[rows], self.rope,
+                                              self.capture)
+        self.caches.store(new_kv, rows)
+        self.caches.lens[rows] = lens
+        last = hidden[torch.arange(n, device=self.device), lens - 1]
         return self.model.lm_head(last), features
 
     @torch.inference_mode()
@@ -113,11 +122,16 @@ class TorchDrafter:
         self.caches = KVCaches(cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim, self.model.fc.weight)
         self.rope = Rope.build(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_len, self.device)
 
+    def restart(self, rows: list[int]) -> None:
+        self.caches.lens[torch.tensor(rows, device=self.device)] = 0
+
     @torch.inference_mode()
-    def append_context(self, features: Tensor, n: Tensor) -> None:
-        positions = self.caches.lens[:, None] + torch.arange(features.shape[1], device=self.device)
-        self.caches.store(self.model.context_kv(features, positions, self.rope))
-        self.caches.lens += n
+    def append_context(self, features: Tensor, n: Tensor, rows: list[int] | None = None) -> None:
+        rows = torch.arange(len(self.caches.lens), device=self.device) if rows is None else torch.tensor(
+            rows, device=self.device)
+        positions = self.caches.lens[rows, None] + torch.arange(features.shape[1], device=self.device)
+        self.caches.store(self.model.context_kv(features, positions, self.rope), rows)
+        self.caches.lens[rows] += n
 
     @torch.inference_mode()
     def draft(self, block: Tensor) -> Tensor:
