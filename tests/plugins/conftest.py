@@ -57,8 +57,9 @@ def _run(cmd: list[str]) -> None:
         pytest.fail(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
 
 
-def cmake_build(variant: str, *options: str) -> PluginBuild:
-    """Configure and build plugins/ into plugins/build/<variant> (incremental after the first time)."""
+def cmake_build(variant: str, *options: str, targets: tuple[str, ...] = ()) -> PluginBuild:
+    """Configure and build plugins/ into plugins/build/<variant> (incremental after the first time);
+    only ``targets`` when given."""
     cmake = shutil.which("cmake")
     if cmake is None:
         pytest.skip("cmake is not installed")
@@ -73,7 +74,8 @@ def cmake_build(variant: str, *options: str) -> PluginBuild:
             "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
             *options,
         ])
-        _run([cmake, "--build", str(build_dir), "-j", str(min(2, os.cpu_count() or 1))])
+        target_args = [arg for t in targets for arg in ("--target", t)]
+        _run([cmake, "--build", str(build_dir), "-j", str(min(2, os.cpu_count() or 1)), *target_args])
     return PluginBuild(build_dir)
 
 
@@ -90,3 +92,19 @@ def cuda_build() -> PluginBuild:
     if nvcc is None:
         pytest.skip("nvcc not found: the CUDA build of plugins/ needs the CUDA toolkit")
     return cmake_build("cuda", "-DDFLASH_TRT_CUDA=ON", f"-DCMAKE_CUDA_COMPILER={nvcc}")
+
+
+SANITIZER_TARGETS = ("dflash_trt_cta_tsan", "dflash_trt_cta_asan_ubsan")
+
+
+@pytest.fixture(scope="session")
+def sanitize_build() -> PluginBuild:
+    """The CTA harnesses (plugins/tests/cta) built under ThreadSanitizer and ASan + UBSan, with their ctest
+    tests; only the targets the compiler's sanitizers allow are built (see plugins/CMakeLists.txt)."""
+    build = cmake_build("sanitize", "-DDFLASH_TRT_SANITIZE=ON", targets=("help",))  # configure only
+    cache = (build.dir / "CMakeCache.txt").read_text()
+    available = tuple(t for t, flag in zip(SANITIZER_TARGETS, ("DFLASH_TRT_HAS_TSAN", "DFLASH_TRT_HAS_ASAN_UBSAN"))
+                      if f"{flag}:INTERNAL=1" in cache)
+    if available:
+        cmake_build("sanitize", "-DDFLASH_TRT_SANITIZE=ON", targets=available)
+    return build
