@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from dflash_trt.config import DrafterConfig
-from dflash_trt.models.layers import RMSNorm, Rope, SwiGLU, apply_rope, attend
+from dflash_trt.models.layers import Keys, RMSNorm, Rope, SwiGLU, apply_rope, attend
 from dflash_trt.models.target import KV
 
 
@@ -46,11 +46,11 @@ class DraftAttention(nn.Module):
         k = apply_rope(self.k_norm(self._heads(k, self.n_kv)), cos, sin)
         return q, k, self._heads(v, self.n_kv)
 
-    def forward(self, x: Tensor, context: KV, ctx_lens: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Keys, positions: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         b, t, _ = x.shape
         q, k, v = self.block_qkv(x, cos, sin)
-        out = attend(q.transpose(1, 2), *context, ctx_lens, k.transpose(1, 2), v.transpose(1, 2),
-                     causal=False, window=self.window)
+        out = attend(q.transpose(1, 2), positions, context + Keys.new(k, v, positions), causal=False,
+                     window=self.window)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -62,8 +62,8 @@ class DraftBlock(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x: Tensor, context: KV, ctx_lens: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), context, ctx_lens, cos, sin)
+    def forward(self, x: Tensor, context: Keys, positions: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), context, positions, cos, sin)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -84,14 +84,14 @@ class DFlashDrafter(nn.Module):
         cos, sin = rope.at(positions)
         return [layer.attn.context_kv(c, cos, sin) for layer in self.layers]
 
-    def forward(self, x: Tensor, positions: Tensor, context: Sequence[KV], ctx_lens: Tensor, rope: Rope) -> Tensor:
+    def forward(self, x: Tensor, positions: Tensor, context: Sequence[Keys], rope: Rope) -> Tensor:
         """Final-normed hidden states [b, B, H] of embedded blocks x [b, B, H] at `positions` [b, B].
 
-        context: per layer the cached context (k, v) [b, kv_heads, S, d], valid below ctx_lens[b]; the block
-        sits right after it (positions = ctx_lens[b] + i, up to a constant offset RoPE does not see).
+        context: per layer the injected context keys (`Keys.cached` over the context cache); the block
+        sits right after the context and sees all of it and its whole self.
         """
         cos, sin = rope.at(positions)
         for layer, layer_context in zip(self.layers, context):
-            x = layer(x, layer_context, ctx_lens, cos, sin)
+            x = layer(x, layer_context, positions, cos, sin)
         return self.norm(x)
 

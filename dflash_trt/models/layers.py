@@ -95,38 +95,44 @@ def attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def attend(
-    q: Tensor,
-    k_ctx: Tensor,
-    v_ctx: Tensor,
-    ctx_lens: Tensor,
-    k_new: Tensor,
-    v_new: Tensor,
-    *,
-    causal: bool,
-    window: int | None = None,
-) -> Tensor:
-    """The one attention core: new queries over [a row's valid cached keys | the new keys].
+class Keys(NamedTuple):
+    """Keys/values a query may attend to: k/v [b, kv_heads, s, d] with each slot's position and validity
+    [b, s]. Invalid slots may hold anything, even NaN."""
 
-    q [b, hq, t, d] and k_new/v_new [b, hkv, t, d] sit at positions ctx_lens[b] + i; k_ctx/v_ctx
-    [b, hkv, S, d] hold position j in slot j, valid for j < ctx_lens[b] (other slots may hold anything,
-    even NaN). Among the new tokens a query sees the keys at or before it (`causal`, the target) or all
-    of them (the drafter's block). With a window, a key at p_k is visible to a query at p_q iff
-    |p_q - p_k| < window. Returns [b, hq, t, d].
+    k: Tensor
+    v: Tensor
+    pos: Tensor
+    valid: Tensor
+
+    @classmethod
+    def cached(cls, k: Tensor, v: Tensor, lens: Tensor) -> Keys:
+        """A cache [b, kv_heads, S, d] whose slot j holds position j, valid for j < lens[b]."""
+        pos = torch.arange(k.shape[2], device=k.device).expand(k.shape[0], -1)
+        return cls(k, v, pos, pos < lens[:, None])
+
+    @classmethod
+    def new(cls, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor | None = None) -> Keys:
+        """Freshly computed k/v [b, t, kv_heads, d] at positions [b, t] (all valid unless said otherwise)."""
+        valid = torch.ones_like(pos, dtype=torch.bool) if valid is None else valid
+        return cls(k.transpose(1, 2), v.transpose(1, 2), pos, valid)
+
+    def __add__(self, other: Keys) -> Keys:  # type: ignore[override]
+        """The two key sets side by side."""
+        return Keys(*(torch.cat([a, b], dim=2 if a.dim() == 4 else 1) for a, b in zip(self, other)))
+
+
+def attend(q: Tensor, q_pos: Tensor, keys: Keys, *, causal: bool, window: int | None = None) -> Tensor:
+    """The one attention core. q [b, hq, t, d] at positions q_pos [b, t] over `keys`.
+
+    A query sees the valid keys: with `causal`, those at or before its position (the target); without, all
+    of them (the drafter's block sees its whole block and the context before it). With a window, a key at
+    p_k is visible to a query at p_q iff |p_q - p_k| < window. Every query must see at least one key.
+    Returns [b, hq, t, d].
     """
-    b, _, t, _ = q.shape
-    s = k_ctx.shape[2]
-    j = torch.arange(s, device=q.device)
-    i = torch.arange(t, device=q.device)
-    ctx_valid = j < ctx_lens[:, None]  # [b, S]
-    ctx_visible = ctx_valid[:, None, :].expand(b, t, s)
-    new_visible = (i[None, :] <= i[:, None]) if causal else torch.ones(t, t, dtype=torch.bool, device=q.device)
+    visible = keys.valid[:, None, :].expand(-1, q.shape[2], -1)
+    if causal:
+        visible = visible & (keys.pos[:, None, :] <= q_pos[:, :, None])
     if window:
-        q_pos = ctx_lens[:, None] + i  # [b, t]
-        ctx_visible = ctx_visible & (q_pos[:, :, None] - j < window)
-        new_visible = new_visible & ((i[:, None] - i[None, :]).abs() < window)
-    visible = torch.cat([ctx_visible, new_visible.expand(b, t, t)], dim=-1)[:, None]
-    slot_valid = ctx_valid[:, None, :, None]
-    k = torch.cat([k_ctx.masked_fill(~slot_valid, 0), k_new], dim=2)
-    v = torch.cat([v_ctx.masked_fill(~slot_valid, 0), v_new], dim=2)
-    return attention(q, k, v, visible)
+        visible = visible & ((q_pos[:, :, None] - keys.pos[:, None, :]).abs() < window)
+    slot_valid = keys.valid[:, None, :, None]
+    return attention(q, keys.k.masked_fill(~slot_valid, 0), keys.v.masked_fill(~slot_valid, 0), visible[:, None])

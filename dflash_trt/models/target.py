@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from dflash_trt.config import TargetConfig
-from dflash_trt.models.layers import RMSNorm, Rope, SwiGLU, apply_rope, attend
+from dflash_trt.models.layers import Keys, RMSNorm, Rope, SwiGLU, apply_rope, attend
 
 KV = tuple[Tensor, Tensor]  # (k, v)
 
@@ -29,8 +29,9 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
 
-    def forward(self, x: Tensor, cache: KV, lens: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, KV]:
-        """x [b, t, H]; cache k/v [b, kv_heads, S, d]. Returns the output and the new k/v [b, t, kv_heads, d]."""
+    def forward(self, x: Tensor, past: Keys, positions: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, KV]:
+        """x [b, t, H] at `positions` [b, t] after the `past` keys. Returns the output and the new k/v
+        [b, t, kv_heads, d]."""
         b, t, _ = x.shape
         kv_dim = self.n_kv * self.head_dim
         q, k, v = self.wqkv(x).split([self.n_heads * self.head_dim, kv_dim, kv_dim], dim=-1)
@@ -40,7 +41,7 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attend(q.transpose(1, 2), *cache, lens, k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        out = attend(q.transpose(1, 2), positions, past + Keys.new(k, v, positions), causal=True)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1)), (k, v)
 
 
@@ -52,8 +53,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x: Tensor, cache: KV, lens: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, KV]:
-        h, kv = self.attn(self.attn_norm(x), cache, lens, cos, sin)
+    def forward(self, x: Tensor, past: Keys, positions: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, KV]:
+        h, kv = self.attn(self.attn_norm(x), past, positions, cos, sin)
         x = x + h
         return x + self.mlp(self.mlp_norm(x)), kv
 
@@ -85,7 +86,7 @@ class Transformer(nn.Module):
         x = self.embed(tokens)
         captured, new_kv = {}, []
         for i, (layer, layer_cache) in enumerate(zip(self.layers, cache)):
-            x, kv = layer(x, layer_cache, lens, cos, sin)
+            x, kv = layer(x, Keys.cached(*layer_cache, lens), positions, cos, sin)
             new_kv.append(kv)
             if i in capture:
                 captured[i] = x

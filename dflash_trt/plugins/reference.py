@@ -73,10 +73,11 @@ def dflash_block_attention(
     q, k, v = qkv.float().unflatten(-1, (nh + 2 * nkv, d)).split([nh, nkv, nkv], dim=2)  # [b, B, heads, d]
     if qk_norm:
         q, k = layers.rms_norm(q, q_norm_weight.float(), eps), layers.rms_norm(k, k_norm_weight.float(), eps)
-    cos, sin = layers.Rope(rope_cos, rope_sin).at(lens[:, None] + torch.arange(blk))
+    pos = lens[:, None] + torch.arange(blk)
+    cos, sin = layers.Rope(rope_cos, rope_sin).at(pos)
     q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
-    out = layers.attend(q.transpose(1, 2), k_cache.float(), v_cache.float(), lens, k.transpose(1, 2),
-                        v.transpose(1, 2), causal=False, window=window)
+    keys = layers.Keys.cached(k_cache.float(), v_cache.float(), lens) + layers.Keys.new(k, v, pos)
+    out = layers.attend(q.transpose(1, 2), pos, keys, causal=False, window=window)
     return out.transpose(1, 2).reshape(b, blk, nh * d).to(qkv.dtype)
 
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from dflash_trt.decoding.runners import Capacity, TargetRunner
 from dflash_trt.models.drafter import DFlashDrafter
-from dflash_trt.models.layers import Rope
+from dflash_trt.models.layers import Keys, Rope
 from dflash_trt.models.target import KV, Transformer
 
 DEFAULT_MAX_BATCH = 1 << 16  # buffers are allocated per batch: memory is the only limit
@@ -137,5 +137,6 @@ class TorchDrafter:
     def draft(self, block: Tensor) -> Tensor:
         lens = self.caches.lens
         positions = lens[:, None] + torch.arange(block.shape[1], device=self.device)
-        hidden = self.model(self.embed(block), positions, self.caches.visible(), lens, self.rope)
+        context = [Keys.cached(k, v, lens) for k, v in self.caches.visible()]
+        hidden = self.model(self.embed(block), positions, context, self.rope)
         return self.head(hidden[:, 1:].to(self.head_dtype))

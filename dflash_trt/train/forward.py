@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from dflash_trt.models.drafter import DFlashDrafter
-from dflash_trt.models.layers import Rope
+from dflash_trt.models.layers import Keys, Rope
 
 
 @dataclass
@@ -44,10 +44,13 @@ def block_hidden(drafter: DFlashDrafter, embed: nn.Module, batch: Batch, rope: R
         t = t.transpose(1, 2)
         return t[:, None].expand(b, n, *t.shape[1:]).reshape(b * n, *t.shape[1:])
 
-    context = [(per_block(k), per_block(v)) for k, v in drafter.context_kv(batch.features, ctx_pos, rope)]
-    ctx_lens = torch.where(batch.valid, batch.anchors, 0).view(b * n)
+    ctx_lens = torch.where(batch.valid, batch.anchors, 0)  # [b, n]: columns before the anchor
+    cols = torch.arange(batch.features.shape[1])
+    valid = (cols < ctx_lens[:, :, None]).view(b * n, -1)
+    pos = ctx_pos[:, None].expand(b, n, -1).reshape(b * n, -1)
+    context = [Keys(per_block(k), per_block(v), pos, valid) for k, v in drafter.context_kv(batch.features, ctx_pos, rope)]
     positions = (batch.pos_offset[:, None, None] + batch.anchors[:, :, None] + torch.arange(block)).view(b * n, block)
-    return drafter(embed(batch.block_ids.view(b * n, block)), positions, context, ctx_lens, rope)
+    return drafter(embed(batch.block_ids.view(b * n, block)), positions, context, rope)
 
 
 def mask_logits(lm_head: nn.Module, hidden: Tensor, valid: Tensor) -> Tensor:

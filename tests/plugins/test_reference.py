@@ -198,7 +198,7 @@ def test_replaces_drafter_attention_core():
     """wo(op(wqkv(x))) equals the drafter's DraftAttention forward: same qkv layout, norms and RoPE."""
     from dflash_trt.config import DrafterConfig
     from dflash_trt.models.drafter import DraftAttention
-    from dflash_trt.models.layers import Rope
+    from dflash_trt.models.layers import Keys, Rope
 
     torch.manual_seed(0)
     nh, nkv, d, blk, ctx, window = 8, 2, 64, 6, 10, 5
@@ -211,10 +211,11 @@ def test_replaces_drafter_attention_core():
     lens = torch.tensor([10, 0, 4])
     k_cache, v_cache = torch.randn(3, nkv, ctx, d), torch.randn(3, nkv, ctx, d)
     rope = Rope.build(d, 10_000.0, None, ctx + blk)
-    cos, sin = rope.at(lens[:, None] + torch.arange(blk))
+    pos = lens[:, None] + torch.arange(blk)
+    cos, sin = rope.at(pos)
     x = torch.randn(3, blk, 96)
     with torch.no_grad():
-        want = attn(x, (k_cache, v_cache), lens, cos, sin)
+        want = attn(x, Keys.cached(k_cache, v_cache, lens), pos, cos, sin)
         core = dflash_block_attention(
             attn.wqkv(x), attn.q_norm.weight, attn.k_norm.weight, rope.cos, rope.sin, k_cache, v_cache,
             lens.int(), num_heads=nh, num_kv_heads=nkv, head_dim=d, window=window, qk_norm=1, eps=cfg.rms_norm_eps,
