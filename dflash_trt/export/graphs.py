@@ -1,33 +1,35 @@
 """The exported graphs and their tensor names: the contract between export, `dflash-trt build` and the
 onnxruntime / TensorRT runtimes. Names follow the conventions of ONNX Runtime GenAI and Optimum
-(`input_ids`, `past_key_values.{i}.key`, `present.{i}.key`).
+(`input_ids`, `past_key_values.{i}.key`, `present.{i}.key`). One graph per model and rank, so that a
+TensorRT engine is one network (`target/rank{r}.engine`, `drafter/rank{r}.engine`) with optimization
+profiles for its phases (prompt, step).
 
-Shapes use these symbols: batch, tokens (prompt or block length), past (cached positions visible to the
-forward, >= max(cache_lens)), block (B), kv_heads and head_dim of the model (this rank's shard), F =
+Shapes use these symbols: batch, tokens (new tokens), past (cached positions visible to the forward,
+>= max(cache_lens)), block (B), kv_heads and head_dim of the model (this rank's shard), F =
 len(target_layer_ids) * hidden, vocab (the full vocabulary: a vocab-parallel head gathers it).
 
-- target_prefill: input_ids [batch, tokens] int64, cache_lens [batch] int64 (committed positions before the
-  tokens), last_token_index [batch] int64, past_key_values.{i}.key / .value [batch, kv_heads, past, head_dim]
-  -> logits [batch, vocab] (at last_token_index), features [batch, tokens, F],
+- target: input_ids [batch, tokens] int64, cache_lens [batch] int64 (committed positions before the
+  tokens), logits_index [batch, n] int64 (which of the tokens get logits: the last prompt token at prefill,
+  all B at verify), past_key_values.{i}.key / .value [batch, kv_heads, past, head_dim]
+  -> logits [batch, n, vocab], features [batch, tokens, F],
   present.{i}.key / .value [batch, tokens, kv_heads, head_dim] (the K/V of the new tokens only).
-- target_verify: input_ids [batch, block], cache_lens, past_key_values.* -> logits [batch, block, vocab],
-  features [batch, block, F], present.*.
-- drafter_context (the KV injection): features [batch, tokens, F], cache_lens [batch] (context positions
-  before the features) -> present.{i}.key / .value [batch, tokens, kv_heads, head_dim] per draft layer.
-- drafter_block: input_ids [batch, block], cache_lens [batch] (each row's context length),
-  past_key_values.{i}.key / .value [batch, kv_heads, past, head_dim] (the injected context) ->
-  logits [batch, block - 1, vocab] (draft logits at the mask positions).
+- drafter (KV injection fused with drafting): input_ids [batch, block] (x_start + masks), features
+  [batch, tokens, F] (target features of newly committed positions), feature_lens [batch] int64 (how many of
+  them each row committed), cache_lens [batch] int64 (context positions before them),
+  past_key_values.{i}.key / .value [batch, kv_heads, past, head_dim] (the injected context so far)
+  -> logits [batch, block - 1, vocab] (draft logits at the mask positions),
+  present.{i}.key / .value [batch, tokens, kv_heads, head_dim] (context K/V of the new features).
+  The block sits at positions cache_lens + feature_lens + i and sees the valid context and its whole self.
 
-The runtime owns the caches: it writes `present.*` at positions cache_lens[b] + i and commits what it keeps.
+The runtime owns the caches: it writes `present.*` at positions cache_lens[b] + i and commits what it keeps
+(the target: accepted tokens; the drafter: feature_lens).
 """
 
 from __future__ import annotations
 
-TARGET_PREFILL = "target_prefill"
-TARGET_VERIFY = "target_verify"
-DRAFTER_CONTEXT = "drafter_context"
-DRAFTER_BLOCK = "drafter_block"
-GRAPHS = (TARGET_PREFILL, TARGET_VERIFY, DRAFTER_CONTEXT, DRAFTER_BLOCK)
+TARGET = "target"
+DRAFTER = "drafter"
+GRAPHS = (TARGET, DRAFTER)
 
 
 def past_names(layers: int) -> list[str]:
