@@ -9,6 +9,7 @@ parameter (``"T"``) that all inputs sharing it must agree on.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 import operator
 from dataclasses import dataclass
@@ -262,7 +263,64 @@ CONTEXT_KV_APPEND = OpContract(
         "Row n < new_lens[s] of sequence s goes to position p = ctx_lens[s] + n when p < min(S, max_pos): "
         "its key is normed and roped exactly like a DFlashBlockAttention block key and written to "
         "k_cache_out[s, :, p], its value raw to v_cache_out[s, :, p]. Every other cache element is unchanged; "
-        "ctx_lens is not advanced (the runtime adds new_lens)."
+        "ctx_lens is not advanced (the runtime adds new_lens). In place: the outputs alias the cache inputs "
+        "(build with PreviewFeature.ALIASED_PLUGIN_IO_10_03); enqueue fails, rather than copy the cache, when "
+        "TensorRT hands it other output buffers."
+    ),
+)
+
+# The paged layout serving engines use (TensorRT Edge-LLM's KV-update plugin takes the same pool and a
+# [b, 2, max_pages] page table): one pool per layer, key pages in kv_pool[0] and value pages in kv_pool[1].
+PAGED_CACHE_DOC = (
+    "Position p of sequence s keeps its key at kv_pool[0, page_table[s, 0, p // tokens_per_page], "
+    "p % tokens_per_page] and its value at kv_pool[1, page_table[s, 1, p // tokens_per_page], "
+    "p % tokens_per_page]; a sequence's capacity is S = max_pages * tokens_per_page, and a page id outside "
+    "[0, pages) marks a position unusable."
+)
+KV_POOL = TensorSpec("kv_pool", ("2", "pages", "tokens_per_page", "num_kv_heads", "head_dim"), "T",
+                     "paged K/V pool of the layer: [0] key pages, [1] value pages")
+PAGE_TABLE = TensorSpec("page_table", ("b", "2", "max_pages"), "int32",
+                        "page ids per sequence: [s, 0] key pages, [s, 1] value pages")
+
+PAGED_BLOCK_ATTENTION = OpContract(
+    name="DFlashPagedBlockAttention",
+    version="1",
+    namespace="dflash_trt",
+    type_params=BLOCK_ATTENTION.type_params,
+    inputs=BLOCK_ATTENTION.inputs[:5] + (
+        dataclasses.replace(KV_POOL, doc="paged K/V pool (context keys already normed and roped)"),
+        PAGE_TABLE,
+        TensorSpec("ctx_lens", ("b",), "int32", "valid context length per sequence (0 <= ctx_lens <= S)"),
+    ),
+    outputs=BLOCK_ATTENTION.outputs,
+    attrs=BLOCK_ATTENTION.attrs,
+    constraints=BLOCK_ATTENTION.constraints,
+    semantics=(
+        "DFlashBlockAttention with the context keys and values read from a paged pool. " + PAGED_CACHE_DOC
+        + " A sequence whose context uses an unusable position gets NaN outputs."
+    ),
+)
+
+PAGED_KV_APPEND = OpContract(
+    name="DFlashPagedKVAppend",
+    version="1",
+    namespace="dflash_trt",
+    type_params=CONTEXT_KV_APPEND.type_params,
+    inputs=CONTEXT_KV_APPEND.inputs[:4] + (
+        KV_POOL,
+        PAGE_TABLE,
+        CONTEXT_KV_APPEND.inputs[6],
+        CONTEXT_KV_APPEND.inputs[7],
+    ),
+    outputs=(
+        TensorSpec("kv_pool_out", ("2", "pages", "tokens_per_page", "num_kv_heads", "head_dim"), "T",
+                   "updated pool; aliases kv_pool"),
+    ),
+    attrs=CONTEXT_KV_APPEND.attrs,
+    constraints=(),
+    semantics=(
+        "DFlashContextKVAppend into a paged pool, in place (kv_pool_out aliases kv_pool; same aliasing rule). "
+        + PAGED_CACHE_DOC + " A row whose position is unusable is not written."
     ),
 )
 
@@ -284,7 +342,9 @@ ACCEPT_TOKENS = OpContract(
     semantics="Greedy acceptance: sequence s commits accepted_len[s] drafted tokens, then bonus_token[s].",
 )
 
-CONTRACTS: dict[str, OpContract] = {c.name: c for c in (BLOCK_ATTENTION, CONTEXT_KV_APPEND, ACCEPT_TOKENS)}
+CONTRACTS: dict[str, OpContract] = {
+    c.name: c for c in (BLOCK_ATTENTION, CONTEXT_KV_APPEND, ACCEPT_TOKENS, PAGED_BLOCK_ATTENTION, PAGED_KV_APPEND)
+}
 
 if __name__ == "__main__":
     print("\n".join(c.to_markdown() for c in CONTRACTS.values()), end="")

@@ -90,3 +90,12 @@ def register_plugins(trt: ModuleType, path: Path | None = None) -> Path:
             f"rebuild it with '{BUILD_COMMAND}'"
         )
     return path
+
+
+def configure_builder(trt: ModuleType, config, *, aliased_plugin_io: bool = True) -> None:
+    """What every TensorRT builder config holding these plugins needs: ``PreviewFeature.ALIASED_PLUGIN_IO_10_03``,
+    so that the KV-append plugins' outputs alias their cache inputs (IPluginV3OneBuildV2::getAliasedInput) and
+    the cache is updated in place. Without it TensorRT-RTX refuses to build such a network, and a TensorRT that
+    built it anyway would hand the plugin separate output buffers, which its enqueue refuses (the plugin never
+    copies the cache). ``aliased_plugin_io=False`` exists only to test that refusal."""
+    config.set_preview_feature(trt.PreviewFeature.ALIASED_PLUGIN_IO_10_03, aliased_plugin_io)

@@ -5,7 +5,10 @@ imports each custom node as our IPluginV3 plugin and runs every build-time plugi
 deserialize or run the plan without a CUDA driver. The build runs in a child interpreter because the
 wheel's ONNX parser dlopens ``libtensorrt_rtx.so`` while only ``libtensorrt_rtx.so.1`` ships (the
 process aborts otherwise): the parent puts a symlink directory on ``LD_LIBRARY_PATH`` before the child
-starts. CLI: ``python -m dflash_trt.plugins.trt_rtx MODEL.onnx PLAN --profile NAME=MIN:OPT:MAX ...``.
+starts. Every build enables ``PreviewFeature.ALIASED_PLUGIN_IO_10_03`` (``library.configure_builder``) so that
+the KV-append plugins update their caches in place; the report lists the engine's layers, any copy TensorRT
+inserted and the activation memory, from the builder's log, which is how a test sees that the alias was kept.
+CLI: ``python -m dflash_trt.plugins.trt_rtx MODEL.onnx PLAN --profile NAME=MIN:OPT:MAX ...``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -23,7 +27,7 @@ from types import ModuleType
 from typing import Mapping, Sequence
 
 from dflash_trt.errors import UserError
-from dflash_trt.plugins.library import find_plugin_library, register_plugins
+from dflash_trt.plugins.library import configure_builder, find_plugin_library, register_plugins
 
 Shape = tuple[int, ...]
 
@@ -38,6 +42,10 @@ class BuildReport:
     outputs: list[dict]  # network outputs: name, dtype, shape (-1 = dynamic, None = inference failed)
     plan_bytes: int
     log_errors: list[str] = field(default_factory=list)
+    aliased_plugin_io: bool = True  # PreviewFeature.ALIASED_PLUGIN_IO_10_03 was on
+    engine_layers: list[str] = field(default_factory=list)  # the builder's "Engine Layer Information" lines
+    copy_nodes: list[str] = field(default_factory=list)  # log lines about copies TensorRT inserted
+    activation_bytes: int | None = None  # "Total Activation Memory" of the engine
 
 
 def _lib_dir() -> Path:
@@ -54,9 +62,11 @@ def build_engine(
     *,
     plugin_lib: str | Path | None = None,
     timeout: float = 600.0,
+    aliased_plugin_io: bool = True,
 ) -> BuildReport:
     """Build ``onnx_path`` into ``plan_path`` in a child process; ``profile`` maps each dynamic input to
-    its (min, opt, max) shape. A plan of 0 bytes means the build failed; the report says why."""
+    its (min, opt, max) shape. A plan of 0 bytes means the build failed; the report says why.
+    ``aliased_plugin_io=False`` builds without the aliasing preview feature (only to test the refusal)."""
     lib = Path(plugin_lib).resolve() if plugin_lib else find_plugin_library()
     onnx_path, plan_path = Path(onnx_path).resolve(), Path(plan_path).resolve()  # the child runs elsewhere
     if not onnx_path.is_file():
@@ -70,6 +80,8 @@ def build_engine(
                "--plugin-lib", str(lib), "--report", str(report_path)]
         for name, shapes in profile.items():
             cmd += ["--profile", f"{name}=" + ":".join("x".join(map(str, s)) for s in shapes)]
+        if not aliased_plugin_io:
+            cmd.append("--no-aliased-plugin-io")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
                               cwd=Path(__file__).resolve().parents[2])
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
@@ -89,7 +101,8 @@ def _desc(tensor) -> list:
 
 
 def build_in_process(trt: ModuleType, onnx_path: Path, plan_path: Path, plugin_lib: Path,
-                     profile: Mapping[str, tuple[Shape, Shape, Shape]]) -> BuildReport:
+                     profile: Mapping[str, tuple[Shape, Shape, Shape]], *,
+                     aliased_plugin_io: bool = True) -> BuildReport:
     """The build itself, with ``trt`` = ``tensorrt_rtx`` (in the child) or datacenter ``tensorrt`` (on a
     GPU host, where it needs no child process)."""
 
@@ -97,10 +110,20 @@ def build_in_process(trt: ModuleType, onnx_path: Path, plan_path: Path, plugin_l
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.errors: list[str] = []
+            self.layers: list[str] = []
+            self.copies: list[str] = []
+            self.activation: int | None = None
 
         def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
             if severity <= trt.ILogger.Severity.ERROR:
                 self.errors.append(msg)
+            for line in msg.splitlines():
+                if line.startswith("Layer("):
+                    self.layers.append(line)
+            if "CopyNode" in msg:
+                self.copies.append(msg)
+            if m := re.search(r"Total Activation Memory: (\d+) bytes", msg):
+                self.activation = int(m.group(1))
 
     logger = Logger()
     register_plugins(trt, plugin_lib)
@@ -129,6 +152,7 @@ def build_in_process(trt: ModuleType, onnx_path: Path, plan_path: Path, plugin_l
     plan_bytes = 0
     if parsed:
         config = builder.create_builder_config()
+        configure_builder(trt, config, aliased_plugin_io=aliased_plugin_io)
         opt = builder.create_optimization_profile()
         for name, (lo, mid, hi) in profile.items():
             opt.set_shape(name, lo, mid, hi)
@@ -138,7 +162,8 @@ def build_in_process(trt: ModuleType, onnx_path: Path, plan_path: Path, plugin_l
             data = bytes(plan)
             plan_path.write_bytes(data)
             plan_bytes = len(data)
-    return BuildReport(parsed, parser_errors, plugin_layers, outputs, plan_bytes, logger.errors)
+    return BuildReport(parsed, parser_errors, plugin_layers, outputs, plan_bytes, logger.errors, aliased_plugin_io,
+                       logger.layers, logger.copies, logger.activation)
 
 
 def _parse_profile(items: Sequence[str]) -> dict[str, tuple[Shape, Shape, Shape]]:
@@ -161,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("plan", type=Path)
     ap.add_argument("--plugin-lib", type=Path, help="default: DFLASH_TRT_PLUGIN_LIB or plugins/build")
     ap.add_argument("--profile", action="append", default=[], help="NAME=MIN:OPT:MAX, shapes as AxBxC")
+    ap.add_argument("--no-aliased-plugin-io", action="store_true",
+                    help="build without PreviewFeature.ALIASED_PLUGIN_IO_10_03 (the KV-append plugins then fail)")
     ap.add_argument("--report", type=Path, help=argparse.SUPPRESS)  # set by build_engine for its child
     args = ap.parse_args(argv)
     try:
@@ -169,10 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             import tensorrt_rtx
 
             report = build_in_process(tensorrt_rtx, args.onnx, args.plan, args.plugin_lib or find_plugin_library(),
-                                      profile)
+                                      profile, aliased_plugin_io=not args.no_aliased_plugin_io)
             args.report.write_text(json.dumps(asdict(report)))
         else:
-            report = build_engine(args.onnx, args.plan, profile, plugin_lib=args.plugin_lib)
+            report = build_engine(args.onnx, args.plan, profile, plugin_lib=args.plugin_lib,
+                                  aliased_plugin_io=not args.no_aliased_plugin_io)
             print(json.dumps(asdict(report), indent=1))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -22,7 +22,14 @@ import torch
 
 from dflash_trt.errors import UserError
 from dflash_trt.plugins import trt_rtx
-from dflash_trt.plugins.contracts import BLOCK_ATTENTION, CONTRACTS
+from dflash_trt.plugins.contracts import (
+    BLOCK_ATTENTION,
+    CONTEXT_KV_APPEND,
+    CONTRACTS,
+    PAGED_BLOCK_ATTENTION,
+    PAGED_KV_APPEND,
+)
+from dflash_trt.plugins.graphs import OPSETS, plugin_graph, plugin_node, value_info
 from dflash_trt.plugins.library import (
     ENV_VAR,
     find_plugin_library,
@@ -258,6 +265,98 @@ def test_cli_builds_a_plan(graphs, plugin_lib, capsys, monkeypatch, tmp_path):
     assert report["plan_bytes"] == (tmp_path / "m.plan").stat().st_size > 0
 
 
+# --- KV injection in place: the aliasing TensorRT-RTX keeps ------------------------------------------------
+
+KV_HEADS, HEAD_DIM = 2, 64
+
+
+def _append_profile(paged: bool) -> dict:
+    d, width = HEAD_DIM, 2 * KV_HEADS * HEAD_DIM
+    per_seq = ((1,), (2,), (4,))
+    rope = ((1, d // 2), (64, d // 2), (256, d // 2))
+    profile = {"kv": ((1, 1, width), (2, 4, width), (4, 16, width)), "rope_cos": rope, "rope_sin": rope,
+               "ctx_lens": per_seq, "new_lens": per_seq}
+    if paged:
+        pool = tuple((2, p, 16, KV_HEADS, d) for p in (1, 32, 256))
+        return {**profile, "kv_pool": pool, "page_table": ((1, 2, 1), (2, 2, 8), (4, 2, 64))}
+    cache = ((1, KV_HEADS, 1, d), (2, KV_HEADS, 64, d), (4, KV_HEADS, 1024, d))
+    return {**profile, "k_cache": cache, "v_cache": cache}
+
+
+@pytest.mark.parametrize("op", [CONTEXT_KV_APPEND, PAGED_KV_APPEND], ids=["contiguous", "paged"])
+def test_kv_append_engine_updates_the_cache_in_place(plugin_lib, tmp_path, op):
+    """With ALIASED_PLUGIN_IO_10_03 (which every build here enables) TensorRT-RTX keeps the plugin's
+    output = input alias: the engine is the plugin layer alone, writing the cache input's buffer; no copy
+    layer, no activation memory (a copy of the cache would need both)."""
+    attrs = dict(num_kv_heads=KV_HEADS, head_dim=HEAD_DIM)
+    plugin_graph(op, attrs, "float16", tmp_path / "append.onnx")
+    report = build_engine(tmp_path / "append.onnx", tmp_path / "append.plan", _append_profile(op is PAGED_KV_APPEND),
+                          plugin_lib=plugin_lib)
+    assert report.aliased_plugin_io and report.plan_bytes > 0, report.log_errors
+    (layer,) = report.engine_layers
+    cache_in, cache_outs = ("kv_pool", ["kv_pool_out"]) if op is PAGED_KV_APPEND else ("k_cache", ["k_cache_out",
+                                                                                                     "v_cache_out"])
+    assert layer.startswith("Layer(PluginV3): ") and f" {cache_in} (Half[" in layer
+    assert [o.split(" (")[0] for o in layer.split(" -> ")[1].split("), ")] == cache_outs
+    assert report.copy_nodes == [] and report.activation_bytes == 0
+
+
+def test_kv_append_without_the_aliasing_feature_is_refused(plugin_lib, tmp_path):
+    """Without the preview feature the builder refuses the aliased plugin (no engine that would have to
+    copy the cache), naming the feature."""
+    plugin_graph(CONTEXT_KV_APPEND, dict(num_kv_heads=KV_HEADS, head_dim=HEAD_DIM), "float16", tmp_path / "a.onnx")
+    report = build_engine(tmp_path / "a.onnx", tmp_path / "a.plan", _append_profile(False), plugin_lib=plugin_lib,
+                          aliased_plugin_io=False)
+    assert report.plan_bytes == 0 and not (tmp_path / "a.plan").exists()
+    assert "kALIASED_PLUGIN_IO_10_03 not enabled" in " ".join(report.log_errors)
+
+
+def _append_then_attention(path: Path, attention_reads: str, paged: bool) -> None:
+    """The drafter's per-layer flow: append the committed context's K/V, then attend the block over the
+    cache (``attention_reads`` = "updated": the append's output; "stale": the append's input)."""
+    append_op, attention_op = (PAGED_KV_APPEND, PAGED_BLOCK_ATTENTION) if paged else (CONTEXT_KV_APPEND,
+                                                                                      BLOCK_ATTENTION)
+    append = append_op.resolve_attrs(num_kv_heads=KV_HEADS, head_dim=HEAD_DIM)
+    attention = attention_op.resolve_attrs(num_heads=8, num_kv_heads=KV_HEADS, head_dim=HEAD_DIM)
+    caches = [t.name for t in append_op.inputs[4:6]]
+    if attention_reads == "updated":
+        caches = [t.name for t in append_op.outputs] + ([caches[1]] if paged else [])
+    inputs = [value_info(t, append, "float16") for t in append_op.inputs]
+    inputs += [value_info(attention_op.inputs[i], attention, "float16") for i in (0, 1)]
+    nodes = [plugin_node(append_op, append, [t.name for t in append_op.inputs], [t.name for t in append_op.outputs],
+                         "append"),
+             plugin_node(attention_op, attention, [t.name for t in attention_op.inputs[:5]] + caches + ["ctx_lens"],
+                         ["out"], "attention")]
+    outputs = [value_info(t, append, "float16") for t in append_op.outputs]
+    outputs.append(value_info(attention_op.outputs[0], attention, "float16"))
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph(nodes, "drafter_layer", inputs, outputs),
+                                     opset_imports=OPSETS), str(path))
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_append_then_attention_shares_the_cache_without_a_copy(plugin_lib, tmp_path, paged):
+    """Append then attention over the updated cache builds, and TensorRT-RTX copies no cache tensor: the
+    append writes the cache input's buffer and the attention reads that buffer. Control: when the attention
+    reads the cache *before* the append, TensorRT-RTX must keep the old contents and inserts a copy of the
+    cache input, which the same log check sees."""
+    cache_names = ("kv_pool",) if paged else ("k_cache", "v_cache")
+    profile = dict(_append_profile(paged), qkv=tuple((b, blk, 12 * HEAD_DIM) for b, blk in ((1, 1), (2, 4), (4, 16))))
+
+    def cache_copies(report):
+        return [c for c in report.copy_nodes if any(f"Network Input {n}" in c for n in cache_names)]
+
+    _append_then_attention(tmp_path / "updated.onnx", "updated", paged)
+    report = build_engine(tmp_path / "updated.onnx", tmp_path / "updated.plan", profile, plugin_lib=plugin_lib)
+    assert report.plan_bytes > 0, report.log_errors
+    assert cache_copies(report) == []
+    (append_layer,) = [layer for layer in report.engine_layers if layer.startswith("Layer(PluginV3): append,")]
+    assert f" {cache_names[0]} (Half[" in append_layer
+
+    _append_then_attention(tmp_path / "stale.onnx", "stale", paged)
+    stale = build_engine(tmp_path / "stale.onnx", tmp_path / "stale.plan", profile, plugin_lib=plugin_lib)
+    assert cache_copies(stale), stale.copy_nodes
+
+
 # --- GPU: the plan runs and matches the reference -------------------------------------------------------
 
 @pytest.mark.gpu
@@ -293,3 +392,42 @@ def test_engine_runs_on_gpu_and_matches_reference(cuda_build, tmp_path):
 
     want = dflash_block_attention(*inputs, **attrs)
     torch.testing.assert_close(out.cpu().float(), want.float(), atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.gpu
+def test_kv_append_engine_runs_in_place_on_gpu(cuda_build, host_build, tmp_path):
+    """On a GPU host with datacenter TensorRT: the engine reports k_cache_out as aliasing k_cache, runs with
+    the two bound to one buffer, and leaves the cache equal to the host math's in-place append."""
+    trt = pytest.importorskip("tensorrt", reason="datacenter TensorRT (NVIDIA's package index / containers)")
+    from dflash_trt.plugins.reference import rope_tables
+    from test_host_math import MathLib
+
+    attrs = CONTEXT_KV_APPEND.resolve_attrs(num_kv_heads=KV_HEADS, head_dim=HEAD_DIM)
+    plugin_graph(CONTEXT_KV_APPEND, attrs, "float16", tmp_path / "a.onnx")
+    report = trt_rtx.build_in_process(trt, tmp_path / "a.onnx", tmp_path / "a.plan", cuda_build.plugin_library,
+                                      _append_profile(False))
+    assert report.plan_bytes, report.log_errors
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine((tmp_path / "a.plan").read_bytes())
+    assert engine.get_aliased_input_tensor("k_cache_out") == "k_cache"
+    assert engine.get_aliased_input_tensor("v_cache_out") == "v_cache"
+    g = torch.Generator().manual_seed(2)
+    kv = torch.randn(3, 4, 2 * KV_HEADS * HEAD_DIM, generator=g).half()
+    kw = (1 + 0.1 * torch.randn(HEAD_DIM, generator=g)).half()
+    cos, sin = (t.contiguous() for t in rope_tables(256, HEAD_DIM))
+    caches = [torch.randn(3, KV_HEADS, 64, HEAD_DIM, generator=g).half() for _ in range(2)]
+    ctx, new_lens = torch.tensor([0, 62, 17], dtype=torch.int32), torch.tensor([4, 4, 1], dtype=torch.int32)
+    want = MathLib(host_build.math_host).context_kv_append(kv, kw, cos, sin, *[c.clone() for c in caches], ctx, new_lens,
+                                                           **attrs)
+    device = {name: x.cuda() for name, x in zip([t.name for t in CONTEXT_KV_APPEND.inputs],
+                                               (kv, kw, cos, sin, *caches, ctx, new_lens))}
+    context = engine.create_execution_context()
+    for name, x in device.items():
+        context.set_input_shape(name, tuple(x.shape))
+        context.set_tensor_address(name, x.data_ptr())
+    context.set_tensor_address("k_cache_out", device["k_cache"].data_ptr())
+    context.set_tensor_address("v_cache_out", device["v_cache"].data_ptr())
+    stream = torch.cuda.current_stream()
+    assert context.execute_async_v3(stream.cuda_stream)
+    stream.synchronize()
+    for got, expected in zip((device["k_cache"], device["v_cache"]), want):
+        torch.testing.assert_close(got.cpu().float(), expected.float(), atol=2e-3, rtol=2e-3)
