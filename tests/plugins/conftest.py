@@ -1,8 +1,9 @@
 """Session fixtures that build the `plugins/` CMake project once and hand out its artifacts.
 
-Builds go to ``plugins/build/host`` (DFLASH_TRT_CUDA=OFF) and ``plugins/build/cuda`` (ON) and are
-reused across sessions: configuring again is cheap and ``cmake --build`` only recompiles what changed. A file lock serialises
-concurrent pytest processes building the same directory.
+Builds go to ``plugins/build/host`` (DFLASH_TRT_CUDA=OFF), ``plugins/build/cuda`` (ON) and
+``plugins/build/sanitize`` (DFLASH_TRT_SANITIZE=ON, the CTA harnesses and their ctest tests) and are reused
+across sessions: configuring again is cheap and ``cmake --build`` only recompiles what changed. A file lock
+serialises concurrent pytest processes building the same directory.
 """
 
 from __future__ import annotations

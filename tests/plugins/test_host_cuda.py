@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_host_math import GRID, TOLERANCE, MathLib, case_id, make_inputs, to_paged
+from test_host_plugins import HOST_CASES, run_harness
 
 from dflash_trt.hardware import has_gpu
 from dflash_trt.plugins.reference import dflash_block_attention
-from test_host_math import GRID, TOLERANCE, MathLib, case_id, make_inputs, to_paged
-from test_host_plugins import HOST_CASES, run_harness
 
 ARCH_FLAGS = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in ("80", "90", "100", "120")]
 PTX_FLAG = "-gencode=arch=compute_80,code=compute_80"  # JIT-compiled by the driver for any other GPU >= 8.0

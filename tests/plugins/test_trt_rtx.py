@@ -399,8 +399,9 @@ def test_kv_append_engine_runs_in_place_on_gpu(cuda_build, host_build, tmp_path)
     """On a GPU host with datacenter TensorRT: the engine reports k_cache_out as aliasing k_cache, runs with
     the two bound to one buffer, and leaves the cache equal to the host math's in-place append."""
     trt = pytest.importorskip("tensorrt", reason="datacenter TensorRT (NVIDIA's package index / containers)")
-    from dflash_trt.plugins.reference import rope_tables
     from test_host_math import MathLib
+
+    from dflash_trt.plugins.reference import rope_tables
 
     attrs = CONTEXT_KV_APPEND.resolve_attrs(num_kv_heads=KV_HEADS, head_dim=HEAD_DIM)
     plugin_graph(CONTEXT_KV_APPEND, attrs, "float16", tmp_path / "a.onnx")
@@ -416,8 +417,8 @@ def test_kv_append_engine_runs_in_place_on_gpu(cuda_build, host_build, tmp_path)
     cos, sin = (t.contiguous() for t in rope_tables(256, HEAD_DIM))
     caches = [torch.randn(3, KV_HEADS, 64, HEAD_DIM, generator=g).half() for _ in range(2)]
     ctx, new_lens = torch.tensor([0, 62, 17], dtype=torch.int32), torch.tensor([4, 4, 1], dtype=torch.int32)
-    want = MathLib(host_build.math_host).context_kv_append(kv, kw, cos, sin, *[c.clone() for c in caches], ctx, new_lens,
-                                                           **attrs)
+    host = MathLib(host_build.math_host)
+    want = host.context_kv_append(kv, kw, cos, sin, *[c.clone() for c in caches], ctx, new_lens, **attrs)
     device = {name: x.cuda() for name, x in zip([t.name for t in CONTEXT_KV_APPEND.inputs],
                                                (kv, kw, cos, sin, *caches, ctx, new_lens))}
     context = engine.create_execution_context()
