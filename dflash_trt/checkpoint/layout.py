@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dflash_trt.checkpoint.safetensors_io import Shape, TensorSpec
+from dflash_trt.checkpoint.safetensors_io import RankTensor
 from dflash_trt.dtypes import DType
-from dflash_trt.checkpoint.sharding import COLUMN, ROW, FusedQKV, Replicated, Rule, VocabParallel
+from dflash_trt.checkpoint.sharding import COLUMN, ROW, FusedQKV, Replicated, Rule, Shape, VocabParallel
 from dflash_trt.config import DrafterConfig, TargetConfig
 from dflash_trt.errors import UserError
 
@@ -156,9 +156,9 @@ def drafter_entries(cfg: DrafterConfig) -> list[Entry]:
     return entries_of(drafter_weights(cfg))
 
 
-def rank_specs(entries: list[Entry], tp: int, dtype: DType) -> list[list[TensorSpec]]:
+def rank_specs(entries: list[Entry], tp: int, dtype: DType) -> list[list[RankTensor]]:
     """For each rank, the tensors its file must contain, in file order."""
-    return [[TensorSpec(e.name, e.rank_shape(tp), dtype.code) for e in entries] for _ in range(tp)]
+    return [[RankTensor(e.name, e.rank_shape(tp), dtype.code) for e in entries] for _ in range(tp)]
 
 
 def _cat(tensors: list[Tensor]) -> Tensor:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dflash_trt.checkpoint.layout import Entry, drafter_entries, rank_specs, target_entries
-from dflash_trt.checkpoint.safetensors_io import TensorSpec
+from dflash_trt.checkpoint.safetensors_io import RankTensor
 from dflash_trt.dtypes import DType, dtype_named
 from dflash_trt.checkpoint.sharding import check_parallel
 from dflash_trt.config import DrafterConfig, TargetConfig, check_pair, read_json
@@ -20,7 +20,7 @@ class ModelPlan:
 
     role: str  # "target" or "drafter": also the subdirectory name
     entries: list[Entry]
-    specs: list[list[TensorSpec]]
+    specs: list[list[RankTensor]]
 
     def rank_bytes(self, rank: int) -> int:
         return sum(s.nbytes for s in self.specs[rank])

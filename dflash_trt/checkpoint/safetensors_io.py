@@ -20,11 +20,11 @@ from typing import BinaryIO
 import torch
 from safetensors import safe_open
 
+from dflash_trt.checkpoint.sharding import Shape
 from dflash_trt.config import read_json
 from dflash_trt.dtypes import dtype_named
 from dflash_trt.errors import UserError
 
-Shape = tuple[int, ...]
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 ITEMSIZE = {
     "F64": 8,
@@ -152,7 +152,7 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
 
 
 @dataclass(frozen=True)
-class TensorSpec:
+class RankTensor:
     """A tensor as it must appear in a rank file."""
 
     name: str
@@ -164,7 +164,7 @@ class TensorSpec:
         return prod(self.shape) * ITEMSIZE[self.dtype]
 
 
-def header_bytes(specs: list[TensorSpec]) -> bytes:
+def header_bytes(specs: list[RankTensor]) -> bytes:
     """Length prefix + JSON header for tensors stored back to back in `specs` order (padded to 8 bytes)."""
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -187,7 +187,7 @@ class RankWriter:
     tensor being written. Every write is checked against the plan (name, shape, dtype).
     """
 
-    def __init__(self, path: Path, specs: list[TensorSpec]) -> None:
+    def __init__(self, path: Path, specs: list[RankTensor]) -> None:
         if sys.byteorder != "little":
             raise RuntimeError("safetensors output needs a little-endian host")
         self.path = path

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dflash_trt.checkpoint.layout import Entry
-from dflash_trt.checkpoint.safetensors_io import FLOAT_CODES, SourceCheckpoint, TensorSpec, read_header
+from dflash_trt.checkpoint.safetensors_io import FLOAT_CODES, SourceCheckpoint, RankTensor, read_header
 from dflash_trt.errors import UserError
 
 
@@ -38,7 +38,7 @@ def check_sources(ckpt: SourceCheckpoint, entries: list[Entry]) -> None:
     _raise_first(problems)
 
 
-def check_rank_files(model_dir: Path, specs: list[list[TensorSpec]]) -> None:
+def check_rank_files(model_dir: Path, specs: list[list[RankTensor]]) -> None:
     """Each `rank{r}.safetensors` holds exactly the planned tensors with the planned shapes and dtypes."""
     problems = []
     for rank, planned in enumerate(specs):

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dflash_trt.checkpoint.safetensors_io import RankWriter, TensorSpec, read_header, sha256_file
+from dflash_trt.checkpoint.safetensors_io import RankWriter, RankTensor, read_header, sha256_file
 from dflash_trt.errors import UserError
 
 
@@ -20,7 +20,7 @@ def test_rank_writer_roundtrip_through_safetensors(tmp_path):
         "b.weight": torch.randn(3, 4).to(torch.bfloat16)[:, 1:3],  # non-contiguous view
         "c.bias": torch.randn(9).to(torch.bfloat16),
     }
-    specs = [TensorSpec(k, tuple(v.shape), "BF16") for k, v in tensors.items()]
+    specs = [RankTensor(k, tuple(v.shape), "BF16") for k, v in tensors.items()]
     writer = RankWriter(tmp_path / "rank0.safetensors", specs)
     for name, t in tensors.items():
         writer.write(name, t)
@@ -38,7 +38,7 @@ def test_rank_writer_roundtrip_through_safetensors(tmp_path):
 
 
 def test_rank_writer_refuses_anything_off_plan(tmp_path):
-    writer = RankWriter(tmp_path / "r.safetensors", [TensorSpec("x", (2, 2), "F32"), TensorSpec("y", (2,), "F32")])
+    writer = RankWriter(tmp_path / "r.safetensors", [RankTensor("x", (2, 2), "F32"), RankTensor("y", (2,), "F32")])
     with pytest.raises(RuntimeError, match="plan"):
         writer.write("x", torch.zeros(2, 3))
     with pytest.raises(RuntimeError, match="plan"):
