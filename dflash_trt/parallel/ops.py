@@ -75,15 +75,7 @@ def _(x: Tensor, group_size: int) -> Tensor:
 
 def onnx_translations() -> dict:
     """custom_translation_table entries for torch.onnx.export (dynamo) emitting the collective nodes."""
-    import onnxscript
-
-    op = onnxscript.values.Opset(DOMAIN, 1)
-
-    def all_reduce_onnx(x, group_size: int):
-        return op.AllReduce(x, group_size=group_size, reduce_op="sum", plugin_namespace=DOMAIN, plugin_version="1")
-
-    def all_gather_onnx(x, group_size: int):
-        return op.AllGather(x, group_size=group_size, axis=-1, plugin_namespace=DOMAIN, plugin_version="1")
+    from dflash_trt.parallel.onnx_ops import all_gather_onnx, all_reduce_onnx
 
     return {torch.ops.dflash_trt.all_reduce.default: all_reduce_onnx,
             torch.ops.dflash_trt.all_gather.default: all_gather_onnx}

@@ -5,7 +5,8 @@ sizes and loads its shard; forward hooks add the collectives, so the model code 
 - `wqkv` (this rank's q heads and its kv head group) and `w13` are column-parallel: no collective;
 - the embedding and LM head are vocab-parallel (rows padded to a multiple of tp): the embedding zeroes
   tokens outside this rank's rows and all-reduces; the LM head all-gathers logits and drops the padding;
-- the drafter's `fc`/`hidden_norm` are replicated, so the fused context is identical on every rank.
+- the drafter's `fc`/`hidden_norm` are replicated, so the fused context is identical on every rank;
+- DFlash2's convs and selector are replicated: the finish conv sees `wo`/`w2` outputs after their all-reduce.
 The split rules themselves live in `dflash_trt.checkpoint.sharding` (the converter's source of truth).
 """
 
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from dflash_trt.checkpoint.sharding import pad_to_multiple
 from dflash_trt.config import DrafterConfig, TargetConfig
 from dflash_trt.models.drafter import DFlashDrafter
+from dflash_trt.models.drafter2 import make_drafter
 from dflash_trt.models.target import Transformer
 from dflash_trt.parallel.comm import Mapping, all_gather_last_dim, all_reduce
 
@@ -82,7 +84,7 @@ def build_target(cfg: TargetConfig, mapping: Mapping) -> Transformer:
 
 
 def build_drafter(cfg: DrafterConfig, mapping: Mapping) -> DFlashDrafter:
-    model = DFlashDrafter(local_config(cfg, mapping.tp_size))
+    model = make_drafter(local_config(cfg, mapping.tp_size))
     if mapping.tp_size > 1:
         _hook_row_parallel(model.layers)
     return model
