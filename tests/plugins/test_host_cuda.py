@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,77 @@ def test_ptxas_resources_no_spills_and_readme_table_current(cuda_build):
     assert "100 kernel builds (25 instantiations x 4 architectures): 0 bytes of spill stores and loads" in table
     for arch in ("sm_80", "sm_90", "sm_100", "sm_120"):
         assert f"{arch} regs" in table
+
+
+def test_cuda_library_imports_no_copy_and_no_error_clearing(cuda_build):
+    """The CUDA plugin library cannot copy a cache or clear another component's error: it imports no
+    cudaMemcpy* and no cudaGetLastError from the CUDA runtime."""
+    nm = subprocess.run(["nm", "-D", "--undefined-only", str(cuda_build.plugin_library)], capture_output=True,
+                        text=True, check=True).stdout
+    imported = {line.split()[-1].split("@")[0] for line in nm.splitlines()}
+    assert {"__cudaLaunchKernel", "cudaPeekAtLastError", "cudaFuncSetAttribute", "cudaMemsetAsync"} <= imported
+    assert not {name for name in imported if name.startswith("cudaMemcpy") or name == "cudaGetLastError"}
+
+
+# (compute capability, SMs, opt-in shared memory per CTA, shared memory per SM) answered by the fake runtime
+FAKE_DEVICES = {
+    "h100": (9, 0, 132, 227 * 1024, 228 * 1024),
+    "rtx5090": (12, 0, 170, 99 * 1024, 100 * 1024),
+    "t4": (7, 5, 40, 64 * 1024, 64 * 1024),
+}
+
+
+def _fake_runtime(cuda_build, tmp_path, device: str) -> tuple[dict[str, list[int]], list[str]]:
+    """Run the harness's --fake-cuda-runtime cases on the CUDA build with tests/fakeCudart preloaded: the
+    launches' host side runs for real, no kernel executes. Returns each step's statuses and the runtime log."""
+    log = tmp_path / f"{device}.log"
+    env = dict(os.environ, LD_PRELOAD=str(cuda_build.dir / "libdflash_trt_fake_cudart.so"),
+               FAKE_CUDART_LOG=str(log), FAKE_CUDART_DEVICE=",".join(map(str, FAKE_DEVICES[device])))
+    result = subprocess.run([str(cuda_build.harness), str(cuda_build.plugin_library), "--fake-cuda-runtime"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0 and "PASS fake_runtime_launches" in result.stdout, result.stdout + result.stderr
+    statuses: dict[str, list[int]] = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("FAKE "):
+            _, step, call, status = line.split()
+            statuses.setdefault(f"{step} {call}", []).append(int(status))
+    return statuses, log.read_text().splitlines() if log.exists() else []
+
+
+def test_cuda_launches_on_a_fake_runtime_h100(cuda_build, tmp_path):
+    """Compiled and host-side executed (no kernel runs): Qwen3-8B shape, batch 1, S 4096 on 132 SMs. The
+    attention launches one kernel of 17 key splits x 8 kv heads (no merge kernel), 128 threads and the
+    64-row tile's 108,292 B of shared memory, after a 32-byte memset of its 8 semaphores; the shared-memory
+    limit is raised once per kernel, not per enqueue; every launch is checked with cudaPeekAtLastError; the
+    KV appends launch (5 rows, 8 kv heads) in place and copy nothing; separate outputs are refused."""
+    statuses, log = _fake_runtime(cuda_build, tmp_path, "h100")
+    assert statuses["attention enqueue"] == [0, 0, 0] and statuses["paged_attention enqueue"] == [0]
+    assert statuses["append enqueue"] == [0] and statuses["paged_append enqueue"] == [0]
+    assert statuses["append_separate_outputs enqueue"] == [-1]
+    launches = [line for line in log if line.startswith("launch")]
+    assert launches == ["launch 17 8 1 128 1 1 108292"] * 4 + ["launch 5 8 1 128 1 1 0"] * 2
+    assert [line for line in log if line.startswith("funcSetAttribute")] == [f"funcSetAttribute 8 {227 * 1024}"] * 2
+    assert [line for line in log if line.startswith("memsetAsync")] == ["memsetAsync 32"] * 4
+    assert log.count("peekAtLastError") == len(launches)
+    assert not [line for line in log if line.startswith(("memcpyAsync", "getLastError"))]
+
+
+def test_cuda_launches_on_a_fake_runtime_consumer_part(cuda_build, tmp_path):
+    """99 KB per CTA (sm_120 consumer parts): 32-row tiles of 70,660 B, so 2 row tiles x 17 splits."""
+    statuses, log = _fake_runtime(cuda_build, tmp_path, "rtx5090")
+    assert statuses["attention onShapeChange"] == [0] and statuses["attention enqueue"] == [0, 0, 0]
+    assert [line for line in log if line.startswith("launch 34")] == ["launch 34 8 1 128 1 1 70660"] * 4
+    assert [line for line in log if line.startswith("funcSetAttribute")] == [f"funcSetAttribute 8 {99 * 1024}"] * 2
+
+
+def test_cuda_plugins_refuse_an_unsupported_device(cuda_build, tmp_path):
+    """Compute capability 7.5: every plugin refuses at build time (configurePlugin) and at run time
+    (onShapeChange), the attention's enqueue too, and nothing is launched."""
+    statuses, log = _fake_runtime(cuda_build, tmp_path, "t4")
+    for step in ("attention", "paged_attention", "append", "paged_append"):
+        assert statuses[f"{step} configure"] == [-1] and statuses[f"{step} onShapeChange"] == [-1], step
+    assert statuses["attention enqueue"] == [-1, -1, -1]
+    assert not [line for line in log if line.startswith(("launch", "funcSetAttribute", "memsetAsync"))]
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,7 @@ std::string queryCurrentDevice(DeviceInfo& device)
     }
     if (status != cudaSuccess)
     {
-        // These calls return their error without making it sticky; clear it so that no other
-        // component's cudaGetLastError() reports it.
-        (void) cudaGetLastError();
+        // Not cleared with cudaGetLastError(): that could also swallow another component's pending error.
         return std::string("cannot query the CUDA device: ") + cudaGetErrorString(status);
     }
     device = DeviceInfo{values[0], values[1], values[2], values[3], values[4]};

@@ -3,6 +3,7 @@
 // reports attributes.
 #pragma once
 
+#include "common/deviceInfo.h"
 #include "common/pluginFields.h"
 #include "common/pluginLogging.h"
 #include "common/shapeCheck.h"
@@ -107,12 +108,19 @@ public:
         return reportError(static_cast<Derived*>(this)->deviceError(true), " onShapeChange");
     }
 
-    // "" when the plugin's kernels can run on the current device, else why not. A plugin with
-    // device requirements hides this; requireDevice is false at build time, where a builder without
-    // a usable device is not an error (TensorRT-RTX builds on a CPU).
-    std::string deviceError(bool /*requireDevice*/)
+    // "" when the plugin's kernels can run on the current device, else why not: every kernel needs
+    // compute capability 8.0 or newer; a plugin with further requirements hides this. requireDevice
+    // is false at build time, where a builder without a usable device is not an error (TensorRT-RTX
+    // builds on a CPU). The host build plans for hostDevice().
+    std::string deviceError(bool requireDevice)
     {
-        return "";
+        DeviceInfo device{};
+        std::string const error = mDevice.get(device);
+        if (!error.empty())
+        {
+            return requireDevice ? error : "";
+        }
+        return checkComputeCapability(device);
     }
 
     nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext*) noexcept override
@@ -182,6 +190,7 @@ protected:
     }
 
     Attributes mAttributes;
+    DeviceCache mDevice; // the device of this instance (an execution context is bound to one)
 
 private:
     static nvinfer1::Dims dimsOf(nvinfer1::DimsExprs const& exprs)

@@ -65,7 +65,12 @@ int32_t DFlashAcceptTokensPlugin::enqueue(nvinfer1::PluginTensorDesc const* inpu
     nvinfer1::PluginTensorDesc const*, void const* const* inputs, void* const* outputs, void*, cudaStream_t stream) noexcept
 {
     auto const dims = inputDims(inputDesc, kNumInputs);
-    if (reportError(checkShapes(dims.data(), kNumInputs, kNumOutputs), " enqueue") != 0)
+    std::string error = checkShapes(dims.data(), kNumInputs, kNumOutputs);
+    if (error.empty())
+    {
+        error = deviceError(true);
+    }
+    if (reportError(error, " enqueue") != 0)
     {
         return -1;
     }

@@ -68,7 +68,7 @@ template <bool kPaged>
 std::string BlockAttentionPlugin<kPaged>::deviceError(bool requireDevice)
 {
     DeviceInfo device{};
-    std::string const error = mDevice.get(device);
+    std::string const error = this->mDevice.get(device);
     if (!error.empty())
     {
         return requireDevice ? error : "";
@@ -161,7 +161,7 @@ int32_t BlockAttentionPlugin<kPaged>::enqueue(nvinfer1::PluginTensorDesc const* 
     DeviceInfo device{};
     if (error.empty())
     {
-        error = mDevice.get(device);
+        error = this->mDevice.get(device);
     }
     if (error.empty())
     {

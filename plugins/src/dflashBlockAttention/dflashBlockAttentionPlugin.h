@@ -57,13 +57,11 @@ public:
     // "" when the inputs' shapes (unknown extents -1) fit the contract, else the reason.
     std::string checkShapes(nvinfer1::Dims const* dims, int32_t nbInputs, int32_t nbOutputs) const;
 
-    // Compute capability and shared memory of the device (see PluginBase::deviceError).
+    // Compute capability and the shared memory the head size needs (see PluginBase::deviceError).
     std::string deviceError(bool requireDevice);
 
 private:
     blockattn::Dims callDims(nvinfer1::Dims const* dims) const;
-
-    DeviceCache mDevice;
 };
 
 using DFlashBlockAttentionPlugin = BlockAttentionPlugin<false>;

@@ -137,6 +137,10 @@ int32_t KvAppendPlugin<kPaged>::enqueue(nvinfer1::PluginTensorDesc const* inputD
     {
         error = checkAliasing(inputs, outputs);
     }
+    if (error.empty())
+    {
+        error = this->deviceError(true);
+    }
     if (Base::reportError(error, " enqueue") != 0)
     {
         return -1;

@@ -218,12 +218,13 @@ void expectRefused(nvinfer1::IPluginCreatorV3One* creator, CapturingLogger& logg
 
 } // namespace harness
 
-// usage: dflash_trt_plugin_harness <libdflash_trt_plugins.so> [--expect-enqueue-error]
+// usage: dflash_trt_plugin_harness <libdflash_trt_plugins.so> [--expect-enqueue-error | --fake-cuda-runtime]
 int main(int argc, char** argv)
 {
     if (argc < 2)
     {
-        std::fprintf(stderr, "usage: %s <libdflash_trt_plugins.so> [--expect-enqueue-error]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s <libdflash_trt_plugins.so> [--expect-enqueue-error | --fake-cuda-runtime]\n",
+            argv[0]);
         return 2;
     }
     harness::Runner runner;
@@ -235,8 +236,15 @@ int main(int argc, char** argv)
         library.setLoggerFinder(&finder);
         bool const host = library.backend() == "host";
         bool const expectEnqueueError = argc > 2 && std::strcmp(argv[2], "--expect-enqueue-error") == 0;
+        bool const fakeRuntime = argc > 2 && std::strcmp(argv[2], "--fake-cuda-runtime") == 0;
         std::printf("backend %s\n", library.backend().c_str());
         harness::Context ctx{runner, library, logger, host, !host && expectEnqueueError};
+        if (fakeRuntime)
+        {
+            harness::fakeRuntimeCases(ctx);
+            std::printf("SUMMARY failures=%d\n", runner.failures());
+            return runner.failures() == 0 ? 0 : 1;
+        }
         harness::blockAttentionCases(ctx);
         harness::contextKvAppendCases(ctx);
         harness::acceptTokensCases(ctx);

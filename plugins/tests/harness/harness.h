@@ -135,5 +135,6 @@ struct Context
 void blockAttentionCases(Context& ctx);
 void contextKvAppendCases(Context& ctx);
 void acceptTokensCases(Context& ctx);
+void fakeRuntimeCases(Context& ctx); // CUDA build with tests/fakeCudart preloaded (--fake-cuda-runtime)
 
 } // namespace harness
