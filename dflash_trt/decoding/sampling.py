@@ -62,7 +62,8 @@ def first_token(logits: Tensor, params: SamplingParams, generator: torch.Generat
     return logits.argmax(-1) if params.greedy else sample(probabilities(logits, params), generator)
 
 
-def propose(draft_logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+def propose(draft_logits: Tensor, params: SamplingParams,
+            generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
     """Draft tokens [b, B-1] and their proposal distribution q (None when greedy)."""
     if params.greedy:
         return draft_logits.argmax(-1), None
