@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from dflash_trt.config import DrafterConfig, TargetConfig
 from dflash_trt.decoding.runners import Capacity, TargetRunner
 from dflash_trt.models.drafter import DFlashDrafter
 from dflash_trt.models.layers import Keys, Rope
@@ -48,6 +49,12 @@ class KVCaches:
             v_cache[rows[:, None], :, positions] = v
 
 
+def buffers(cfg: TargetConfig | DrafterConfig, batch: int, max_len: int, weight: Tensor) -> tuple[KVCaches, Rope]:
+    """Empty KV caches and RoPE tables of a model for `batch` rows of `max_len` positions (weight: dtype, device)."""
+    caches = KVCaches(cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim, weight)
+    return caches, Rope.build(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_len, weight.device)
+
+
 class TorchTarget(TargetRunner):
     """Reference target runner. `capture` = the drafter's target_layer_ids (features it returns)."""
 
@@ -62,9 +69,7 @@ class TorchTarget(TargetRunner):
         self.rope: Rope | None = None
 
     def reset(self, batch: int, max_len: int) -> None:
-        cfg = self.model.cfg
-        self.caches = KVCaches(cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim, self.model.embed.weight)
-        self.rope = Rope.build(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_len, self.device)
+        self.caches, self.rope = buffers(self.model.cfg, batch, max_len, self.model.embed.weight)
 
     def _forward(self, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
         hidden, features, new_kv = self.model(tokens, self.caches.visible(), self.caches.lens, self.rope, self.capture)
@@ -118,9 +123,7 @@ class TorchDrafter:
         self.rope: Rope | None = None
 
     def reset(self, batch: int, max_len: int) -> None:
-        cfg = self.model.cfg
-        self.caches = KVCaches(cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim, self.model.fc.weight)
-        self.rope = Rope.build(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, max_len, self.device)
+        self.caches, self.rope = buffers(self.model.cfg, batch, max_len, self.model.fc.weight)
 
     def restart(self, rows: list[int]) -> None:
         self.caches.lens[torch.tensor(rows, device=self.device)] = 0
@@ -138,5 +141,9 @@ class TorchDrafter:
         lens = self.caches.lens
         positions = lens[:, None] + torch.arange(block.shape[1], device=self.device)
         context = [Keys.cached(k, v, lens) for k, v in self.caches.visible()]
-        hidden = self.model(self.embed(block), positions, context, self.rope)
-        return self.head(hidden[:, 1:].to(self.head_dtype))
+        x = self.embed(block)
+        if self.model.cfg.input_embedding_scale != 1.0:
+            x = x * self.model.cfg.input_embedding_scale
+        hidden = self.model(x, positions, context, self.rope)[:, 1:]
+        # v1: the LM-head logits; DFlash2: its candidate selector's scores (see models.drafter2)
+        return self.model.proposal_logits(hidden, self.head(hidden.to(self.head_dtype)), block[:, 0])
