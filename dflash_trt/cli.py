@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a `dflash-trt convert` output instead of --target/--drafter; run under "
                         "`mpirun -n TP` for a tensor-parallel checkpoint (each rank loads only its shard)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer directory for --checkpoint (default: its source target)")
+    add_engine_args(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text (default: a short chat question)")
     src.add_argument("--prompts-file", type=Path,
@@ -47,6 +48,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weight dtype (default fp32)")
     p.add_argument("--json", action="store_true", help="print one JSON document with texts, tokens and metrics")
     p.set_defaults(func=run_generate)
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", type=Path,
+                   help="an engine directory (`dflash-trt build` output) instead of --target/--drafter; run under "
+                        "`mpirun -n TP` for a tensor-parallel engine")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default=None,
+                   help="torch (default; HF directories or --checkpoint), onnxruntime (--engine's ONNX graphs on "
+                        "CPU) or tensorrt (--engine's engines; needs a GPU)")
+
+
+def load_engine_args(args: argparse.Namespace, use_drafter: bool):
+    """The Pipeline of --engine on --backend (default onnxruntime), this rank's under mpirun; None without
+    --engine (then --backend must be torch)."""
+    if args.engine is None:
+        if args.backend not in (None, "torch"):
+            raise UserError(f"--backend {args.backend} runs an engine directory: pass --engine DIR")
+        return None
+    from dflash_trt.parallel.comm import init_distributed
+    from dflash_trt.pipeline import load_engine_pipeline
+
+    for flag in ("target", "drafter", "checkpoint"):
+        if getattr(args, flag, None):
+            raise UserError(f"--engine replaces --{flag}; pass one or the other")
+    mapping = init_distributed()
+    if not mapping.is_first:  # only rank 0 prints
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+    return load_engine_pipeline(args.engine, args.backend or "onnxruntime", use_drafter, mapping)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -68,7 +97,10 @@ def run_generate(args: argparse.Namespace) -> int:
     rows = read_prompts_file(args.prompts_file) if args.prompts_file else [
         {"prompt": args.prompt or "What is the capital of France?"}]
     chat = args.chat or (args.prompt is None and args.prompts_file is None)
-    if args.checkpoint:
+    engine_pipe = load_engine_args(args, not args.no_drafter)
+    if engine_pipe is not None:
+        pipe = engine_pipe
+    elif args.checkpoint:
         from dflash_trt.parallel.comm import init_distributed
         from dflash_trt.pipeline import load_converted_pipeline
 

@@ -107,6 +107,33 @@ def load_converted_pipeline(checkpoint: Path, tokenizer_dir: Path | None, mappin
                     checkpoint / "drafter" if use_drafter else None, target_cfg.eos_token_ids)
 
 
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+def load_engine_pipeline(engine_dir: Path, backend: str = "onnxruntime", use_drafter: bool = True,
+                         mapping=None) -> Pipeline:
+    """This rank's runners of an engine directory (`dflash-trt build` output) on `backend`, tokenizer from
+    ENGINE_DIR/tokenizer (or the config's "tokenizer" entry)."""
+    engine_dir = Path(engine_dir)
+    if backend == "torch":
+        raise UserError("--engine runs on --backend onnxruntime or tensorrt; the torch backend runs "
+                        "--target/--drafter or --checkpoint")
+    if backend == "tensorrt":
+        from dflash_trt.hardware import has_gpu
+
+        if not has_gpu():
+            raise UserError("--backend tensorrt needs an NVIDIA GPU and none is present; use --backend onnxruntime")
+        raise UserError("--backend tensorrt: the TensorRT runtime is not part of this build yet")
+    from dflash_trt.runtime.onnxruntime import load_engine
+
+    rank, world = (mapping.tp_rank, mapping.tp_size) if mapping is not None else (0, 1)
+    target, drafter, cfg = load_engine(engine_dir, rank, world, use_drafter)
+    eos = cfg["pretrained_config"].get("eos_token_id") or []
+    eos = tuple(eos) if isinstance(eos, list) else (int(eos),)
+    tokenizer_dir = engine_dir / str(cfg.get("tokenizer") or "tokenizer")
+    return Pipeline(target, drafter, load_tokenizer(tokenizer_dir), engine_dir, engine_dir if drafter else None, eos)
+
+
 def load_tokenizer(directory: Path):
     from transformers import AutoTokenizer
 
