@@ -1,8 +1,8 @@
-"""`dflash-trt` command line: generate, bench, train, convert, inspect.
+"""`dflash-trt` command line: generate, bench, train, convert, inspect, build.
 
 Every module that defines subcommands (this one for `generate`, `bench/cli.py`, `train/cli.py`,
-`checkpoint/cli.py`) exposes `add_parser(sub)`, which registers its parser(s) on the subparsers object,
-and one handler `run_<command>(args) -> int` per command, set as the parser's `func`.
+`checkpoint/cli.py`, `engine/cli.py`) exposes `add_parser(sub)`, which registers its parser(s) on the subparsers
+object, and one handler `run_<command>(args) -> int` per command, set as the parser's `func`.
 Errors a user can cause print one line naming the file or field and exit with code 2.
 """
 
@@ -34,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a `dflash-trt convert` output instead of --target/--drafter; run under "
                         "`mpirun -n TP` for a tensor-parallel checkpoint (each rank loads only its shard)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer directory for --checkpoint (default: its source target)")
+    from dflash_trt.pipeline import add_engine_args
+
     add_engine_args(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text (default: a short chat question)")
@@ -50,34 +52,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_generate)
 
 
-def add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", type=Path,
-                   help="an engine directory (`dflash-trt build` output) instead of --target/--drafter; run under "
-                        "`mpirun -n TP` for a tensor-parallel engine")
-    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default=None,
-                   help="torch (default; HF directories or --checkpoint), onnxruntime (--engine's ONNX graphs on "
-                        "CPU) or tensorrt (--engine's engines; needs a GPU)")
-
-
-def load_engine_args(args: argparse.Namespace, use_drafter: bool):
-    """The Pipeline of --engine on --backend (default onnxruntime), this rank's under mpirun; None without
-    --engine (then --backend must be torch)."""
-    if args.engine is None:
-        if args.backend not in (None, "torch"):
-            raise UserError(f"--backend {args.backend} runs an engine directory: pass --engine DIR")
-        return None
-    from dflash_trt.parallel.comm import init_distributed
-    from dflash_trt.pipeline import load_engine_pipeline
-
-    for flag in ("target", "drafter", "checkpoint"):
-        if getattr(args, flag, None):
-            raise UserError(f"--engine replaces --{flag}; pass one or the other")
-    mapping = init_distributed()
-    if not mapping.is_first:  # only rank 0 prints
-        sys.stdout = sys.stderr = open(os.devnull, "w")
-    return load_engine_pipeline(args.engine, args.backend or "onnxruntime", use_drafter, mapping)
-
-
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 samples losslessly")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
@@ -89,7 +63,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from dflash_trt.decoding.metrics import format_summary, summarize
     from dflash_trt.decoding.sampling import SamplingParams
     from dflash_trt.decoding.speculative import Request, generate
-    from dflash_trt.pipeline import load_pipeline, read_prompts_file
+    from dflash_trt.pipeline import load_engine_args, load_pipeline, read_prompts_file
 
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
     if args.batch_size < 1:
@@ -165,11 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_parser(sub)
     from dflash_trt.bench import cli as bench_cli
     from dflash_trt.checkpoint import cli as checkpoint_cli
+    from dflash_trt.engine import cli as engine_cli
     from dflash_trt.train import cli as train_cli
 
     bench_cli.add_parser(sub)
     train_cli.add_parser(sub)
     checkpoint_cli.add_parser(sub)
+    engine_cli.add_parser(sub)
     return parser
 
 
