@@ -1,12 +1,15 @@
 """Typed model configs read from Hugging Face `config.json` files.
 
 `TargetConfig` covers the Llama (incl. SmolLM2 and Llama-3 rope scaling), Qwen2 and Qwen3 families.
-`DrafterConfig` is a z-lab DFlash v1 drafter: a Qwen3-style stack plus the `dflash_config` keys.
+`DrafterConfig` is a z-lab DFlash drafter: a Qwen3-style stack plus the `dflash_config` keys; its
+`architectures` entry selects v1 (`DFlashDraftModel`) or DFlash2 (`DFlash2DraftModel`, grouped dynamic
+causal convolutions and a candidate selector; see `dflash_trt.models.drafter2`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+DRAFTER_ARCHITECTURES = {"DFlashDraftModel": "dflash", "DFlash2DraftModel": "dflash2"}
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -48,7 +52,8 @@ def _rope(cfg: dict[str, Any], source: str) -> tuple[float, dict[str, Any] | Non
         rope_type = scaling.get("rope_type", scaling.get("type", "default"))
         if rope_type not in SUPPORTED_ROPE_TYPES:
             raise UserError(
-                f"{source}: field 'rope_scaling.rope_type' is '{rope_type}'; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+                f"{source}: field 'rope_scaling.rope_type' is '{rope_type}'; "
+                f"supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
             )
         scaling = None if rope_type == "default" else {**scaling, "rope_type": rope_type}
     return theta, scaling
@@ -145,15 +150,34 @@ class DrafterConfig:
     qkv_bias: bool = False
     sliding_window: int | None = None
     layer_types: tuple[str, ...] = field(default=())
+    # z-lab keys read from `dflash_config` first, then the top level (all architectures)
+    input_embedding_scale: float = 1.0
+    output_multiplier: float = 1.0
+    final_logit_softcapping: float | None = None  # None (or 0 in config.json) = off
+    # DFlash2 only (arch "dflash2"); 0 / None in a v1 drafter
+    arch: str = "dflash"
+    is_causal: bool | None = None  # None = causal exactly in sliding-attention layers (z-lab's default)
+    conv_kernel_size: int = 0
+    conv_group_size: int = 0
+    selector_rank: int = 0
+    selector_top_k: int = 0
+
+    @property
+    def is_dflash2(self) -> bool:
+        return self.arch == "dflash2"
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any], source: str = "config.json") -> DrafterConfig:
         archs = cfg.get("architectures") or []
-        if "DFlashDraftModel" not in archs:
+        arch = next((DRAFTER_ARCHITECTURES[a] for a in archs if a in DRAFTER_ARCHITECTURES), None)
+        if arch is None:
             raise UserError(
-                f"{source}: field 'architectures' is {archs}; expected ['DFlashDraftModel'] (a z-lab DFlash v1 drafter)"
+                f"{source}: field 'architectures' is {archs}; expected ['DFlashDraftModel'] or ['DFlash2DraftModel'] "
+                "(a z-lab DFlash drafter)"
             )
         dflash = cfg.get("dflash_config") or {}
+        if not isinstance(dflash, dict):
+            raise UserError(f"{source}: field 'dflash_config' is {dflash!r}; expected a JSON object")
         hidden = int(_field(cfg, "hidden_size", source))
         heads = int(_field(cfg, "num_attention_heads", source))
         num_layers = int(_field(cfg, "num_hidden_layers", source))
@@ -170,8 +194,11 @@ class DrafterConfig:
         layer_types = tuple(cfg.get("layer_types") or ())
         if any(t not in ("full_attention", "sliding_attention") for t in layer_types):
             raise UserError(f"{source}: field 'layer_types' has unsupported entries {sorted(set(layer_types))}")
-        if cfg.get("is_causal"):
-            raise UserError(f"{source}: field 'is_causal' is true; only non-causal (DFlash v1) drafters are supported")
+        is_causal = _dflash_bool(dflash, cfg, "is_causal", source)
+        if arch == "dflash" and is_causal:
+            raise UserError(f"{source}: field 'is_causal' is true; a DFlash v1 drafter's block is non-causal, "
+                            "remove the field (or use a DFlash2DraftModel checkpoint)")
+        v2 = _dflash2_fields(dflash, cfg, hidden, source) if arch == "dflash2" else {}
         return cls(
             hidden_size=hidden,
             intermediate_size=int(_field(cfg, "intermediate_size", source)),
@@ -191,6 +218,12 @@ class DrafterConfig:
             qkv_bias=bool(cfg.get("attention_bias", False)),
             sliding_window=cfg.get("sliding_window"),
             layer_types=layer_types,
+            input_embedding_scale=_dflash_number(dflash, cfg, "input_embedding_scale", 1.0, source, positive=True),
+            output_multiplier=_dflash_number(dflash, cfg, "output_multiplier", 1.0, source, positive=True),
+            final_logit_softcapping=_softcap(dflash, cfg, source),
+            arch=arch,
+            is_causal=is_causal,
+            **v2,
         )
 
     @classmethod
@@ -203,6 +236,15 @@ class DrafterConfig:
         if self.layer_types and self.layer_types[layer] == "sliding_attention":
             return self.sliding_window
         return None
+
+    def causal(self, layer: int) -> bool:
+        """Whether draft layer `layer` is causal inside the block (DFlash2: `is_causal`, else z-lab's default of
+        causal sliding-attention layers; v1 blocks are never causal)."""
+        if not self.is_dflash2:
+            return False
+        if self.is_causal is not None:
+            return self.is_causal
+        return bool(self.layer_types) and self.layer_types[layer] == "sliding_attention"
 
     def to_hf(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The z-lab `config.json` for this drafter (a Qwen3 config plus the DFlash keys)."""
@@ -234,7 +276,86 @@ class DrafterConfig:
                 "mask_token_id": self.mask_token_id,
             },
         }
+        dflash = cfg["dflash_config"]
+        for key, default in (("input_embedding_scale", 1.0), ("output_multiplier", 1.0),
+                             ("final_logit_softcapping", None)):
+            if getattr(self, key) != default:
+                dflash[key] = getattr(self, key)
+        if self.is_dflash2:
+            cfg["architectures"] = ["DFlash2DraftModel"]
+            cfg["is_causal"] = self.is_causal
+            dflash.update(block_size=self.block_size, conv_kernel_size=self.conv_kernel_size,
+                          conv_group_size=self.conv_group_size, selector_rank=self.selector_rank,
+                          selector_top_k=self.selector_top_k)
         return {**cfg, **(extra or {})}
+
+
+def _dflash_value(dflash: dict[str, Any], cfg: dict[str, Any], key: str) -> tuple[Any, str]:
+    """A z-lab drafter key as z-lab reads it: `dflash_config` first, then the top level. Returns (value, the
+    field's name as written in config.json); value None when absent from both."""
+    if dflash.get(key) is not None:
+        return dflash[key], f"dflash_config.{key}"
+    return cfg.get(key), key
+
+
+def _dflash_number(dflash: dict[str, Any], cfg: dict[str, Any], key: str, default: float, source: str, *,
+                   positive: bool = False) -> float:
+    value, name = _dflash_value(dflash, cfg, key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            positive and value <= 0):
+        want = "a finite number > 0" if positive else "a finite number"
+        raise UserError(f"{source}: field '{name}' is {value!r}; expected {want}")
+    return float(value)
+
+
+def _softcap(dflash: dict[str, Any], cfg: dict[str, Any], source: str) -> float | None:
+    cap = _dflash_number(dflash, cfg, "final_logit_softcapping", 0.0, source)
+    if cap < 0:
+        _, name = _dflash_value(dflash, cfg, "final_logit_softcapping")
+        raise UserError(f"{source}: field '{name}' is {cap}; use a positive cap, or 0 / null for none")
+    return cap or None
+
+
+def _dflash_bool(dflash: dict[str, Any], cfg: dict[str, Any], key: str, source: str) -> bool | None:
+    value, name = _dflash_value(dflash, cfg, key)
+    if value is not None and not isinstance(value, bool):
+        raise UserError(f"{source}: field '{name}' is {value!r}; expected true, false or null")
+    return value
+
+
+def _dflash_int(dflash: dict[str, Any], cfg: dict[str, Any], key: str, source: str, hint: str) -> int:
+    value, name = _dflash_value(dflash, cfg, key)
+    if value is None:
+        raise UserError(f"{source}: missing field 'dflash_config.{key}' (a DFlash2 drafter needs it: {hint})")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{source}: field '{name}' is {value!r}; expected a positive integer ({hint})")
+    return value
+
+
+def _dflash2_fields(dflash: dict[str, Any], cfg: dict[str, Any], hidden: int, source: str) -> dict[str, int]:
+    """The DFlash2-only keys, validated (see `dflash_trt.models.drafter2` for what they mean)."""
+    out = {
+        "conv_kernel_size": _dflash_int(dflash, cfg, "conv_kernel_size", source, "taps of the causal conv"),
+        "conv_group_size": _dflash_int(dflash, cfg, "conv_group_size", source,
+                                       "channels sharing one dynamic tap, dividing hidden_size"),
+        "selector_rank": _dflash_int(dflash, cfg, "selector_rank", source, "rank of the selector codebooks"),
+        "selector_top_k": _dflash_int(dflash, cfg, "selector_top_k", source, "candidates per position"),
+    }
+    if hidden % out["conv_group_size"]:
+        _, name = _dflash_value(dflash, cfg, "conv_group_size")
+        raise UserError(f"{source}: field '{name}' is {out['conv_group_size']}, which does not divide hidden_size "
+                        f"{hidden}; use a divisor of hidden_size")
+    vocab = cfg.get("vocab_size")
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+        raise UserError(f"{source}: field 'vocab_size' is {vocab!r}; a DFlash2 drafter needs the target's vocab "
+                        "size (its selector codebooks have one row per token)")
+    if out["selector_top_k"] > vocab:
+        _, name = _dflash_value(dflash, cfg, "selector_top_k")
+        raise UserError(f"{source}: field '{name}' is {out['selector_top_k']}, above vocab_size {vocab}; "
+                        "use at most the vocabulary size")
+    return out
 
 
 def check_pair(target: TargetConfig, drafter: DrafterConfig, source: str = "drafter config.json") -> None:

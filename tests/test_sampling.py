@@ -9,17 +9,16 @@ negative control (accept every draft) shows the test has power.
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
+import distribution
 from dflash_trt.decoding import runners
-from dflash_trt.decoding.sampling import SamplingParams, probabilities
-from dflash_trt.decoding.speculative import Request, generate
+from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.pipeline import torch_runners
 from dflash_trt.runtime.loading import load_drafter, load_target
 from dflash_trt.runtime.torch import TorchDrafter, TorchTarget
+from distribution import chi_square_pvalue
 from tiny import hf_config, save_hf_target, save_zlab_drafter
 
 VOCAB, ALPHA, N, PROMPT = 8, 1e-4, 6000, [1, 4, 6]
@@ -38,37 +37,11 @@ def pair(tmp_path_factory):
 
 def exact_joint(target: TorchTarget, params: SamplingParams) -> torch.Tensor:
     """P(t1, t2, t3 | PROMPT) under AR sampling, shape [V, V, V]."""
-    seqs = torch.tensor([PROMPT + [a, b] for a, b in itertools.product(range(VOCAB), repeat=2)])
-    runner = TorchTarget(target.model)
-    runner.reset(len(seqs), seqs.shape[1])
-    with torch.no_grad():
-        logits, _ = runner.verify(seqs)
-        p = probabilities(logits[:, -3:], params)  # [V*V, 3, V]
-    p1 = p[0, 0]
-    p2 = p[:: VOCAB, 1]  # rows with t1 = a (any t2): the t2 distribution given t1
-    p3 = p[:, 2].view(VOCAB, VOCAB, VOCAB)
-    return p1[:, None, None] * p2[:, :, None] * p3
-
-
-def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    counts, probs = counts.flatten().double(), probs.flatten().double()
-    assert counts[probs == 0].sum() == 0, "sampled a token the target gives zero probability"
-    expected = probs * counts.sum()
-    big = expected >= 5  # pool sparse cells so the chi-square approximation holds
-    obs = torch.cat([counts[big], counts[~big & (probs > 0)].sum()[None]])
-    exp = torch.cat([expected[big], expected[~big & (probs > 0)].sum()[None]])
-    obs, exp = obs[exp > 0], exp[exp > 0]
-    stat = ((obs - exp) ** 2 / exp).sum()
-    dof = len(obs) - 1
-    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.double), stat / 2))
+    return distribution.exact_joint(target, params, PROMPT, VOCAB)
 
 
 def sample_counts(target, drafter, params: SamplingParams) -> tuple[torch.Tensor, list]:
-    gens = generate(target, drafter, [Request(PROMPT, 3)] * N, params)
-    counts = torch.zeros(VOCAB, VOCAB, VOCAB)
-    for g in gens:
-        counts[tuple(g.tokens)] += 1
-    return counts, gens
+    return distribution.sample_counts(target, drafter, params, PROMPT, VOCAB, N)
 
 
 @pytest.mark.parametrize("params", [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from dflash_trt.config import DrafterConfig
@@ -19,9 +20,10 @@ from dflash_trt.models.target import KV
 
 
 class DraftAttention(nn.Module):
-    def __init__(self, cfg: DrafterConfig, window: int | None) -> None:
+    def __init__(self, cfg: DrafterConfig, window: int | None, causal: bool = False) -> None:
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim, self.window = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, window
+        self.causal = causal  # inside the block (DFlash2 `is_causal`); v1 blocks are bidirectional
         qkv_out = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
         self.wqkv = nn.Linear(cfg.hidden_size, qkv_out, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
@@ -49,7 +51,7 @@ class DraftAttention(nn.Module):
     def forward(self, x: Tensor, context: Keys, positions: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         b, t, _ = x.shape
         q, k, v = self.block_qkv(x, cos, sin)
-        out = attend(q.transpose(1, 2), positions, context + Keys.new(k, v, positions), causal=False,
+        out = attend(q.transpose(1, 2), positions, context + Keys.new(k, v, positions), causal=self.causal,
                      window=self.window)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
 
@@ -58,7 +60,7 @@ class DraftBlock(nn.Module):
     def __init__(self, cfg: DrafterConfig, layer: int) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attn = DraftAttention(cfg, cfg.window(layer))
+        self.attn = DraftAttention(cfg, cfg.window(layer), cfg.causal(layer))
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
@@ -70,12 +72,14 @@ class DraftBlock(nn.Module):
 class DFlashDrafter(nn.Module):
     """The drafter's own weights: `fc`, `hidden_norm`, draft `layers`, final `norm`."""
 
+    block_class: type[nn.Module] = DraftBlock
+
     def __init__(self, cfg: DrafterConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.fc = nn.Linear(len(cfg.target_layer_ids) * cfg.hidden_size, cfg.hidden_size, bias=False)
         self.hidden_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.layers = nn.ModuleList(DraftBlock(cfg, i) for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(self.block_class(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def context_kv(self, features: Tensor, positions: Tensor, rope: Rope) -> list[KV]:
@@ -95,3 +99,17 @@ class DFlashDrafter(nn.Module):
             x = layer(x, layer_context, positions, cos, sin)
         return self.norm(x)
 
+    def proposal_logits(self, hidden: Tensor, head_logits: Tensor, anchors: Tensor) -> Tensor:
+        """What the drafter proposes from, [b, B-1, V]: the LM-head logits of the mask positions (hidden
+        [b, B-1, H]) after z-lab's `output_multiplier` and `final_logit_softcapping` (identity by default).
+        `anchors` [b] (the blocks' x_start) is unused here; DFlash2's selector conditions on it."""
+        return output_logits(self.cfg, head_logits)
+
+
+def output_logits(cfg: DrafterConfig, logits: Tensor) -> Tensor:
+    """z-lab `compute_logits`: logits * output_multiplier, then cap * tanh(logits / cap) when a cap is set."""
+    if cfg.output_multiplier != 1.0:
+        logits = logits * cfg.output_multiplier
+    if cfg.final_logit_softcapping:
+        logits = torch.tanh(logits / cfg.final_logit_softcapping) * cfg.final_logit_softcapping
+    return logits

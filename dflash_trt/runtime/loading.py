@@ -12,6 +12,7 @@ from torch import Tensor
 from dflash_trt.checkpoint.layout import (
     drafter_entries,
     drafter_weights,
+    hf_getter,
     internal_from_hf,
     internal_from_trtllm,
     rank_specs,
@@ -24,6 +25,7 @@ from dflash_trt.config import DrafterConfig, TargetConfig, check_pair, read_json
 from dflash_trt.dtypes import dtype_named
 from dflash_trt.errors import UserError
 from dflash_trt.models.drafter import DFlashDrafter
+from dflash_trt.models.drafter2 import make_drafter
 from dflash_trt.models.target import Transformer
 from dflash_trt.parallel.comm import Mapping
 from dflash_trt.parallel.tensor_parallel import build_drafter, build_target
@@ -78,9 +80,9 @@ def load_drafter(directory: Path, target: TargetConfig, dtype: torch.dtype = tor
     directory = Path(directory)
     cfg = DrafterConfig.from_dir(directory)
     check_pair(target, cfg, str(directory / "config.json"))
-    model = DFlashDrafter(cfg)
-    model.load_state_dict(internal_from_hf(drafter_weights(cfg), read_tensors(directory).__getitem__, directory),
-                          strict=True)
+    model = make_drafter(cfg)
+    tensors = read_tensors(directory)
+    model.load_state_dict(internal_from_hf(drafter_weights(cfg), hf_getter(tensors), directory), strict=True)
     return model.to(dtype).eval()
 
 
