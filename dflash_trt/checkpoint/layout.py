@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from dflash_trt.checkpoint.safetensors_io import RankTensor
-from dflash_trt.dtypes import DType
 from dflash_trt.checkpoint.sharding import COLUMN, ROW, FusedQKV, Replicated, Rule, Shape, VocabParallel
 from dflash_trt.config import DrafterConfig, TargetConfig
+from dflash_trt.dtypes import DType
 from dflash_trt.errors import UserError
 
 REPLICATED = Replicated()
@@ -126,6 +126,7 @@ def target_weights(cfg: TargetConfig) -> list[Weight]:
 
 def drafter_weights(cfg: DrafterConfig) -> list[Weight]:
     """The z-lab drafter: `dflash.fc` / `dflash.hidden_norm`, Qwen3 layers, `transformer.ln_f`; no embedding/lm_head.
+    DFlash2 adds per layer `attention_conv` / `mlp_conv` and `dflash.candidate_selector.*` (all replicated).
 
     `fc` and `hidden_norm` are replicated, not split: the fused context c = hidden_norm(fc(features))
     is the input of every draft layer's column-parallel k/v projections, which need all H columns on
@@ -140,7 +141,65 @@ def drafter_weights(cfg: DrafterConfig) -> list[Weight]:
     ]
     for i in range(cfg.num_layers):
         out += _layer(f"layers.{i}.", f"transformer.layers.{i}.", f"layers.{i}.", cfg, qk_norm=True)
-    return [*out, _one("norm.weight", "transformer.ln_f.weight", "norm.weight", (hidden,), REPLICATED)]
+        if cfg.is_dflash2:
+            out += _dflash2_convs(i, cfg)
+    out.append(_one("norm.weight", "transformer.ln_f.weight", "norm.weight", (hidden,), REPLICATED))
+    if cfg.is_dflash2:
+        out += _dflash2_selector(cfg)
+    return out
+
+
+def _dflash2_convs(i: int, cfg: DrafterConfig) -> list[Weight]:
+    """Layer i's two grouped dynamic causal convs (z-lab `attention_conv` / `mlp_conv`), replicated.
+
+    They act on the full hidden vector before the column-parallel projections and after the row-parallel
+    ones' all-reduce (a depthwise conv whose taps come from the replicated normed input), so every rank
+    needs all H channels; they are small (2*K*H + 2*K*G*H values each) and splitting them would add
+    collectives per sublayer.
+    """
+    hidden, kernel = cfg.hidden_size, cfg.conv_kernel_size
+    taps = 2 * kernel * (hidden // cfg.conv_group_size)
+    out = []
+    for internal, zlab in (("attn_conv", "attention_conv"), ("mlp_conv", "mlp_conv")):
+        src = dst = f"layers.{i}.{zlab}."
+        out += [
+            _one(f"layers.{i}.{internal}.base", f"transformer.{dst}base_kernel", f"{src}base_kernel",
+                 (2, kernel, hidden), REPLICATED),
+            _one(f"layers.{i}.{internal}.proj.weight", f"transformer.{dst}kernel_projection.weight",
+                 f"{src}kernel_projection.weight", (taps, hidden), REPLICATED),
+        ]
+    return out
+
+
+def _dflash2_selector(cfg: DrafterConfig) -> list[Weight]:
+    """The candidate selector, replicated (see checkpoint/README.md): its left-to-right walk looks up one
+    predecessor and k successor rows per position, B-1 dependent steps; vocab-split codebooks would need a
+    collective in each step, where replicas cost 2*V*r values per rank and no communication."""
+    rank, vocab, src = cfg.selector_rank, cfg.vocab_size, "candidate_selector."
+    return [
+        _one("selector.pred.weight", f"dflash.{src}predecessor_codebook.weight", f"{src}predecessor_codebook.weight",
+             (vocab, rank), REPLICATED),
+        _one("selector.succ.weight", f"dflash.{src}successor_codebook.weight", f"{src}successor_codebook.weight",
+             (vocab, rank), REPLICATED),
+        _one("selector.proj.weight", f"dflash.{src}hidden_projection.weight", f"{src}hidden_projection.weight",
+             (rank, cfg.hidden_size), REPLICATED),
+    ]
+
+
+# Names some published DFlash2 checkpoints use instead of the table's (z-lab's `from_pretrained` remaps them).
+HF_ALIASES = {f"candidate_selector.{name}.weight": f"candidate_selector.{name}"
+              for name in ("predecessor_codebook", "successor_codebook")}
+
+
+def hf_getter(tensors: Mapping[str, Tensor]) -> Callable[[str], Tensor]:
+    """`get` for `internal_from_hf` over a name -> tensor mapping, accepting `HF_ALIASES` spellings."""
+
+    def get(name: str) -> Tensor:
+        if name not in tensors and HF_ALIASES.get(name) in tensors:
+            return tensors[HF_ALIASES[name]]
+        return tensors[name]
+
+    return get
 
 
 def entries_of(weights: list[Weight]) -> list[Entry]:

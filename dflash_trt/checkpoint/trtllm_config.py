@@ -80,7 +80,14 @@ def drafter_config(
     embedding: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Drafter config.json: Qwen3-style layers plus the `dflash` section naming the target it belongs to."""
-    out = _common(cfg, arch="DFlashDraftModel", dtype=dtype, vocab=target.vocab_size, qk_norm=True, tp=tp)
+    arch = "DFlash2DraftModel" if cfg.is_dflash2 else "DFlashDraftModel"
+    out = _common(cfg, arch=arch, dtype=dtype, vocab=target.vocab_size, qk_norm=True, tp=tp)
+    # z-lab's logit/embedding scales (v1 only when set) and the DFlash2 keys, for readers of this file
+    zlab_keys = tuple(k for k, default in (("input_embedding_scale", 1.0), ("output_multiplier", 1.0),
+                                           ("final_logit_softcapping", None))
+                      if cfg.is_dflash2 or getattr(cfg, k) != default)
+    if cfg.is_dflash2:
+        zlab_keys += ("is_causal", "conv_kernel_size", "conv_group_size", "selector_rank", "selector_top_k")
     out.update(
         layer_types=list(cfg.layer_types) or ["full_attention"] * cfg.num_layers,
         sliding_window=cfg.sliding_window,
@@ -89,6 +96,7 @@ def drafter_config(
             "mask_token_id": cfg.mask_token_id,
             "target_layer_ids": list(cfg.target_layer_ids),
             "num_target_layers": target.num_layers,
+            **{key: getattr(cfg, key) for key in zlab_keys},
             "target": {
                 "architecture": TRT_ARCHITECTURE[target.arch],
                 "num_hidden_layers": target.num_layers,
