@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Mutation check of the CTA harness: delete each `group.sync();` of the kernels' math in turn, rebuild
-the threaded CTA harness under ThreadSanitizer against the mutant, and require it to fail.
+the threaded CTA harness under ThreadSanitizer against the mutant, and require it to fail. A mutant's
+binary is rebuilt only when the mutant or a source it depends on changed.
 
 A mutant survives when the harness still passes without that barrier: either the barrier is not
 needed (then delete it from the source) or the harness does not exercise what it orders (then it
@@ -13,6 +14,7 @@ needs a case that does). Run by ctest in a DFLASH_TRT_SANITIZE=ON build:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -36,17 +38,31 @@ def mutants(src: Path) -> list[tuple[str, int, str]]:
     return out
 
 
-def check(args: argparse.Namespace, index: int, header: str, line: int, text: str) -> tuple[str, bool, str]:
+def sources_digest(args: argparse.Namespace) -> str:
+    """Everything a mutant's build depends on besides the mutated header: compiler, flags, the sources."""
+    digest = hashlib.sha256(" ".join([args.cxx, *FLAGS]).encode())
+    files = sorted(args.src.rglob("*.h")) + [args.source] + sorted(p for i in args.include for p in Path(i).glob("*.h"))
+    for path in files:
+        digest.update(str(path).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def check(args: argparse.Namespace, base: str, index: int, header: str, line: int,
+          text: str) -> tuple[str, bool, str]:
     root = args.out / f"mutant{index}"
     (root / header).parent.mkdir(parents=True, exist_ok=True)
-    (root / header).write_text(text)
     exe = root / "cta_harness"
-    includes = [f"-I{root}", f"-I{args.src}"] + [f"-I{i}" for i in args.include]  # the mutant shadows the original
-    build = subprocess.run([args.cxx, *FLAGS, *includes, str(args.source), "-o", str(exe)],
-                           capture_output=True, text=True)
+    stamp = root / "stamp"
+    key = hashlib.sha256((base + header + text).encode()).hexdigest()
     where = f"{header}:{line}"
-    if build.returncode != 0:
-        return where, False, "does not compile:\n" + build.stderr[-2000:]
+    if not (exe.is_file() and stamp.is_file() and stamp.read_text() == key):  # rebuild only what changed
+        (root / header).write_text(text)
+        includes = [f"-I{root}", f"-I{args.src}"] + [f"-I{i}" for i in args.include]  # the mutant shadows the original
+        build = subprocess.run([args.cxx, *FLAGS, *includes, str(args.source), "-o", str(exe)],
+                               capture_output=True, text=True)
+        if build.returncode != 0:
+            return where, False, "does not compile:\n" + build.stderr[-2000:]
+        stamp.write_text(key)
     env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1:exitcode=66")
     run = subprocess.run([str(exe), "threaded"], capture_output=True, text=True, env=env, timeout=600)
     race = "WARNING: ThreadSanitizer: data race" in run.stderr
@@ -67,8 +83,9 @@ def main() -> int:
     if not found:
         print(f"no '{SYNC}' lines found in {HEADERS}")
         return 1
+    base = sources_digest(args)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(lambda item: check(args, item[0], *item[1]), enumerate(found)))
+        results = list(pool.map(lambda item: check(args, base, item[0], *item[1]), enumerate(found)))
     caught = 0
     for where, killed, detail in results:
         print(f"{'CAUGHT' if killed else 'SURVIVED'} {where}: {detail}")
