@@ -5,7 +5,10 @@ Defaults: the embedded SmolLM2-135M-Instruct target and, when the package ships 
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +111,34 @@ def load_converted_pipeline(checkpoint: Path, tokenizer_dir: Path | None, mappin
 
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """`--engine DIR --backend {torch,onnxruntime,tensorrt}` (generate, bench)."""
+    p.add_argument("--engine", type=Path,
+                   help="an engine directory (`dflash-trt build` output) instead of --target/--drafter; run under "
+                        "`mpirun -n TP` for a tensor-parallel engine")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="torch (default; HF directories or --checkpoint), onnxruntime (--engine's ONNX graphs on "
+                        "CPU) or tensorrt (--engine's engines; needs a GPU)")
+
+
+def load_engine_args(args: argparse.Namespace, use_drafter: bool) -> Pipeline | None:
+    """The Pipeline of --engine on --backend (default onnxruntime), this rank's under mpirun; None without
+    --engine (then --backend must be torch)."""
+    if args.engine is None:
+        if args.backend not in (None, "torch"):
+            raise UserError(f"--backend {args.backend} runs an engine directory: pass --engine DIR")
+        return None
+    from dflash_trt.parallel.comm import init_distributed
+
+    for flag in ("target", "drafter", "checkpoint"):
+        if getattr(args, flag, None):
+            raise UserError(f"--engine replaces --{flag}; pass one or the other")
+    mapping = init_distributed()
+    if not mapping.is_first:  # only rank 0 prints
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+    return load_engine_pipeline(args.engine, args.backend or "onnxruntime", use_drafter, mapping)
 
 
 def load_engine_pipeline(engine_dir: Path, backend: str = "onnxruntime", use_drafter: bool = True,

@@ -20,7 +20,7 @@ from dflash_trt.decoding.metrics import summarize
 from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.decoding.speculative import Request, generate
 from dflash_trt.errors import UserError
-from dflash_trt.pipeline import Pipeline, load_pipeline
+from dflash_trt.pipeline import Pipeline, add_engine_args, load_engine_args, load_pipeline
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", type=Path, help="HF target directory (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--drafter", type=Path, help="z-lab drafter directory (default: the embedded drafter)")
+    add_engine_args(p)
     p.add_argument("--datasets", nargs="+", default=["humaneval", "mtbench"],
                    help="humaneval, mtbench, or .jsonl files of {\"prompt\": ...} (default: humaneval mtbench)")
     p.add_argument("--num-prompts", type=int, default=16, help="prompts per dataset (default 16)")
@@ -53,7 +54,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
     start = RunStart.now()
     torch.manual_seed(args.seed)
-    pipe = load_pipeline(args.target, args.drafter)
+    if args.engine is not None and (args.compare_zlab or args.compare_prompt_lookup):
+        raise UserError("--compare-zlab/--compare-prompt-lookup run HF directories; drop them with --engine")
+    pipe = load_engine_args(args, True) or load_pipeline(args.target, args.drafter)
     if pipe.drafter is None:
         raise UserError("bench needs a drafter: pass --drafter DIR (no drafter is shipped for this target)")
     blocks = args.block_sizes or [pipe.drafter.block_size]
@@ -74,7 +77,8 @@ def run_bench(args: argparse.Namespace) -> int:
     peers = _run_peers(args, pipe, prompts, blocks[0], gens_by_key) if compare else []
     target_dtype = pipe.target.dtype
     head_dtype = pipe.drafter.head_dtype
-    data = {"target": str(pipe.target_dir), "drafter": str(pipe.drafter_dir),
+    data = {"target": str(pipe.target_dir), "drafter": str(pipe.drafter_dir), "backend": args.backend or (
+            "onnxruntime" if args.engine else "torch"),
             "target_dtype": str(target_dtype).removeprefix("torch."),
             "draft_head_dtype": str(head_dtype).removeprefix("torch."), "max_new_tokens": args.max_new_tokens,
             "num_prompts": args.num_prompts, "rows": rows, "step_costs": costs, "peers": peers}
