@@ -71,9 +71,45 @@ class DrafterGraph(nn.Module):
         context = [Keys.cached(k, v, cache_lens) + Keys.new(nk, nv, positions, valid)
                    for k, v, (nk, nv) in zip(past[0::2], past[1::2], new_kv)]
         block_pos = (cache_lens + feature_lens)[:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)
-        hidden = self.model(self.embed(input_ids), block_pos, context, rope)
-        logits = self.lm_head(hidden[:, 1:])
+        hidden = self.model(self.embed(input_ids), block_pos, context, rope)[:, 1:]
+        logits = self.lm_head(hidden)
+        propose = getattr(self.model, "proposal_logits", None)  # z-lab output scaling / soft-capping, if any
+        if propose is not None:
+            logits = propose(hidden, logits, input_ids[:, 0])
         return (logits, *[t for kv in new_kv for t in kv])
+
+
+class DrafterPluginGraph(DrafterGraph):
+    """The `plugin_kv` flavor of the drafter graph: past_key_values.* are the whole context caches
+    [batch, kv_heads, capacity, head_dim]; each layer's `DFlashContextKVAppend` plugin node writes the new
+    features' K/V into them in place, and present.* are those same buffers (TensorRT aliases them to the
+    inputs with ALIASED_PLUGIN_IO_10_03). The block then attends the updated cache. The runtime advances its
+    lengths by feature_lens."""
+
+    def forward(self, input_ids: Tensor, features: Tensor, feature_lens: Tensor, cache_lens: Tensor, *past: Tensor):
+        from dflash_trt.export.plugin_ops import context_kv_append
+
+        model = self.model
+        c = model.hidden_norm(model.fc(features))
+        ctx_lens, new_lens = cache_lens.to(torch.int32), feature_lens.to(torch.int32)
+        context_len = cache_lens + feature_lens
+        context, caches = [], []
+        for layer, k_cache, v_cache in zip(model.layers, past[0::2], past[1::2]):
+            attn = layer.attn
+            q_dim = attn.n_heads * attn.head_dim
+            bias = attn.wqkv.bias[q_dim:] if attn.wqkv.bias is not None else None
+            kv = nn.functional.linear(c, attn.wqkv.weight[q_dim:], bias)  # k heads then v heads, raw
+            k, v = context_kv_append(kv, attn.k_norm.weight, self.rope_cos, self.rope_sin, k_cache, v_cache,
+                                     ctx_lens, new_lens, attn.n_kv, attn.head_dim, 1, attn.k_norm.eps)
+            context.append(Keys.cached(k, v, context_len))
+            caches += [k, v]
+        block_pos = context_len[:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)
+        hidden = model(self.embed(input_ids), block_pos, context, Rope(self.rope_cos, self.rope_sin))[:, 1:]
+        logits = self.lm_head(hidden)
+        propose = getattr(model, "proposal_logits", None)
+        if propose is not None:
+            logits = propose(hidden, logits, input_ids[:, 0])
+        return (logits, *caches)
 
 
 def _dims():
@@ -98,14 +134,19 @@ def _save(program, path: Path, input_names: list[str], output_names: list[str]) 
 
 
 def _export(module: nn.Module, example: tuple, input_names: list[str], output_names: list[str],
-            dynamic: dict[str, dict[int, object]], path: Path, n_fixed: int) -> None:
+            dynamic: dict[str, dict[int, object]], path: Path, n_fixed: int, plugins: bool = False) -> None:
     """Export `module(*fixed, *past)`; dynamic_shapes follow the signature (the past tensors as one tuple)."""
     shapes = [dynamic.get(name) for name in input_names]
     shapes = (*shapes[:n_fixed], tuple(shapes[n_fixed:]))
+    table = onnx_translations()
+    if plugins:
+        from dflash_trt.export import plugin_ops
+
+        table |= plugin_ops.onnx_translations()
     with torch.no_grad():
         program = torch.onnx.export(module, example, dynamo=True, opset_version=OPSET, input_names=input_names,
                                     output_names=output_names, dynamic_shapes=shapes,
-                                    custom_translation_table=onnx_translations(), optimize=True, verbose=False)
+                                    custom_translation_table=table, optimize=True, verbose=False)
     _save(program, path, input_names, output_names)
 
 
@@ -130,10 +171,15 @@ def export_target(target: Transformer, capture: tuple[int, ...], path: Path, *, 
 
 
 def export_drafter(drafter: DFlashDrafter, embed: nn.Module, lm_head: nn.Module, path: Path, *,
-                   dtype: torch.dtype, max_seq_len: int, block_size: int) -> Path:
+                   dtype: torch.dtype, max_seq_len: int, block_size: int, plugin_kv: bool = False) -> Path:
     cfg = drafter.cfg
     layers = cfg.num_layers
-    module = DrafterGraph(drafter, embed, lm_head, max_seq_len).eval()
+    if plugin_kv:  # the plugin's own rules (head_dim 64 or 128, ...) refuse a drafter it cannot serve
+        from dflash_trt.plugins.contracts import CONTEXT_KV_APPEND
+
+        CONTEXT_KV_APPEND.resolve_attrs(num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, qk_norm=1,
+                                        eps=cfg.rms_norm_eps)
+    module = (DrafterPluginGraph if plugin_kv else DrafterGraph)(drafter, embed, lm_head, max_seq_len).eval()
     b, t, s = 2, 3, 4
     width = drafter.fc.in_features
     example = (torch.zeros(b, block_size, dtype=torch.long), torch.zeros(b, t, width, dtype=dtype),
@@ -145,7 +191,7 @@ def export_drafter(drafter: DFlashDrafter, embed: nn.Module, lm_head: nn.Module,
     dynamic = {"input_ids": {0: d["batch"], 1: d["block"]}, "features": {0: d["batch"], 1: d["tokens"]},
                "feature_lens": {0: d["batch"]}, "cache_lens": {0: d["batch"]}}
     dynamic |= {name: {0: d["batch"], 2: d["past"]} for name in past_names(layers)}
-    _export(module, example, inputs, outputs, dynamic, path, 4)
+    _export(module, example, inputs, outputs, dynamic, path, 4, plugin_kv)
     return path
 
 
@@ -155,9 +201,11 @@ def export_pair(target: Transformer, drafter: DFlashDrafter, out_dir: Path, *, d
     """Write `out_dir/target.onnx` and `out_dir/drafter.onnx` (+ `.onnx.data` external weights) for one rank
     from already loaded rank-local models (TP ranks: built by `parallel.tensor_parallel`). Returns
     {"target": path, "drafter": path}. `max_batch` and `rank`/`tp_size` are recorded in `out_dir/export.json`;
-    the graphs themselves have dynamic batch, token and cache axes; RoPE tables cover `max_seq_len`."""
-    if plugin_kv:
-        raise NotImplementedError("plugin_kv: the in-place DFlashContextKVAppend flavor is not exported yet")
+    the graphs themselves have dynamic batch, token and cache axes; RoPE tables cover `max_seq_len`.
+
+    `plugin_kv` exports the drafter's in-place flavor (`DrafterPluginGraph`: one `DFlashContextKVAppend`
+    plugin node per layer writing the whole-cache inputs, outputs aliased); the default is the standard-op
+    graph the onnxruntime backend runs."""
     if block_size < 2 or block_size > drafter.cfg.block_size:
         raise ValueError(f"block_size {block_size}: use 2..{drafter.cfg.block_size} (the drafter's trained size)")
     out_dir = Path(out_dir)
@@ -170,7 +218,8 @@ def export_pair(target: Transformer, drafter: DFlashDrafter, out_dir: Path, *, d
         times[TARGET] = time.perf_counter() - start
         start = time.perf_counter()
         paths[DRAFTER] = export_drafter(drafter, target.embed, target.lm_head, out_dir / f"{DRAFTER}.onnx",
-                                        dtype=dtype, max_seq_len=max_seq_len, block_size=block_size)
+                                        dtype=dtype, max_seq_len=max_seq_len, block_size=block_size,
+                                        plugin_kv=plugin_kv)
         times[DRAFTER] = time.perf_counter() - start
     info = dict(rank=rank, tp_size=tp_size, dtype=str(dtype).removeprefix("torch."), max_batch=max_batch,
                 max_seq_len=max_seq_len, block_size=block_size, opset=OPSET, plugin_kv=plugin_kv,
