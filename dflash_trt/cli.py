@@ -139,12 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_parser(sub)
     from dflash_trt.bench import cli as bench_cli
     from dflash_trt.checkpoint import cli as checkpoint_cli
+    from dflash_trt.deploy import cli as deploy_cli
     from dflash_trt.engine import cli as engine_cli
     from dflash_trt.train import cli as train_cli
 
     bench_cli.add_parser(sub)
     train_cli.add_parser(sub)
     checkpoint_cli.add_parser(sub)
+    deploy_cli.add_parser(sub)
     engine_cli.add_parser(sub)
     return parser
 
