@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dflash_trt.models.drafter import DFlashDrafter
+from dflash_trt.models.drafter import DFlashDrafter, output_logits
+from dflash_trt.models.drafter2 import DFlash2Drafter
 from dflash_trt.models.layers import Keys, Rope
 
 
@@ -97,3 +98,42 @@ def expected_tau(acc: Tensor | list[float]) -> float:
 def frozen(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)
+
+
+def init_dflash2(drafter: DFlash2Drafter) -> None:
+    """Start DFlash2's extras as no-ops so a fresh (or warm-started) drafter begins as its v1 layers: conv tap
+    0 = identity (base 1, other taps and the dynamic projection 0), and a zero selector projection (no bigram
+    term) over unit-normal codebooks, which then receive gradient through the projection."""
+    with torch.no_grad():
+        for layer in drafter.layers:
+            for conv in (layer.attn_conv, layer.mlp_conv):
+                conv.base.zero_()
+                conv.base[:, 0] = 1.0
+                conv.proj.weight.zero_()
+        drafter.selector.pred.weight.normal_()
+        drafter.selector.succ.weight.normal_()
+        drafter.selector.proj.weight.zero_()
+
+
+def selector_loss_and_accuracy(drafter: DFlash2Drafter, hidden: Tensor, logits: Tensor, batch: Batch,
+                               weights: Tensor) -> tuple[Tensor, Tensor]:
+    """DFlash2 loss: decayed CE of the drafter's own logits plus decayed CE of the selector's full-vocab scores
+    with teacher-forced predecessors (position k's predecessor is the true token at k-1, the anchor for k=1:
+    exactly the walk's state whenever position k can still be accepted). Accuracy per position is the
+    inference rule under teacher forcing: the best-scoring of the top-k candidates equals the label.
+
+    hidden [b*n, B, H] of all blocks, logits [m, B-1, V] of the m valid ones.
+    """
+    valid = batch.valid.view(-1)
+    labels = batch.labels[batch.valid]  # [m, B-1]
+    logits = output_logits(drafter.cfg, logits)
+    sel = drafter.selector
+    preds = torch.cat([batch.block_ids[batch.valid][:, :1], labels[:, :-1]], dim=1)  # [m, B-1]
+    query = sel.pred(preds) * sel.proj(hidden[:, 1:][valid])  # [m, B-1, r]
+    scores = logits + query @ sel.succ.weight.t().to(query.dtype)
+    loss_unary, _ = DecayedCrossEntropy.apply(logits, labels, weights)
+    loss_sel, _ = DecayedCrossEntropy.apply(scores, labels, weights)
+    with torch.no_grad():
+        candidates = logits.topk(drafter.cfg.selector_top_k, dim=-1).indices
+        best = candidates.gather(-1, scores.gather(-1, candidates).argmax(-1, keepdim=True))[..., 0]
+    return loss_unary + loss_sel, (best == labels).float().mean(0)

@@ -32,6 +32,12 @@ class Recipe:
     mask_token_id: int = -1  # -1 = required unless the target is embedded (then 16, `<empty_output>`)
     target_layer_ids: list[int] = field(default_factory=list)  # empty = z-lab spread of 5 features
     init_from_target_layers: list[int] = field(default_factory=list)  # warm start draft layer i from these
+    # "dflash" (z-lab v1) or "dflash2" (grouped dynamic causal convs + candidate selector; keys below)
+    architecture: str = "dflash"
+    conv_kernel_size: int = 2
+    conv_group_size: int = 16
+    selector_rank: int = 64
+    selector_top_k: int = 16
     # loss and batches
     gamma: float = 0.0  # 0 = 7 for B=16, 5 for B=10, 4 for B=8 (else B/2)
     anchors_per_seq: int = 64
@@ -59,6 +65,11 @@ class Recipe:
             raise UserError(f"recipe field 'block_size' is {self.block_size}; use 2 or more")
         if min(self.steps, self.batch_size, self.anchors_per_seq, self.generated_repeat) < 1:
             raise UserError("recipe fields 'steps', 'batch_size', 'anchors_per_seq' and 'generated_repeat' must be positive")
+        if self.architecture not in ("dflash", "dflash2"):
+            raise UserError(f"recipe field 'architecture' is {self.architecture!r}; use 'dflash' or 'dflash2'")
+        for name in ("conv_kernel_size", "conv_group_size", "selector_rank", "selector_top_k"):
+            if getattr(self, name) < 1:
+                raise UserError(f"recipe field '{name}' is {getattr(self, name)}; use a positive integer")
         if self.init_from_target_layers and len(self.init_from_target_layers) != self.num_layers:
             raise UserError(f"recipe field 'init_from_target_layers' has {len(self.init_from_target_layers)} ids; "
                             f"give one per draft layer ({self.num_layers}) or none")

@@ -20,12 +20,22 @@ from tqdm import tqdm
 from dflash_trt.config import DrafterConfig, TargetConfig, default_target_layer_ids
 from dflash_trt.errors import UserError
 from dflash_trt.models.drafter import DFlashDrafter
-from dflash_trt.runtime.loading import load_target
+from dflash_trt.models.drafter2 import make_drafter
 from dflash_trt.models.target import Transformer
+from dflash_trt.runtime.loading import load_target
 from dflash_trt.train.blocks import decay_weights
 from dflash_trt.train.dataset import load_sequences, make_batch, step_batch
 from dflash_trt.train.export import save_zlab
-from dflash_trt.train.forward import block_hidden, drafter_rope, expected_tau, frozen, loss_and_accuracy, mask_logits
+from dflash_trt.train.forward import (
+    block_hidden,
+    drafter_rope,
+    expected_tau,
+    frozen,
+    init_dflash2,
+    loss_and_accuracy,
+    mask_logits,
+    selector_loss_and_accuracy,
+)
 from dflash_trt.train.recipe import Recipe, resolve_target
 from dflash_trt.train.shards import Sequence
 
@@ -45,13 +55,23 @@ def drafter_config(recipe: Recipe, target: TargetConfig, embedded: bool) -> Draf
     layer_ids = tuple(recipe.target_layer_ids) or tuple(default_target_layer_ids(target.num_layers, 5))
     if any(not 0 <= i < target.num_layers for i in layer_ids):
         raise UserError(f"recipe field 'target_layer_ids' is {list(layer_ids)}; the target has {target.num_layers} layers")
+    v2 = {}
+    if recipe.architecture == "dflash2":
+        if target.hidden_size % recipe.conv_group_size:
+            raise UserError(f"recipe field 'conv_group_size' is {recipe.conv_group_size}; it must divide the target's "
+                            f"hidden_size {target.hidden_size}")
+        if recipe.selector_top_k > target.vocab_size:
+            raise UserError(f"recipe field 'selector_top_k' is {recipe.selector_top_k}; at most the target's vocab "
+                            f"{target.vocab_size}")
+        v2 = dict(arch="dflash2", conv_kernel_size=recipe.conv_kernel_size, conv_group_size=recipe.conv_group_size,
+                  selector_rank=recipe.selector_rank, selector_top_k=recipe.selector_top_k)
     return DrafterConfig(
         hidden_size=target.hidden_size, intermediate_size=recipe.intermediate_size, num_layers=recipe.num_layers,
         num_heads=recipe.num_heads or target.num_heads, num_kv_heads=recipe.num_kv_heads or target.num_kv_heads,
         head_dim=recipe.head_dim or target.head_dim, block_size=recipe.block_size, mask_token_id=mask,
         target_layer_ids=layer_ids, num_target_layers=target.num_layers, rms_norm_eps=target.rms_norm_eps,
         rope_theta=target.rope_theta, rope_scaling=target.rope_scaling,
-        max_position_embeddings=target.max_position_embeddings, vocab_size=target.vocab_size,
+        max_position_embeddings=target.max_position_embeddings, vocab_size=target.vocab_size, **v2,
     )
 
 
@@ -61,7 +81,9 @@ def init_drafter(cfg: DrafterConfig, target: Transformer, from_layers: list[int]
     A warm start copies the layer's norms, fused qkv/o projections and MLP (shapes must match); the
     Qwen3-style q_norm/k_norm start at ones and the final norm is the target's.
     """
-    drafter = DFlashDrafter(cfg)
+    drafter = make_drafter(cfg)
+    if cfg.is_dflash2:
+        init_dflash2(drafter)
     if from_layers:
         with torch.no_grad():
             for layer, src in zip(drafter.layers, from_layers):
@@ -146,6 +168,8 @@ class Trainer:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=r.autocast_bf16):
             hidden = block_hidden(self.drafter, self.embed, batch, self.rope)
             logits = mask_logits(self.lm_head, hidden, batch.valid)
+            if self.cfg.is_dflash2:
+                return selector_loss_and_accuracy(self.drafter, hidden, logits, batch, self.weights)
         return loss_and_accuracy(logits, batch.labels[batch.valid], self.weights)
 
     def train_step(self) -> tuple[float, list[float]]:

@@ -25,7 +25,8 @@ from .conftest import TINY, read_source
 # DFlash2's tensors beyond v1's: TensorRT-LLM name -> z-lab name, written out by hand.
 DFLASH2_LAYER = {
     "transformer.layers.{i}.attention_conv.base_kernel": "layers.{i}.attention_conv.base_kernel",
-    "transformer.layers.{i}.attention_conv.kernel_projection.weight": "layers.{i}.attention_conv.kernel_projection.weight",
+    "transformer.layers.{i}.attention_conv.kernel_projection.weight":
+        "layers.{i}.attention_conv.kernel_projection.weight",
     "transformer.layers.{i}.mlp_conv.base_kernel": "layers.{i}.mlp_conv.base_kernel",
     "transformer.layers.{i}.mlp_conv.kernel_projection.weight": "layers.{i}.mlp_conv.kernel_projection.weight",
 }
