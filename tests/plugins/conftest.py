@@ -88,7 +88,7 @@ def host_build() -> PluginBuild:
 
 @pytest.fixture(scope="session")
 def cuda_build() -> PluginBuild:
-    """CUDA build (nvcc, sm_90a/sm_100a/sm_103a, warnings as errors); skipped without nvcc."""
+    """CUDA build (nvcc, sm_80/90/100/120 SASS + compute_80 PTX, warnings as errors); skipped without nvcc."""
     nvcc = find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found: the CUDA build of plugins/ needs the CUDA toolkit")
