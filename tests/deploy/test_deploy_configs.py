@@ -54,8 +54,8 @@ def _copy(src: Path, dst: Path, **changes) -> Path:
 # -- trtllm-serve ----------------------------------------------------------------------------------------------------
 def test_qwen3_8b_yaml(capsys, tmp_path):
     out = tmp_path / "dflash.yaml"
-    code, stdout, err = run(capsys, "deploy", "trtllm-serve", "--target", QWEN, "--drafter", QWEN_DRAFT, "--gpu", "h200",
-                            "--max-batch", "16", "--max-seq-len", "8192", "--output", out)
+    code, stdout, err = run(capsys, "deploy", "trtllm-serve", "--target", QWEN, "--drafter", QWEN_DRAFT,
+                            "--gpu", "h200", "--max-batch", "16", "--max-seq-len", "8192", "--output", out)
     assert code == 0, err
     doc = yaml.safe_load(out.read_text())
     spec = doc["speculative_config"]
@@ -219,7 +219,8 @@ def test_bad_trtllm_options_exit_2(capsys, tmp_path, extra, expected):
 
 
 def test_sliding_window_target_is_refused_for_our_runtime_only(capsys, tmp_path):
-    """gpt-oss alternates sliding-window layers: TensorRT-LLM honours them (noted), our runtime would not (refused)."""
+    """gpt-oss alternates sliding-window layers: TensorRT-LLM honours them (noted), our runtime would not
+    (refused)."""
     code, _, err = run(capsys, "deploy", "trtllm-serve", "--target", GPT_OSS, "--drafter", GPT_OSS_DRAFT, "--gpu",
                        "b300", "--tp", "8", "--max-batch", "8", "--max-seq-len", "8192", "--output", tmp_path / "g.yaml")
     assert code == 0, err
