@@ -221,8 +221,9 @@ def test_bad_trtllm_options_exit_2(capsys, tmp_path, extra, expected):
 def test_sliding_window_target_is_refused_for_our_runtime_only(capsys, tmp_path):
     """gpt-oss alternates sliding-window layers: TensorRT-LLM honours them (noted), our runtime would not
     (refused)."""
-    code, _, err = run(capsys, "deploy", "trtllm-serve", "--target", GPT_OSS, "--drafter", GPT_OSS_DRAFT, "--gpu",
-                       "b300", "--tp", "8", "--max-batch", "8", "--max-seq-len", "8192", "--output", tmp_path / "g.yaml")
+    code, _, err = run(capsys, "deploy", "trtllm-serve", "--target", GPT_OSS, "--drafter", GPT_OSS_DRAFT,
+                       "--gpu", "b300", "--tp", "8", "--max-batch", "8", "--max-seq-len", "8192",
+                       "--output", tmp_path / "g.yaml")
     assert code == 0, err
     assert "sliding-window layers (window 128)" in (tmp_path / "g.yaml").read_text()
     code, _, err = run(capsys, "deploy", "triton", "--kind", "python", "--target", GPT_OSS, "--drafter",
