@@ -35,7 +35,7 @@ from typing import Any
 
 from dflash_trt.errors import UserError
 
-FUSED_KERNEL = re.compile(r"mha|fmha|flash|attention", re.IGNORECASE)
+FUSED_KERNEL = re.compile(r"mha|flash", re.IGNORECASE)  # fused attention kernels: _gemm_mha_v2, fmha_v2, flash
 LAYER_LINE = re.compile(r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]*), .*TacticName: (?P<tactic>[^,]*), "
                         r"StreamId: \d+, Metadata: (?P<meta>.*)$")
 ONNX_LAYER = re.compile(r"ONNX Layer: ([^\]]+)")
