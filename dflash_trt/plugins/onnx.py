@@ -19,7 +19,8 @@ from torch import Tensor
 
 from dflash_trt.errors import UserError
 from dflash_trt.plugins.contracts import BLOCK_ATTENTION
-from dflash_trt.plugins.reference import dflash_block_attention, rope_tables
+from dflash_trt.models.layers import Rope
+from dflash_trt.plugins.reference import dflash_block_attention
 
 try:
     import onnx
@@ -92,7 +93,7 @@ def example_inputs(
     def rnd(*shape: int, scale: float = 1.0, offset: float = 0.0) -> Tensor:
         return (torch.randn(*shape, generator=g) * scale + offset).to(dtype)
 
-    cos, sin = rope_tables(max_pos, d)
+    cos, sin = Rope.build(d, 1_000_000.0, None, max_pos)
     lens = torch.randint(0, ctx + 1, (batch,), generator=g, dtype=torch.int32)
     return (
         rnd(batch, block, (nh + 2 * nkv) * d),

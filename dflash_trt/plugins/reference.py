@@ -15,22 +15,10 @@ from torch import Tensor
 from dflash_trt.models import layers
 from dflash_trt.plugins.contracts import BLOCK_ATTENTION
 
-DTYPE_NAMES: dict[torch.dtype, str] = {
-    torch.float32: "float32",
-    torch.float16: "float16",
-    torch.bfloat16: "bfloat16",
-    torch.int32: "int32",
-}
-
-
-def rope_tables(max_pos: int, head_dim: int, theta: float = 1_000_000.0) -> tuple[Tensor, Tensor]:
-    """fp32 ``(cos, sin)`` tables of shape [max_pos, head_dim // 2] for rotate-half RoPE (the models' own)."""
-    return layers.rope_tables(layers.rope_inv_freq(head_dim, theta, None), max_pos)
-
 
 def _bind(tensors: tuple[Tensor, ...], attrs: Mapping[str, int | float]) -> dict[str, int]:
     shapes = [tuple(t.shape) for t in tensors]
-    dtypes = [DTYPE_NAMES.get(t.dtype, str(t.dtype)) for t in tensors]
+    dtypes = [str(t.dtype).removeprefix("torch.") for t in tensors]  # float32, bfloat16, int32, ...: the contract names
     symbols, _ = BLOCK_ATTENTION.bind_inputs(shapes, dtypes, attrs)
     return symbols
 

@@ -19,7 +19,8 @@ import random
 import pytest
 import torch
 
-from dflash_trt.plugins.reference import dflash_block_attention, rope_tables
+from dflash_trt.models.layers import Rope
+from dflash_trt.plugins.reference import dflash_block_attention
 
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 TOLERANCE = {
@@ -133,7 +134,7 @@ def make_inputs(dtype, batch, block, num_heads, num_kv_heads, head_dim, cache, c
     qkv = torch.randn(batch, block, (num_heads + 2 * num_kv_heads) * head_dim, generator=g).to(dtype)
     qw = (1 + 0.2 * torch.randn(head_dim, generator=g)).to(dtype)
     kw = (1 + 0.2 * torch.randn(head_dim, generator=g)).to(dtype)
-    cos, sin = rope_tables(cache + block + 5, head_dim)
+    cos, sin = Rope.build(head_dim, 1_000_000.0, None, cache + block + 5)
     kc = torch.randn(batch, num_kv_heads, cache, head_dim, generator=g).to(dtype)
     vc = torch.randn(batch, num_kv_heads, cache, head_dim, generator=g).to(dtype)
     for s, n in enumerate(ctx_lens):
@@ -248,7 +249,7 @@ def test_kv_append_feeds_block_attention(math, dtype, window):
     qkv_all = torch.randn(b, total, (nh + 2 * nkv) * hd, generator=g).to(dtype)
     qw = (1 + 0.2 * torch.randn(hd, generator=g)).to(dtype)
     kw = (1 + 0.2 * torch.randn(hd, generator=g)).to(dtype)
-    cos, sin = (t.contiguous() for t in rope_tables(cap + blk, hd))
+    cos, sin = (t.contiguous() for t in Rope.build(hd, 1_000_000.0, None, cap + blk))
     attrs = dict(num_heads=nh, num_kv_heads=nkv, head_dim=hd, window=window, qk_norm=1, eps=1e-6)
 
     k_cache = torch.zeros(b, nkv, cap, hd, dtype=dtype)
@@ -283,7 +284,7 @@ def test_kv_append_leaves_other_rows_alone(math):
     nkv, hd, cap = 1, 64, 8
     g = torch.Generator().manual_seed(4)
     kv = torch.randn(3, 4, 2 * nkv * hd, generator=g)
-    cos, sin = (t.contiguous() for t in rope_tables(cap, hd))
+    cos, sin = (t.contiguous() for t in Rope.build(hd, 1_000_000.0, None, cap))
     k_cache = torch.randn(3, nkv, cap, hd, generator=g)
     v_cache = torch.randn(3, nkv, cap, hd, generator=g)
     k_old, v_old = k_cache.clone(), v_cache.clone()
@@ -414,7 +415,7 @@ def test_paged_kv_append_equals_contiguous(math, dtype):
     g = torch.Generator().manual_seed(6)
     kv = torch.randn(3, 5, 2 * nkv * hd, generator=g).to(dtype)
     kw = (1 + 0.2 * torch.randn(hd, generator=g)).to(dtype)
-    cos, sin = (t.contiguous() for t in rope_tables(cap, hd))
+    cos, sin = (t.contiguous() for t in Rope.build(hd, 1_000_000.0, None, cap))
     k_cache = torch.randn(3, nkv, cap, hd, generator=g).to(dtype)
     v_cache = torch.randn(3, nkv, cap, hd, generator=g).to(dtype)
     pool, table = to_paged(k_cache, v_cache, tpp, seed=7)

@@ -9,7 +9,8 @@ import torch
 
 from dflash_trt.errors import UserError
 from dflash_trt.plugins.contracts import ACCEPT_TOKENS, BLOCK_ATTENTION, CONTRACTS
-from dflash_trt.plugins.reference import dflash_block_attention, rope_tables
+from dflash_trt.models.layers import Rope
+from dflash_trt.plugins.reference import dflash_block_attention
 
 # |reference - float64 loop| bounds: the reference does fp32 math, then rounds the output to T once.
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # atol = rtol
@@ -17,7 +18,7 @@ TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  
 
 def make_inputs(b, blk, nh, nkv, d, ctx, lens, dtype, max_pos=None, seed=0):
     g = torch.Generator().manual_seed(seed)
-    cos, sin = rope_tables(max_pos or ctx + blk, d, theta=10_000.0)
+    cos, sin = Rope.build(d, 10_000.0, None, max_pos or ctx + blk)
     rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     return (
         (rnd(b, blk, (nh + 2 * nkv) * d) * 2).to(dtype),

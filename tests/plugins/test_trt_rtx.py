@@ -401,7 +401,7 @@ def test_kv_append_engine_runs_in_place_on_gpu(cuda_build, host_build, tmp_path)
     trt = pytest.importorskip("tensorrt", reason="datacenter TensorRT (NVIDIA's package index / containers)")
     from test_host_math import MathLib
 
-    from dflash_trt.plugins.reference import rope_tables
+    from dflash_trt.models.layers import Rope
 
     attrs = CONTEXT_KV_APPEND.resolve_attrs(num_kv_heads=KV_HEADS, head_dim=HEAD_DIM)
     plugin_graph(CONTEXT_KV_APPEND, attrs, "float16", tmp_path / "a.onnx")
@@ -414,7 +414,7 @@ def test_kv_append_engine_runs_in_place_on_gpu(cuda_build, host_build, tmp_path)
     g = torch.Generator().manual_seed(2)
     kv = torch.randn(3, 4, 2 * KV_HEADS * HEAD_DIM, generator=g).half()
     kw = (1 + 0.1 * torch.randn(HEAD_DIM, generator=g)).half()
-    cos, sin = (t.contiguous() for t in rope_tables(256, HEAD_DIM))
+    cos, sin = (t.contiguous() for t in Rope.build(HEAD_DIM, 1_000_000.0, None, 256))
     caches = [torch.randn(3, KV_HEADS, 64, HEAD_DIM, generator=g).half() for _ in range(2)]
     ctx, new_lens = torch.tensor([0, 62, 17], dtype=torch.int32), torch.tensor([4, 4, 1], dtype=torch.int32)
     host = MathLib(host_build.math_host)
