@@ -159,8 +159,13 @@ def load_engine_pipeline(engine_dir: Path, backend: str = "onnxruntime", use_dra
 
     rank, world = (mapping.tp_rank, mapping.tp_size) if mapping is not None else (0, 1)
     target, drafter, cfg = load_engine(engine_dir, rank, world, use_drafter)
-    eos = cfg["pretrained_config"].get("eos_token_id") or []
-    eos = tuple(eos) if isinstance(eos, list) else (int(eos),)
+    if "format" in cfg:  # written by `dflash-trt build`: the target's HF config is recorded
+        from dflash_trt.runtime.engine_dir import read_engine_dir
+
+        eos = read_engine_dir(engine_dir).target.eos_token_ids
+    else:
+        eos = cfg["pretrained_config"].get("eos_token_id") or []
+        eos = tuple(eos) if isinstance(eos, list) else (int(eos),)
     tokenizer_dir = engine_dir / str(cfg.get("tokenizer") or "tokenizer")
     return Pipeline(target, drafter, load_tokenizer(tokenizer_dir), engine_dir, engine_dir if drafter else None, eos)
 

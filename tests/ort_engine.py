@@ -13,8 +13,6 @@ from dflash_trt.export import export_pair
 from dflash_trt.parallel.comm import Mapping
 from dflash_trt.runtime.loading import load_converted, load_drafter, load_target
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
-
 
 def make_engine_dir(out: Path, *, target_dir: Path | None = None, drafter_dir: Path | None = None,
                     checkpoint: Path | None = None, tokenizer_dir: Path | None = None, tp: int = 1,
@@ -50,7 +48,7 @@ def make_engine_dir(out: Path, *, target_dir: Path | None = None, drafter_dir: P
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     tok_src = tokenizer_dir or target_dir
     (out / "tokenizer").mkdir(exist_ok=True)
-    for name in TOKENIZER_FILES:
-        if tok_src is not None and (Path(tok_src) / name).is_file():
-            shutil.copy(Path(tok_src) / name, out / "tokenizer" / name)
+    for path in Path(tok_src).iterdir() if tok_src is not None else ():
+        if path.is_file() and path.suffix not in (".safetensors", ".gguf") and path.name != "config.json":
+            shutil.copy(path, out / "tokenizer" / path.name)
     return out
