@@ -120,6 +120,9 @@ def test_embedded_pair_yaml_and_both_repositories(capsys, tmp_path, embedded):
     assert Path(cfg.parameters["target_dir"].string_value) == Path(target).resolve()
     assert cfg.parameters["max_batch"].string_value == "4"
     assert (tmp_path / "python" / PYTHON_MODEL / "1" / "model.py").is_file()
+    infer = parse_pbtxt(tmp_path / "python" / f"{PYTHON_MODEL}_infer" / "config.pbtxt")
+    assert not infer.model_transaction_policy.decoupled and infer.parameters["serving_model"].string_value == "dflash"
+    assert [t.name for t in infer.input] == [t.name for t in cfg.input]
 
 
 def _check_llmapi(repo: Path, spec: dict) -> None:

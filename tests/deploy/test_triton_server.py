@@ -82,17 +82,32 @@ def test_greedy_over_grpc_and_generate_extension_equals_generate(server, referen
     assert gen.outputs["finish_reason"] == "length" and "acceptance_rate" in gen.outputs
 
 
-def test_http_infer_of_a_decoupled_model_is_refused_by_triton(server):
-    """Triton 2.51's HTTP /infer does not serve decoupled models: HTTP clients use the generate extension."""
+def test_http_and_grpc_infer_through_the_non_streaming_companion(server, reference):
+    """Triton 2.51's HTTP /infer refuses decoupled models; the repository's `dflash_infer` companion answers /infer
+    (HTTP and GRPC) through the same in-flight batch."""
+    import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
+    prompt, n = PROMPTS[1]
     client = httpclient.InferenceServerClient(server.http_url)
-    assert client.is_model_ready(MODEL)
-    inp = httpclient.InferInput("text_input", [1], "BYTES")
-    inp.set_data_from_numpy(np.array([b"hi"], dtype=np.object_))
+    assert client.is_model_ready(MODEL) and client.is_model_ready(MODEL + "_infer")
+
+    def inputs(module):
+        text = module.InferInput("text_input", [1], "BYTES")
+        text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
+        limit = module.InferInput("sampling_param_max_tokens", [1], "INT32")
+        limit.set_data_from_numpy(np.array([n], dtype=np.int32))
+        return [text, limit]
+
     with pytest.raises(InferenceServerException, match="decoupled"):
-        client.infer(MODEL, [inp])
+        client.infer(MODEL, inputs(httpclient))
+    http = client.infer(MODEL + "_infer", inputs(httpclient), timeout=120)
+    assert http.as_numpy("text_output")[0].decode() == reference[prompt]
+    assert http.as_numpy("finish_reason")[0] == b"length" and float(http.as_numpy("tau")[0]) >= 1.0
+    grpc = grpcclient.InferenceServerClient(server.grpc_url).infer(MODEL + "_infer", inputs(grpcclient),
+                                                                   client_timeout=120)
+    assert grpc.as_numpy("text_output")[0].decode() == reference[prompt]
 
 
 def test_eight_concurrent_streams_batch_in_flight(server, reference):
