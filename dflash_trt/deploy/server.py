@@ -59,6 +59,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the process that started it dies (Linux), so a killed launcher
+    or test run leaves no server behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process of the process group `pgid` exists."""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 class TritonServer:
     """One tritonserver process serving `repository`. Use as a context manager, or start() / stop()."""
 
@@ -137,7 +159,8 @@ class TritonServer:
         self.log_path = log
         self._log = open(log, "ab")
         self.process = subprocess.Popen(self.command(backends, server), env=env, stdout=self._log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=_terminate_with_parent)
         try:
             self.wait_ready(timeout_s)
         except BaseException:

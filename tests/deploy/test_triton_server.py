@@ -14,6 +14,7 @@ import pytest
 
 from dflash_trt.cli import main
 from dflash_trt.deploy.client import grpc_generate, grpc_inputs, http_generate, metrics
+from dflash_trt.deploy.server import group_alive
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +37,8 @@ def server(tmp_path_factory):
     srv.start(timeout_s=300)
     yield srv
     code = srv.stop()
-    assert srv.process.poll() is not None, "tritonserver still running after stop()"
-    assert code is not None
+    assert srv.process.poll() is not None and code is not None, "tritonserver still running after stop()"
+    assert not group_alive(srv.process.pid), "a process of the server's group (a Python stub) outlived stop()"
 
 
 @pytest.fixture(scope="module")
