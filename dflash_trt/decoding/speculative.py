@@ -87,6 +87,13 @@ class SpeculativeBatch:
         self.block = resolve_block_size(drafter, block_size)
         self.batch, self.max_len, self.params = batch, max_len, params
         self.device = target.device
+        capacity = target.capacity
+        if batch > capacity.max_batch:
+            raise UserError(f"max batch {batch}: this target runner holds at most {capacity.max_batch} rows; "
+                            "lower it")
+        if max_len > capacity.max_len:
+            raise UserError(f"max length {max_len}: above the target's {capacity.max_len_field} {capacity.max_len}; "
+                            "lower it")
         self.generator = self._generator(params.seed)
         self.emit = on_tokens or (lambda row, toks: None)
         target.reset(batch, max_len)

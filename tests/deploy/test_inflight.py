@@ -98,3 +98,24 @@ def test_request_beyond_the_rows_length_is_refused(pair):
     batch = SpeculativeBatch(target, drafter, batch=2, max_len=40)
     with pytest.raises(UserError, match="max_len 40"):
         batch.check(Request([1] * 30, 10))
+
+
+def test_inflight_rows_on_the_onnxruntime_backend(pair, tmp_path):
+    """The same in-flight driving on the onnxruntime runners of an exported engine directory (the CPU twin of the
+    engines): every request equals its own torch `generate`."""
+    from dflash_trt.runtime.onnxruntime import load_engine
+    from ort_engine import make_engine_dir
+
+    target, drafter = pair
+    root = tmp_path
+    t_dir = save_hf_target(root / "t", "llama")
+    d_dir = save_zlab_drafter(root / "d", hf_config("llama"), block_size=8, layer_ids=(0, 2))
+    engine = make_engine_dir(root / "engine", target_dir=t_dir, drafter_dir=d_dir, max_batch=3, max_seq_len=96)
+    ort_target, ort_drafter, _ = load_engine(engine)
+    reqs = _requests(5, seed=4)
+    expected = [generate(target, drafter, [r])[0].tokens for r in reqs]
+    batch = SpeculativeBatch(ort_target, ort_drafter, batch=3, max_len=80)
+    got = _drive(batch, {0: reqs[:2], 2: reqs[2:4], 5: reqs[4:]})
+    assert [got[i] for i in range(len(reqs))] == expected
+    with pytest.raises(UserError, match="at most 3 rows"):
+        SpeculativeBatch(ort_target, ort_drafter, batch=4, max_len=80)
