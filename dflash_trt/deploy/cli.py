@@ -108,6 +108,7 @@ def run_deploy_trtllm(args: argparse.Namespace) -> int:
 
     cfg = make_serve_config(args.target, args.drafter, args.gpu, args.tp, args.max_batch, args.max_seq_len,
                             args.max_draft_len, args.attention_backend, args.trust_layer_ids)
+    _check_with_tensorrt_llm(cfg.llm_options())
     atomic_write(args.output, render_yaml(cfg, _command()), args.overwrite)
     for note in cfg.notes:
         print(f"dflash-trt: {note}", file=sys.stderr)
@@ -117,6 +118,22 @@ def run_deploy_trtllm(args: argparse.Namespace) -> int:
     if args.launch:
         return launch(args.target, args.output, args.host, args.port)
     return 0
+
+
+def _check_with_tensorrt_llm(options: dict) -> None:
+    """When TensorRT-LLM is importable, its own DFlashDecodingConfig must accept the speculative config."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt_llm") is None:
+        return
+    from dflash_trt.deploy.trtllm import decoding_config
+
+    try:
+        decoding_config(options)
+    except (ImportError, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"speculative_config: TensorRT-LLM's DFlashDecodingConfig refuses it ({first}); "
+                        "TensorRT-LLM >= 1.3 is needed for DFlash") from None
 
 
 def run_deploy_triton(args: argparse.Namespace) -> int:
@@ -143,6 +160,7 @@ def run_deploy_triton(args: argparse.Namespace) -> int:
         if args.model_name not in (None, LLMAPI_MODEL):
             raise UserError(f"--model-name: the LLM-API backend's model is named {LLMAPI_MODEL}; drop --model-name")
         cfg = make_serve_config(target, drafter, args.gpu, args.tp, args.max_batch, args.max_seq_len)
+        _check_with_tensorrt_llm(cfg.llm_options())
         header = render_yaml(cfg, _command()).split("max_batch_size:")[0]
         write_llmapi(args.output, cfg.llm_options(), target, args.tp, cfg.plan.max_batch, header, args.overwrite)
         print(f"wrote {args.output}/{LLMAPI_MODEL}: config.pbtxt, 1/model.yaml (DFlash max_draft_len "

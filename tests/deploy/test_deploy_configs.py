@@ -256,8 +256,9 @@ def test_launch_prints_the_exact_command_without_trtllm_serve(capsys, tmp_path, 
     assert f"trtllm-serve {QWEN.resolve()} --config {out.resolve()} --host 127.0.0.1 --port 8000" in err
 
 
+@pytest.mark.gpu
 def test_tensorrt_llm_builds_its_decoding_config(capsys, tmp_path):
-    """Needs TensorRT-LLM >= 1.3 (not installable here: skipped)."""
+    """Needs TensorRT-LLM >= 1.3 (a GPU host; not installable here: skipped)."""
     pytest.importorskip("tensorrt_llm")
     from dflash_trt.deploy.trtllm import decoding_config
 
