@@ -7,7 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dflash_trt.checkpoint.convert import Interrupted, check_output, convert, large_frees_unmapped
+from dflash_trt.atomic import Interrupted
+from dflash_trt.checkpoint.convert import check_output, convert, large_frees_unmapped
 from dflash_trt.checkpoint.inspection import inspect_checkpoint
 from dflash_trt.checkpoint.plan import format_plan, make_plan
 from dflash_trt.errors import UserError

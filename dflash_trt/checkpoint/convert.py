@@ -1,10 +1,8 @@
 """Streaming conversion of a target + drafter pair into the TensorRT-LLM checkpoint layout.
 
 Safety: everything is validated (configs, pair, splits, every source header) before anything is
-written; output goes to `.<name>.dflash-partial-<pid>` next to `--output` and is renamed into place
-only when complete. Any failure, SIGINT, SIGTERM or SIGHUP removes the partial directory. A SIGKILL
-cannot be caught: it leaves the partial directory, which the next convert to the same output
-removes (when its pid is no longer running).
+written; the output is written atomically (`dflash_trt.atomic`: a partial directory renamed into place
+when complete, removed on any failure or caught signal, cleaned by the next run after a SIGKILL).
 
 Memory: source tensors are memory-mapped one entry at a time (q, k, v together for a fused qkv) and
 each rank's piece is cast and written at once, so the peak is about one source tensor plus its cast
@@ -21,9 +19,7 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -34,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from dflash_trt import __version__
+from dflash_trt.atomic import atomic_directory
 from dflash_trt.checkpoint.plan import ModelPlan, Plan, human_bytes
 from dflash_trt.checkpoint.safetensors_io import RankWriter, SourceCheckpoint, sha256_file, tensor_bytes
 from dflash_trt.checkpoint.sharding import shard
@@ -42,48 +39,10 @@ from dflash_trt.checkpoint.validate import check_sources
 from dflash_trt.errors import UserError
 
 MANIFEST = "dflash_trt_manifest.json"
-PARTIAL = "dflash-partial"
-OLD = "dflash-old"
 EMBEDDING = "transformer.vocab_embedding.weight"
-CAUGHT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 GLIBC_DEFAULT_MMAP_THRESHOLD = 128 * 1024  # its initial value (malloc.c: DEFAULT_MMAP_THRESHOLD)
 CONVERT_MMAP_THRESHOLD = 1 << 20
-
-
-class Interrupted(KeyboardInterrupt):
-    """A caught signal, raised in the main thread so the partial output is cleaned up."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextmanager
-def _signals_raise() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise Interrupted(signum)
-
-    previous = {s: signal.signal(s, handler) for s in CAUGHT_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-@contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Defer caught signals so a cleanup or the final rename is not cut in half."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _glibc() -> Any:
@@ -117,35 +76,6 @@ def large_frees_unmapped() -> Iterator[None]:
         yield
     finally:
         libc.mallopt(M_MMAP_THRESHOLD, GLIBC_DEFAULT_MMAP_THRESHOLD)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
-def remove_stale(output: Path) -> list[Path]:
-    """Delete temp directories that killed conversions to `output` left behind; return them."""
-    removed = []
-    for kind in (PARTIAL, OLD):
-        for path in output.parent.glob(f".{output.name}.{kind}-*"):
-            pid = path.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-                _remove(path)
-                removed.append(path)
-    return removed
 
 
 def _is_within(path: Path, other: Path) -> bool:
@@ -242,21 +172,6 @@ def _write_all(plan: Plan, sources: tuple[SourceCheckpoint, SourceCheckpoint], t
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def _swap_into_place(tmp: Path, output: Path) -> None:
-    if output.exists() or output.is_symlink():
-        old = output.parent / f".{output.name}.{OLD}-{os.getpid()}"
-        os.rename(output, old)
-        os.rename(tmp, output)
-        _remove(old)
-    else:
-        os.rename(tmp, output)
-    fd = os.open(output.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def convert(plan: Plan, output: Path, *, overwrite: bool = False, log: Callable[[str], None] | None = None) -> Path:
     """Validate the sources, write the converted pair to `output` atomically, and return `output`."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -265,20 +180,9 @@ def convert(plan: Plan, output: Path, *, overwrite: bool = False, log: Callable[
     sources = (SourceCheckpoint(plan.target_dir), SourceCheckpoint(plan.drafter_dir))
     for source, model in zip(sources, plan.models, strict=True):
         check_sources(source, model.entries)
-    for path in remove_stale(output):
-        log(f"removed stale partial output {path}")
-    tmp = output.parent / f".{output.name}.{PARTIAL}-{os.getpid()}"
     start = time.monotonic()
-    with _signals_raise():
-        try:
-            tmp.mkdir()
-            log(f"converting tp {plan.tp} {plan.dtype.trtllm} ({human_bytes(plan.total_bytes)}): writing {tmp}")
-            _write_all(plan, sources, tmp)
-            with _signals_blocked():
-                _swap_into_place(tmp, output)
-        except BaseException:
-            with _signals_blocked():
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    with atomic_directory(output, log) as tmp:
+        log(f"converting tp {plan.tp} {plan.dtype.trtllm} ({human_bytes(plan.total_bytes)}): writing {tmp}")
+        _write_all(plan, sources, tmp)
     log(f"wrote {output} in {time.monotonic() - start:.1f} s")
     return output

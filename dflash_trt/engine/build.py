@@ -16,18 +16,16 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from dflash_trt import __version__
+from dflash_trt.atomic import atomic_directory
 from dflash_trt.engine.plan import BuildPlan, plan_dict
 from dflash_trt.engine.recipe import RTX_ARCHS
 from dflash_trt.engine.trt_build import GraphReport, GraphSpec, build_graph, build_with_rtx
@@ -35,10 +33,8 @@ from dflash_trt.errors import UserError
 from dflash_trt.export.graphs import GRAPHS, TARGET, past_names
 from dflash_trt.runtime import engine_dir as layout
 
-PARTIAL = "dflash-partial"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
-CAUGHT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 NO_DATACENTER = ("no datacenter TensorRT on this host (`import tensorrt` failed): no target/rank*.engine or "
                  "drafter/rank*.engine was written. ENGINE_DIR holds the ONNX graphs; TensorRT-RTX built every graph "
                  "on the CPU to verify them. Run `dflash-trt build` again on a GPU host with TensorRT to write the "
@@ -221,46 +217,6 @@ def engine_config(plan: BuildPlan, plugin: dict[str, Any], engines: dict[str, li
     }
 
 
-@contextmanager
-def _atomic_dir(output: Path) -> Iterator[Path]:
-    """A temporary directory beside `output`, renamed onto it on success and removed on any failure or signal."""
-    for stale in output.parent.glob(f".{output.name}.{PARTIAL}-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = output.parent / f".{output.name}.{PARTIAL}-{os.getpid()}"
-
-    def raise_interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    main = threading.current_thread() is threading.main_thread()
-    previous = {s: signal.signal(s, raise_interrupt) for s in CAUGHT_SIGNALS} if main else {}
-    try:
-        tmp.mkdir()
-        yield tmp
-        old = output.parent / f".{output.name}.dflash-old-{os.getpid()}"
-        if output.exists() or output.is_symlink():
-            os.rename(output, old)
-        os.rename(tmp, output)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _file_sha256(path: Path) -> str:
     from dflash_trt.checkpoint.safetensors_io import sha256_file
 
@@ -314,7 +270,7 @@ def build(plan: BuildPlan, output: Path, *, plugin_lib: Path | None = None, toke
     engines: dict[str, list[str]] = {g: [] for g in GRAPHS}
     start = time.monotonic()
     show = sys.stderr.isatty() if progress is None else progress
-    with _atomic_dir(output) as tmp, tqdm(total=steps, desc="build", unit="step", disable=not show) as bar:
+    with atomic_directory(output) as tmp, tqdm(total=steps, desc="build", unit="step", disable=not show) as bar:
         for rank in range(plan.tp):
             bar.set_postfix_str(f"export rank {rank}")
             t0 = time.perf_counter()

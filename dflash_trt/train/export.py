@@ -7,14 +7,12 @@ splits the fused `wqkv` into q/k/v projections and `w13` into gate/up, the inver
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from dflash_trt.atomic import atomic_directory
 from dflash_trt.checkpoint.layout import drafter_weights, hf_from_internal
 from dflash_trt.dtypes import of_torch
 from dflash_trt.models.drafter import DFlashDrafter
@@ -25,8 +23,7 @@ def save_zlab(drafter: DFlashDrafter, directory: Path, dtype: torch.dtype = torc
     """Write the checkpoint into `directory` atomically: a sibling temp dir renamed into place."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         state = {k: v.detach().to(dtype).contiguous() for k, v in drafter.state_dict().items()}
         zlab = hf_from_internal(drafter_weights(drafter.cfg), state)
         save_file(zlab, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -35,10 +32,4 @@ def save_zlab(drafter: DFlashDrafter, directory: Path, dtype: torch.dtype = torc
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        tmp.chmod(0o755)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return directory

@@ -21,8 +21,8 @@ from dflash_trt.checkpoint.convert import (
     GLIBC_DEFAULT_MMAP_THRESHOLD,
     M_MMAP_THRESHOLD,
     convert,
-    remove_stale,
 )
+from dflash_trt.atomic import remove_stale
 from dflash_trt.checkpoint.plan import make_plan
 from dflash_trt.checkpoint.safetensors_io import RankWriter
 from dflash_trt.cli import main
