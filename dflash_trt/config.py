@@ -35,6 +35,21 @@ def read_json(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid JSON ({exc}); restore the file from the original checkpoint") from None
 
 
+def read_yaml_recipe(path: Path) -> dict[str, Any]:
+    """Read a YAML recipe file (a mapping of fields), turning every failure into a one-line `UserError`."""
+    import yaml
+
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found; pass --config with a YAML recipe (see build_configs/)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of recipe fields at the top level")
+    return raw
+
+
 def _field(cfg: dict[str, Any], key: str, source: str) -> Any:
     if key not in cfg:
         raise UserError(f"{source}: missing field '{key}'; this does not look like a supported checkpoint")

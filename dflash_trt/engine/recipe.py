@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from dflash_trt.config import read_yaml_recipe
 from dflash_trt.dtypes import CLI_NAMES
 from dflash_trt.errors import UserError
 
@@ -118,13 +117,6 @@ def load_recipe(path: Path | None, overrides: dict[str, Any] | None = None) -> B
     source = "recipe defaults"
     if path is not None:
         path, source = Path(path), str(path)
-        if not path.is_file():
-            raise UserError(f"{path}: recipe file not found; pass --config with a YAML recipe (see build_configs/)")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"{path}: expected a mapping of recipe fields at the top level")
+        raw = read_yaml_recipe(path)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return recipe_from_dict(raw, source)

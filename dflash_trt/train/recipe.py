@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from dflash_trt.config import read_yaml_recipe
 from dflash_trt.errors import UserError
 
 DEFAULT_GAMMA = {16: 7.0, 10: 5.0, 8: 4.0}
@@ -95,14 +94,7 @@ class Recipe:
 def load_recipe(path: Path, overrides: dict[str, Any] | None = None) -> Recipe:
     """Read a YAML recipe; `overrides` (non-None values) replace its fields. Errors name the field."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: recipe file not found; pass --config with a YAML recipe (see build_configs/)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of recipe fields at the top level")
+    raw = read_yaml_recipe(path)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return recipe_from_dict(raw, str(path))
 
