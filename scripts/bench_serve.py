@@ -133,14 +133,18 @@ def levels(args, start: RunStart) -> None:
     ax.set_title("Triton (CPU) serving the embedded SmolLM2-135M pair")
     ax.grid(alpha=0.3)
     ax.legend()
+    taus = [r["tau_mean"] for r in results if r["mode"] == "dflash"] or [0.0]
+    tau_lo, tau_hi = min(taus), max(taus)
     text = (f"Real tritonserver 2.51 (nvidia-pytriton) on CPU, `deploy triton --kind python` repository of the "
             f"embedded SmolLM2-135M-Instruct + its trained drafter (fp32, torch), one server per row with max batch "
             f"= streams; {args.requests_per_stream} requests per stream, max_tokens {args.max_tokens}, greedy, "
             "chat-formatted HumanEval/MT-bench prompts, streaming GRPC clients (tritonclient) on 127.0.0.1.\n\n"
             + "\n".join(md) + "\n\nITL = (last response - first response) / (tokens - 1) per request; tokens/s/user = "
             "tokens / end-to-end time per request; tau = tokens committed per verify step (bonus included), per "
-            "request, averaged. With this drafter (tau about 1.5) DFlash does not beat AR on this CPU (see "
-            "results/bench.md for the break-even tau). The 10-minute soak is in [serve_soak.md](serve_soak.md).\n")
+            f"request, averaged. With this drafter (served tau {tau_lo:.2f}-{tau_hi:.2f} on these prompts) DFlash "
+            "does not beat AR on this CPU: a verify of B tokens costs more than tau one-token steps (see "
+            "results/bench.md and results/verify_cost.md for the break-even tau). The 10-minute soak is in "
+            "[serve_soak.md](serve_soak.md).\n")
     write_report(start, "serve", {"args": vars(args), "results": results}, text, fig)
 
 
