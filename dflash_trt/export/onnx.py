@@ -71,7 +71,11 @@ class DrafterGraph(nn.Module):
         context = [Keys.cached(k, v, cache_lens) + Keys.new(nk, nv, positions, valid)
                    for k, v, (nk, nv) in zip(past[0::2], past[1::2], new_kv)]
         block_pos = (cache_lens + feature_lens)[:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)
-        hidden = self.model(self.embed(input_ids), block_pos, context, rope)[:, 1:]
+        x = self.embed(input_ids)
+        scale = getattr(self.model.cfg, "input_embedding_scale", 1.0)
+        if scale != 1.0:
+            x = x * scale
+        hidden = self.model(x, block_pos, context, rope)[:, 1:]
         logits = self.lm_head(hidden)
         propose = getattr(self.model, "proposal_logits", None)  # z-lab output scaling / soft-capping, if any
         if propose is not None:
@@ -104,7 +108,11 @@ class DrafterPluginGraph(DrafterGraph):
             context.append(Keys.cached(k, v, context_len))
             caches += [k, v]
         block_pos = context_len[:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)
-        hidden = model(self.embed(input_ids), block_pos, context, Rope(self.rope_cos, self.rope_sin))[:, 1:]
+        x = self.embed(input_ids)
+        scale = getattr(model.cfg, "input_embedding_scale", 1.0)
+        if scale != 1.0:
+            x = x * scale
+        hidden = model(x, block_pos, context, Rope(self.rope_cos, self.rope_sin))[:, 1:]
         logits = self.lm_head(hidden)
         propose = getattr(model, "proposal_logits", None)
         if propose is not None:

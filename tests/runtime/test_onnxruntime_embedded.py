@@ -1,0 +1,90 @@
+"""The embedded pair (SmolLM2-135M-Instruct + the shipped drafter) exported once and run on onnxruntime:
+the graphs equal the torch runners (fp32 logits within 1e-4, features, written K/V) and greedy generation
+equals the torch backend token for token over 8 prompts at batch 1 and 4, block 4 and 8."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dflash_trt.decoding.sampling import SamplingParams
+from dflash_trt.decoding.speculative import generate
+from dflash_trt.models.layers import Keys
+from dflash_trt.pipeline import EMBEDDED_DRAFTER, load_engine_pipeline, load_pipeline
+from ort_engine import make_engine_dir
+
+pytestmark = pytest.mark.slow
+
+def close(got, want, what: str) -> None:
+    """fp32 agreement: within 1e-4, plus 1e-6 of the largest magnitude. SmolLM2's residual stream carries
+    activations near 2.5e4 (one fp32 ulp: 2e-3), so logits of magnitude ~40 differ by up to ~1e-4 between two
+    correct fp32 evaluation orders."""
+    got, want = np.asarray(got), np.asarray(want)
+    err, scale = np.abs(got - want).max(), np.abs(want).max()
+    assert err <= 1e-4 + 1e-6 * scale, f"{what}: max abs error {err} at magnitude {scale}"
+
+
+PROMPTS = ["Write a Python function that reverses a string.", "What is the capital of France?",
+           "Explain recursion in one sentence.", "List three prime numbers.", "def fibonacci(n):",
+           "Translate 'good morning' into Spanish.", "Why is the sky blue?", "Sort [3, 1, 2] in Python."]
+
+
+@pytest.fixture(scope="module")
+def pipes(tmp_path_factory):
+    from dflash_trt.embedded import ensure_default_target
+
+    target = ensure_default_target(progress=False)
+    engine = make_engine_dir(tmp_path_factory.mktemp("embedded") / "engine", target_dir=target,
+                             drafter_dir=EMBEDDED_DRAFTER, max_batch=8, max_seq_len=512)
+    assert (engine / "onnx" / "rank0" / "target.onnx.data").stat().st_size > 100e6  # weights are external
+    return load_engine_pipeline(engine), load_pipeline(None, None)
+
+
+def test_graphs_equal_torch_runners(pipes):
+    ort, ref = pipes
+    prompts = [ref.encode(p, chat=True) for p in PROMPTS[:3]]
+    lens = torch.tensor([len(p) for p in prompts])
+    for runner in (ort.target, ref.target, ort.drafter, ref.drafter):
+        runner.reset(3, 128)
+    (l_ort, f_ort), (l_ref, f_ref) = ort.target.prefill(prompts), ref.target.prefill(prompts)
+    close(l_ort, l_ref, "prefill logits")
+    for row, n in enumerate(lens.tolist()):
+        close(f_ort[row, :n], f_ref[row, :n], f"prefill features row {row}")
+    for i, (k, v) in enumerate(ref.target.caches.kv):
+        for row, n in enumerate(lens.tolist()):
+            close(ort.target.caches.kv[2 * i][row, :, :n], k[row, :, :n], f"target layer {i} k row {row}")
+            close(ort.target.caches.kv[2 * i + 1][row, :, :n], v[row, :, :n], f"target layer {i} v row {row}")
+    ort.drafter.append_context(f_ort, lens)
+    ref.drafter.append_context(f_ref, lens)
+    block = torch.full((3, 8), ref.drafter.mask_token_id)
+    block[:, 0] = l_ref.argmax(-1)
+    draft_ort = ort.drafter.draft(block)
+    # the torch runner's draft head is bf16 on CPUs with bf16 matmul: the reference here is its fp32 pass
+    assert ref.drafter.model.cfg.input_embedding_scale == 1.0 and not ref.drafter.model.cfg.is_dflash2
+    with torch.no_grad():
+        context = [Keys.cached(k, v, lens) for k, v in ref.drafter.caches.visible()]
+        hidden_ref = ref.drafter.model(ref.drafter.embed(block), lens[:, None] + torch.arange(8), context,
+                                       ref.drafter.rope)
+        draft_ref = ref.target.model.lm_head(hidden_ref[:, 1:])
+    close(draft_ort, draft_ref, "draft logits")
+    for i, (k, v) in enumerate(ref.drafter.caches.kv):
+        for row, n in enumerate(lens.tolist()):
+            close(ort.drafter.caches.kv[2 * i][row, :, :n], k[row, :, :n], f"drafter layer {i} k row {row}")
+            close(ort.drafter.caches.kv[2 * i + 1][row, :, :n], v[row, :, :n], f"drafter layer {i} v row {row}")
+    (v_ort, vf_ort), (v_ref, vf_ref) = ort.target.verify(block), ref.target.verify(block)
+    close(v_ort, v_ref, "verify logits")
+    close(vf_ort, vf_ref, "verify features")
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("block", [4, 8])
+def test_greedy_tokens_equal_torch_backend(pipes, batch, block):
+    ort, ref = pipes
+    requests = [ref.request(p, True, 24) for p in PROMPTS]
+    got, want = [], []
+    for i in range(0, len(requests), batch):
+        got += generate(ort.target, ort.drafter, requests[i: i + batch], SamplingParams(), block)
+        want += generate(ref.target, ref.drafter, requests[i: i + batch], SamplingParams(), block)
+    assert [g.tokens for g in got] == [w.tokens for w in want]
+    assert [g.step_lengths for g in got] != [[1] * len(g.tokens) for g in got]  # drafts were accepted
