@@ -154,11 +154,17 @@ def load_engine_pipeline(engine_dir: Path, backend: str = "onnxruntime", use_dra
 
         if not has_gpu():
             raise UserError("--backend tensorrt needs an NVIDIA GPU and none is present; use --backend onnxruntime")
-        raise UserError("--backend tensorrt: the TensorRT runtime is not part of this build yet")
-    from dflash_trt.runtime.onnxruntime import load_engine
+    from dflash_trt.runtime.onnxruntime import load_engine, read_engine_config
 
     rank, world = (mapping.tp_rank, mapping.tp_size) if mapping is not None else (0, 1)
-    target, drafter, cfg = load_engine(engine_dir, rank, world, use_drafter)
+    if backend == "tensorrt":  # written against TensorRT, not executed here (see runtime/tensorrt.py)
+        from dflash_trt.runtime.tensorrt import load_runners
+
+        cfg = read_engine_config(engine_dir)
+        target, drafter = load_runners(engine_dir, rank)
+        drafter = drafter if use_drafter else None
+    else:
+        target, drafter, cfg = load_engine(engine_dir, rank, world, use_drafter)
     if "format" in cfg:  # written by `dflash-trt build`: the target's HF config is recorded
         from dflash_trt.runtime.engine_dir import read_engine_dir
 

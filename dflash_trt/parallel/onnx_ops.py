@@ -8,9 +8,7 @@ from typing import TypeVar, Union
 import onnxscript
 from onnxscript import BFLOAT16, FLOAT, FLOAT16
 
-from dflash_trt.parallel.ops import DOMAIN
-
-_OP = onnxscript.values.Opset(DOMAIN, 1)
+_OP = onnxscript.values.Opset("dflash_trt", 1)  # = ops.DOMAIN (not imported: ops imports this module)
 _T = TypeVar("_T", bound=Union[FLOAT, FLOAT16, BFLOAT16])
 
 
