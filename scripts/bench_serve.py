@@ -49,7 +49,9 @@ def serve(root: Path, max_batch: int, drafter: bool, max_tokens: int) -> TritonS
     args = ["deploy", "triton", "--kind", "python", "--output", str(repo), "--max-batch", str(max_batch),
             "--max-seq-len", "1024", "--max-tokens-limit", str(max_tokens)]
     assert cli(args + ([] if drafter else ["--no-drafter"])) == 0
-    return TritonServer(repo, log_path=root / f"{repo.name}.log").start(300)
+    logs = Path(tempfile.gettempdir()) / "dflash-bench-serve-logs"  # kept after the run
+    logs.mkdir(exist_ok=True)
+    return TritonServer(repo, log_path=logs / f"{repo.name}.log").start(300)
 
 
 def run_streams(srv: TritonServer, texts: list[str], streams: int, per_stream: int, max_tokens: int,

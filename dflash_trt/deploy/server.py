@@ -85,7 +85,7 @@ class TritonServer:
     """One tritonserver process serving `repository`. Use as a context manager, or start() / stop()."""
 
     def __init__(self, repository: Path, host: str = "127.0.0.1", http_port: int = 0, grpc_port: int = 0,
-                 metrics_port: int = 0, log_path: Path | None = None, exit_timeout_s: int = 10) -> None:
+                 metrics_port: int = 0, log_path: Path | None = None, exit_timeout_s: int = 30) -> None:
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
             raise UserError(f"{repository}: model repository not found; create one with `dflash-trt deploy triton`")
@@ -193,7 +193,7 @@ class TritonServer:
             time.sleep(0.5)
         raise TimeoutError("tritonserver not ready")
 
-    def stop(self, timeout_s: float = 30) -> int | None:
+    def stop(self, timeout_s: float = 45) -> int | None:
         """SIGTERM to the server's process group (it finishes in-flight work within --exit-timeout-secs), SIGKILL
         to the group after `timeout_s`; returns the exit code."""
         proc = self.process

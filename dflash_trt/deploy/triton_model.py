@@ -10,6 +10,7 @@ Runs inside Triton's Python stub (`triton_python_backend_utils` is importable on
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ class DFlashServingModel:
         self.jobs: dict[int, Job] = {}  # row -> job
         self.queue: list[Job] = []
         self.cv = threading.Condition()
+        self.tokenizer_lock = threading.Lock()
         self.stopping = False
         self.step_log = open(p["step_log"], "a") if p.get("step_log") else None
         self._metrics()
@@ -130,7 +132,9 @@ class DFlashServingModel:
                          "sampling_param_top_p": top_p}[name]
                 raise UserError(f"input '{name}' is {value}; {fix}")
         params = SamplingParams(temperature, top_k, top_p, None if seed is None else int(seed))
-        req = Request(self.pipe.encode(text, chat=False), max_tokens, self.pipe.stop_ids(), params)
+        with self.tokenizer_lock:  # execute's thread encodes while the decode thread decodes
+            prompt = self.pipe.encode(text, chat=False)
+        req = Request(prompt, max_tokens, self.pipe.stop_ids(), params)
         self.batch.check(req, "input 'text_input'")
         return Job(request, request.get_response_sender(), text, req,
                    bool(_scalar(pb, request, "streaming", False)),
@@ -241,7 +245,8 @@ class DFlashServingModel:
                 job.sent = text
 
     def _text(self, job: Job) -> str:
-        text = self.pipe.tokenizer.decode(job.tokens, skip_special_tokens=True)
+        with self.tokenizer_lock:
+            text = self.pipe.tokenizer.decode(job.tokens, skip_special_tokens=True)
         if job.stops:
             cut = min((text.find(s) for s in job.stops if s in text), default=-1)
             if cut >= 0:
@@ -312,10 +317,13 @@ class DFlashServingModel:
         self._free(row)
 
     def finalize(self) -> None:
+        t0 = time.perf_counter()
         with self.cv:
             self.stopping = True
             self.cv.notify_all()
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=5)
+        print(f"dflash model {self.name}: decode thread stopped in {time.perf_counter() - t0:.1f} s "
+              f"(alive: {self.thread.is_alive()})", file=sys.stderr, flush=True)
         for job in self.queue + list(self.jobs.values()):
             self._reply_error(job, "the server is shutting down")
         if self.step_log:
