@@ -21,27 +21,34 @@ from dflash_trt.errors import UserError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `generate`."""
     p = sub.add_parser(
-        "generate", help="generate text with DFlash speculative decoding (or the autoregressive baseline)",
+        "generate",
+        help="generate text with DFlash speculative decoding (or the autoregressive baseline)",
         description="Generate with a target model and its DFlash drafter. With no model arguments it runs the "
-                    "embedded SmolLM2-135M-Instruct target and, when present, the drafter shipped with the package. "
-                    "Prints the text (streamed for a single prompt) and one metrics line on stderr.",
+        "embedded SmolLM2-135M-Instruct target and, when present, the drafter shipped with the package. "
+        "Prints the text (streamed for a single prompt) and one metrics line on stderr.",
     )
-    p.add_argument("--target", type=Path,
-                   help="Hugging Face target directory (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--target", type=Path, help="Hugging Face target directory (default: embedded SmolLM2-135M-Instruct)"
+    )
     p.add_argument("--drafter", type=Path, help="z-lab DFlash drafter directory (default: the embedded drafter)")
     p.add_argument("--no-drafter", action="store_true", help="run the autoregressive baseline")
-    p.add_argument("--checkpoint", type=Path,
-                   help="a `dflash-trt convert` output instead of --target/--drafter; run under "
-                        "`mpirun -n TP` for a tensor-parallel checkpoint (each rank loads only its shard)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="a `dflash-trt convert` output instead of --target/--drafter; run under "
+        "`mpirun -n TP` for a tensor-parallel checkpoint (each rank loads only its shard)",
+    )
     p.add_argument("--tokenizer", type=Path, help="tokenizer directory for --checkpoint (default: its source target)")
     from dflash_trt.pipeline import add_engine_args
 
     add_engine_args(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text (default: a short chat question)")
-    src.add_argument("--prompts-file", type=Path,
-                     help="JSONL, one {\"prompt\": ...} or {\"messages\": [...]} per line "
-                          "(optional \"max_new_tokens\")")
+    src.add_argument(
+        "--prompts-file",
+        type=Path,
+        help='JSONL, one {"prompt": ...} or {"messages": [...]} per line (optional "max_new_tokens")',
+    )
     p.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
     add_sampling_args(p)
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per prompt (default 128)")
@@ -68,8 +75,11 @@ def run_generate(args: argparse.Namespace) -> int:
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
     if args.batch_size < 1:
         raise UserError(f"--batch-size is {args.batch_size}; use 1 or more")
-    rows = read_prompts_file(args.prompts_file) if args.prompts_file else [
-        {"prompt": args.prompt or "What is the capital of France?"}]
+    rows = (
+        read_prompts_file(args.prompts_file)
+        if args.prompts_file
+        else [{"prompt": args.prompt or "What is the capital of France?"}]
+    )
     chat = args.chat or (args.prompt is None and args.prompts_file is None)
     engine_pipe = load_engine_args(args, not args.no_drafter)
     if engine_pipe is not None:
@@ -87,23 +97,39 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         pipe = load_pipeline(args.target, args.drafter, use_drafter=not args.no_drafter, dtype=args.dtype)
     if pipe.drafter is None and not args.no_drafter:
-        print("dflash-trt: no drafter given or shipped for this target: running the autoregressive baseline",
-              file=sys.stderr)
-    requests = [Request(pipe.encode(r.get("messages", r.get("prompt")), chat),
-                        int(r.get("max_new_tokens", args.max_new_tokens)), pipe.stop_ids()) for r in rows]
+        print(
+            "dflash-trt: no drafter given or shipped for this target: running the autoregressive baseline",
+            file=sys.stderr,
+        )
+    requests = [
+        Request(
+            pipe.encode(r.get("messages", r.get("prompt")), chat),
+            int(r.get("max_new_tokens", args.max_new_tokens)),
+            pipe.stop_ids(),
+        )
+        for r in rows
+    ]
     stream = len(requests) == 1 and not args.json
     printer = _StreamPrinter(pipe.tokenizer) if stream else None
     gens = []
     start = time.perf_counter()
     for i in range(0, len(requests), args.batch_size):
-        gens += generate(pipe.target, pipe.drafter, requests[i: i + args.batch_size], params, args.block_size,
-                         on_tokens=printer)
+        gens += generate(
+            pipe.target, pipe.drafter, requests[i : i + args.batch_size], params, args.block_size, on_tokens=printer
+        )
     summary = summarize(gens, time.perf_counter() - start)
     texts = [pipe.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in gens]
     if args.json:
-        json.dump({"target": str(pipe.target_dir), "drafter": str(pipe.drafter_dir) if pipe.drafter_dir else None,
-                   "summary": summary,
-                   "results": [{"text": t, **g.to_dict()} for t, g in zip(texts, gens)]}, sys.stdout, indent=2)
+        json.dump(
+            {
+                "target": str(pipe.target_dir),
+                "drafter": str(pipe.drafter_dir) if pipe.drafter_dir else None,
+                "summary": summary,
+                "results": [{"text": t, **g.to_dict()} for t, g in zip(texts, gens)],
+            },
+            sys.stdout,
+            indent=2,
+        )
         print()
     elif stream:
         print()
@@ -124,7 +150,7 @@ class _StreamPrinter:
     def __call__(self, row: int, new_tokens: list[int]) -> None:
         self.tokens += new_tokens
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        sys.stdout.write(text[len(self.shown):])
+        sys.stdout.write(text[len(self.shown) :])
         sys.stdout.flush()
         self.shown = text
 
@@ -133,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dflash-trt",
         description="DFlash block-diffusion speculative decoding: PyTorch reference runtime, drafter training, "
-                    "TensorRT-LLM checkpoint conversion.",
+        "TensorRT-LLM checkpoint conversion.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_parser(sub)

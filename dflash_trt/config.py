@@ -102,9 +102,7 @@ class TargetConfig:
         if arch is None:
             arch = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}.get(cfg.get("model_type", ""))
         if arch is None:
-            raise UserError(
-                f"{source}: field 'architectures' is {archs}; supported: {', '.join(ARCHITECTURES)}"
-            )
+            raise UserError(f"{source}: field 'architectures' is {archs}; supported: {', '.join(ARCHITECTURES)}")
         hidden = int(_field(cfg, "hidden_size", source))
         heads = int(_field(cfg, "num_attention_heads", source))
         theta, scaling = _rope(cfg, source)
@@ -211,8 +209,10 @@ class DrafterConfig:
             raise UserError(f"{source}: field 'layer_types' has unsupported entries {sorted(set(layer_types))}")
         is_causal = _dflash_bool(dflash, cfg, "is_causal", source)
         if arch == "dflash" and is_causal:
-            raise UserError(f"{source}: field 'is_causal' is true; a DFlash v1 drafter's block is non-causal, "
-                            "remove the field (or use a DFlash2DraftModel checkpoint)")
+            raise UserError(
+                f"{source}: field 'is_causal' is true; a DFlash v1 drafter's block is non-causal, "
+                "remove the field (or use a DFlash2DraftModel checkpoint)"
+            )
         v2 = _dflash2_fields(dflash, cfg, hidden, source) if arch == "dflash2" else {}
         return cls(
             hidden_size=hidden,
@@ -292,16 +292,23 @@ class DrafterConfig:
             },
         }
         dflash = cfg["dflash_config"]
-        for key, default in (("input_embedding_scale", 1.0), ("output_multiplier", 1.0),
-                             ("final_logit_softcapping", None)):
+        for key, default in (
+            ("input_embedding_scale", 1.0),
+            ("output_multiplier", 1.0),
+            ("final_logit_softcapping", None),
+        ):
             if getattr(self, key) != default:
                 dflash[key] = getattr(self, key)
         if self.is_dflash2:
             cfg["architectures"] = ["DFlash2DraftModel"]
             cfg["is_causal"] = self.is_causal
-            dflash.update(block_size=self.block_size, conv_kernel_size=self.conv_kernel_size,
-                          conv_group_size=self.conv_group_size, selector_rank=self.selector_rank,
-                          selector_top_k=self.selector_top_k)
+            dflash.update(
+                block_size=self.block_size,
+                conv_kernel_size=self.conv_kernel_size,
+                conv_group_size=self.conv_group_size,
+                selector_rank=self.selector_rank,
+                selector_top_k=self.selector_top_k,
+            )
         return {**cfg, **(extra or {})}
 
 
@@ -313,13 +320,18 @@ def _dflash_value(dflash: dict[str, Any], cfg: dict[str, Any], key: str) -> tupl
     return cfg.get(key), key
 
 
-def _dflash_number(dflash: dict[str, Any], cfg: dict[str, Any], key: str, default: float, source: str, *,
-                   positive: bool = False) -> float:
+def _dflash_number(
+    dflash: dict[str, Any], cfg: dict[str, Any], key: str, default: float, source: str, *, positive: bool = False
+) -> float:
     value, name = _dflash_value(dflash, cfg, key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-            positive and value <= 0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or (positive and value <= 0)
+    ):
         want = "a finite number > 0" if positive else "a finite number"
         raise UserError(f"{source}: field '{name}' is {value!r}; expected {want}")
     return float(value)
@@ -353,23 +365,30 @@ def _dflash2_fields(dflash: dict[str, Any], cfg: dict[str, Any], hidden: int, so
     """The DFlash2-only keys, validated (see `dflash_trt.models.drafter2` for what they mean)."""
     out = {
         "conv_kernel_size": _dflash_int(dflash, cfg, "conv_kernel_size", source, "taps of the causal conv"),
-        "conv_group_size": _dflash_int(dflash, cfg, "conv_group_size", source,
-                                       "channels sharing one dynamic tap, dividing hidden_size"),
+        "conv_group_size": _dflash_int(
+            dflash, cfg, "conv_group_size", source, "channels sharing one dynamic tap, dividing hidden_size"
+        ),
         "selector_rank": _dflash_int(dflash, cfg, "selector_rank", source, "rank of the selector codebooks"),
         "selector_top_k": _dflash_int(dflash, cfg, "selector_top_k", source, "candidates per position"),
     }
     if hidden % out["conv_group_size"]:
         _, name = _dflash_value(dflash, cfg, "conv_group_size")
-        raise UserError(f"{source}: field '{name}' is {out['conv_group_size']}, which does not divide hidden_size "
-                        f"{hidden}; use a divisor of hidden_size")
+        raise UserError(
+            f"{source}: field '{name}' is {out['conv_group_size']}, which does not divide hidden_size "
+            f"{hidden}; use a divisor of hidden_size"
+        )
     vocab = cfg.get("vocab_size")
     if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
-        raise UserError(f"{source}: field 'vocab_size' is {vocab!r}; a DFlash2 drafter needs the target's vocab "
-                        "size (its selector codebooks have one row per token)")
+        raise UserError(
+            f"{source}: field 'vocab_size' is {vocab!r}; a DFlash2 drafter needs the target's vocab "
+            "size (its selector codebooks have one row per token)"
+        )
     if out["selector_top_k"] > vocab:
         _, name = _dflash_value(dflash, cfg, "selector_top_k")
-        raise UserError(f"{source}: field '{name}' is {out['selector_top_k']}, above vocab_size {vocab}; "
-                        "use at most the vocabulary size")
+        raise UserError(
+            f"{source}: field '{name}' is {out['selector_top_k']}, above vocab_size {vocab}; "
+            "use at most the vocabulary size"
+        )
     return out
 
 

@@ -62,7 +62,10 @@ def ensure_default_target(cache_dir: Path | None = None, progress: bool = True) 
         ) from None
     start = time.monotonic()
     if progress:
-        print(f"dflash-trt: converting {GGUF_FILE} from {WHEEL} {WHEEL_VERSION} into {target} (once, about a minute)", file=sys.stderr)
+        print(
+            f"dflash-trt: converting {GGUF_FILE} from {WHEEL} {WHEEL_VERSION} into {target} (once, about a minute)",
+            file=sys.stderr,
+        )
     try:
         _convert(gguf, tmp, progress)
         _move_into_place(tmp, target)
@@ -87,7 +90,9 @@ def _locate_gguf() -> Path:
     try:
         version = importlib.metadata.version(WHEEL)
     except importlib.metadata.PackageNotFoundError:
-        raise UserError(f"the default target model needs the {WHEEL} wheel, which is not installed: {INSTALL_HINT}") from None
+        raise UserError(
+            f"the default target model needs the {WHEEL} wheel, which is not installed: {INSTALL_HINT}"
+        ) from None
     if version != WHEEL_VERSION:
         raise UserError(f"{WHEEL} {version} is installed but dflash-trt needs {WHEEL_VERSION}: {INSTALL_HINT}")
     # find_spec locates the package without importing it: its __init__ needs the `llm` app and llama-cpp.
@@ -183,7 +188,9 @@ def _move_into_place(tmp: Path, target: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """`python -m dflash_trt.embedded [--cache-dir DIR]`: ensure the default target, print its directory."""
     parser = argparse.ArgumentParser(prog="python -m dflash_trt.embedded", description=main.__doc__)
-    parser.add_argument("--cache-dir", type=Path, default=None, help="default: $DFLASH_TRT_CACHE or ~/.cache/dflash-trt")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="default: $DFLASH_TRT_CACHE or ~/.cache/dflash-trt"
+    )
     args = parser.parse_args(argv)
     try:
         print(ensure_default_target(args.cache_dir))

@@ -48,8 +48,11 @@ class Pipeline:
             if not getattr(self.tokenizer, "chat_template", None):
                 raise UserError(f"{self.target_dir}: the tokenizer has no chat template; drop --chat")
             messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                           return_dict=False))
+            return list(
+                self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+            )
         return self.tokenizer.encode(prompt)
 
     def request(self, prompt: str | list[dict], chat: bool, max_new_tokens: int) -> Request:
@@ -63,7 +66,9 @@ def draft_head_dtype(dtype: str) -> torch.dtype | None:
 
 
 def torch_runners(
-    target: Transformer, drafter: DFlashDrafter | None, head_dtype: torch.dtype | None = None,
+    target: Transformer,
+    drafter: DFlashDrafter | None,
+    head_dtype: torch.dtype | None = None,
     vocab_size: int | None = None,
 ) -> tuple[TorchTarget, TorchDrafter | None]:
     """The torch runners of a loaded pair: the target captures the drafter's layers, the drafter borrows
@@ -74,8 +79,9 @@ def torch_runners(
     return runner, TorchDrafter(drafter, target.embed, target.lm_head, head_dtype)
 
 
-def load_pipeline(target_dir: Path | None, drafter_dir: Path | None, use_drafter: bool = True,
-                  dtype: str = "fp32") -> Pipeline:
+def load_pipeline(
+    target_dir: Path | None, drafter_dir: Path | None, use_drafter: bool = True, dtype: str = "fp32"
+) -> Pipeline:
     """Load the pair. target_dir None = embedded default; drafter_dir None = the embedded drafter (if any)."""
     if target_dir is None:
         from dflash_trt.embedded import ensure_default_target
@@ -89,12 +95,19 @@ def load_pipeline(target_dir: Path | None, drafter_dir: Path | None, use_drafter
     if use_drafter and drafter_dir is not None:
         drafter = load_drafter(Path(drafter_dir), model.cfg, torch_dtype(dtype))
     target, draft = torch_runners(model, drafter, draft_head_dtype(dtype))
-    return Pipeline(target, draft, load_tokenizer(target_dir), target_dir, Path(drafter_dir) if drafter else None,
-                    model.cfg.eos_token_ids)
+    return Pipeline(
+        target,
+        draft,
+        load_tokenizer(target_dir),
+        target_dir,
+        Path(drafter_dir) if drafter else None,
+        model.cfg.eos_token_ids,
+    )
 
 
-def load_converted_pipeline(checkpoint: Path, tokenizer_dir: Path | None, mapping, use_drafter: bool = True,
-                            dtype: str = "fp32") -> Pipeline:
+def load_converted_pipeline(
+    checkpoint: Path, tokenizer_dir: Path | None, mapping, use_drafter: bool = True, dtype: str = "fp32"
+) -> Pipeline:
     """This rank's shards of a converted checkpoint; the tokenizer comes from the target it was converted
     from (recorded in the manifest) unless `tokenizer_dir` is given."""
     from dflash_trt.checkpoint.convert import MANIFEST
@@ -104,10 +117,17 @@ def load_converted_pipeline(checkpoint: Path, tokenizer_dir: Path | None, mappin
     target, drafter, target_cfg = load_converted(checkpoint, mapping, torch_dtype(dtype))
     if tokenizer_dir is None:
         tokenizer_dir = Path(read_json(checkpoint / MANIFEST)["sources"]["target"]["dir"])
-    runner, draft = torch_runners(target, drafter if use_drafter else None, draft_head_dtype(dtype),
-                                  target_cfg.vocab_size)
-    return Pipeline(runner, draft, load_tokenizer(tokenizer_dir), checkpoint / "target",
-                    checkpoint / "drafter" if use_drafter else None, target_cfg.eos_token_ids)
+    runner, draft = torch_runners(
+        target, drafter if use_drafter else None, draft_head_dtype(dtype), target_cfg.vocab_size
+    )
+    return Pipeline(
+        runner,
+        draft,
+        load_tokenizer(tokenizer_dir),
+        checkpoint / "target",
+        checkpoint / "drafter" if use_drafter else None,
+        target_cfg.eos_token_ids,
+    )
 
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -115,12 +135,19 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     """`--engine DIR --backend {torch,onnxruntime,tensorrt}` (generate, bench)."""
-    p.add_argument("--engine", type=Path,
-                   help="an engine directory (`dflash-trt build` output) instead of --target/--drafter; run under "
-                        "`mpirun -n TP` for a tensor-parallel engine")
-    p.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="torch (default; HF directories or --checkpoint), onnxruntime (--engine's ONNX graphs on "
-                        "CPU) or tensorrt (--engine's engines; needs a GPU)")
+    p.add_argument(
+        "--engine",
+        type=Path,
+        help="an engine directory (`dflash-trt build` output) instead of --target/--drafter; run under "
+        "`mpirun -n TP` for a tensor-parallel engine",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="torch (default; HF directories or --checkpoint), onnxruntime (--engine's ONNX graphs on "
+        "CPU) or tensorrt (--engine's engines; needs a GPU)",
+    )
 
 
 def load_engine_args(args: argparse.Namespace, use_drafter: bool) -> Pipeline | None:
@@ -141,14 +168,17 @@ def load_engine_args(args: argparse.Namespace, use_drafter: bool) -> Pipeline | 
     return load_engine_pipeline(args.engine, args.backend or "onnxruntime", use_drafter, mapping)
 
 
-def load_engine_pipeline(engine_dir: Path, backend: str = "onnxruntime", use_drafter: bool = True,
-                         mapping=None) -> Pipeline:
+def load_engine_pipeline(
+    engine_dir: Path, backend: str = "onnxruntime", use_drafter: bool = True, mapping=None
+) -> Pipeline:
     """This rank's runners of an engine directory (`dflash-trt build` output) on `backend`, tokenizer from
     ENGINE_DIR/tokenizer (or the config's "tokenizer" entry)."""
     engine_dir = Path(engine_dir)
     if backend == "torch":
-        raise UserError("--engine runs on --backend onnxruntime or tensorrt; the torch backend runs "
-                        "--target/--drafter or --checkpoint")
+        raise UserError(
+            "--engine runs on --backend onnxruntime or tensorrt; the torch backend runs "
+            "--target/--drafter or --checkpoint"
+        )
     if backend == "tensorrt":
         from dflash_trt.hardware import has_gpu
 
@@ -182,8 +212,10 @@ def load_tokenizer(directory: Path):
     try:
         return AutoTokenizer.from_pretrained(str(directory))
     except (OSError, ValueError) as exc:
-        raise UserError(f"{directory}: no usable tokenizer files ({type(exc).__name__}); copy the model's "
-                        "tokenizer.json and tokenizer_config.json into it, or pass --tokenizer") from None
+        raise UserError(
+            f"{directory}: no usable tokenizer files ({type(exc).__name__}); copy the model's "
+            "tokenizer.json and tokenizer_config.json into it, or pass --tokenizer"
+        ) from None
 
 
 def read_prompts_file(path: Path) -> list[dict]:

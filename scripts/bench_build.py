@@ -59,29 +59,44 @@ def build_once(dtype: str, tmp: Path, plugin_lib: str | None) -> dict:
         kernels = sorted({k.split("_0x")[0] for k in rep["fused_attention"].values()})
         graphs[g] = {
             "export_seconds": round(export["export_seconds"][g], 1),
-            "onnx_bytes": export["onnx_bytes"][g], "onnx_data_bytes": export["data_bytes"][g],
-            "rtx_build_seconds": rep["build_seconds"], "rtx_plan_bytes": rep["plan_bytes"],
-            "rtx_engine_layers": rep["engine_layers"], "network_layers": rep["network_layers"],
-            "attention_nodes": len(rep["attention_nodes"]), "attention_fused": len(rep["fused_attention"]),
-            "fused_kernels": kernels, "activation_bytes": rep["activation_bytes"],
+            "onnx_bytes": export["onnx_bytes"][g],
+            "onnx_data_bytes": export["data_bytes"][g],
+            "rtx_build_seconds": rep["build_seconds"],
+            "rtx_plan_bytes": rep["plan_bytes"],
+            "rtx_engine_layers": rep["engine_layers"],
+            "network_layers": rep["network_layers"],
+            "attention_nodes": len(rep["attention_nodes"]),
+            "attention_fused": len(rep["fused_attention"]),
+            "fused_kernels": kernels,
+            "activation_bytes": rep["activation_bytes"],
             "weights_bytes": rep["weights_bytes"],
         }
-    return {"dtype": dtype, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
-            "load_seconds": export["load_seconds"], "graphs": graphs,
-            "message": report["message"], "engine_dir_bytes": sum(p.stat().st_size for p in out.rglob("*")
-                                                                  if p.is_file())}
+    return {
+        "dtype": dtype,
+        "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(cpu, 1),
+        "load_seconds": export["load_seconds"],
+        "graphs": graphs,
+        "message": report["message"],
+        "engine_dir_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
+    }
 
 
 def markdown(runs: list[dict], dry: dict[str, str]) -> str:
-    lines = ["# `dflash-trt build`: export and TensorRT-RTX build of the embedded pair (CPU)", "",
-             "SmolLM2-135M-Instruct (30 layers) + its shipped DFlash drafter (2 layers), recipe "
-             "`build_configs/build_smollm2_135m_cpu.yaml` (batch <= 4, prompt <= 512, max_seq_len 1024, block 8, "
-             "profiles prefill + step). No datacenter TensorRT here: every graph is built with TensorRT-RTX 1.7.1 on "
-             "the CPU to verify it (plans measured and dropped), no engine is written. Times are wall clock on a "
-             "shared 2-core machine (the load average is in the header); CPU seconds are the build process's own. "
-             "The torch vs onnxruntime comparison of the same graphs is in [engine.md](engine.md).", "",
-             "| dtype | graph | export s | ONNX (graph + weights) | TRT-RTX build s | plan | engine layers | "
-             "attention fused | kernel | activation memory |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# `dflash-trt build`: export and TensorRT-RTX build of the embedded pair (CPU)",
+        "",
+        "SmolLM2-135M-Instruct (30 layers) + its shipped DFlash drafter (2 layers), recipe "
+        "`build_configs/build_smollm2_135m_cpu.yaml` (batch <= 4, prompt <= 512, max_seq_len 1024, block 8, "
+        "profiles prefill + step). No datacenter TensorRT here: every graph is built with TensorRT-RTX 1.7.1 on "
+        "the CPU to verify it (plans measured and dropped), no engine is written. Times are wall clock on a "
+        "shared 2-core machine (the load average is in the header); CPU seconds are the build process's own. "
+        "The torch vs onnxruntime comparison of the same graphs is in [engine.md](engine.md).",
+        "",
+        "| dtype | graph | export s | ONNX (graph + weights) | TRT-RTX build s | plan | engine layers | "
+        "attention fused | kernel | activation memory |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for run in runs:
         for g, r in run["graphs"].items():
             lines.append(
@@ -89,15 +104,24 @@ def markdown(runs: list[dict], dry: dict[str, str]) -> str:
                 f"{human_bytes(r['onnx_data_bytes'])} | {r['rtx_build_seconds']:.1f} | "
                 f"{human_bytes(r['rtx_plan_bytes'])} | {r['rtx_engine_layers']} | "
                 f"{r['attention_fused']}/{r['attention_nodes']} | "
-                f"{', '.join(r['fused_kernels'])} | {human_bytes(r['activation_bytes'] or 0)} |")
+                f"{', '.join(r['fused_kernels'])} | {human_bytes(r['activation_bytes'] or 0)} |"
+            )
     lines += ["", "| dtype | whole build wall s | CPU s | ENGINE_DIR size |", "|---|---|---|---|"]
-    lines += [f"| {r['dtype']} | {r['wall_seconds']} | {r['cpu_seconds']} | {human_bytes(r['engine_dir_bytes'])} |"
-              for r in runs]
-    lines += ["", "Fused attention is read from each build: every ONNX `Attention` node became a TensorRT "
-              "`IAttention` with `decomposable` off (TensorRT refuses such a build unless a dedicated kernel exists), "
-              "and the engine's layer list (ProfilingVerbosity.DETAILED) names the kernel implementing each node. "
-              "TensorRT-RTX plans target SM75-SM89 and SM120/SM121 only: they verify the graphs, they are not the "
-              "H100/B200/B300 engines.", "", "## `--dry-run` plans of the shipped recipes (config.json only)", ""]
+    lines += [
+        f"| {r['dtype']} | {r['wall_seconds']} | {r['cpu_seconds']} | {human_bytes(r['engine_dir_bytes'])} |"
+        for r in runs
+    ]
+    lines += [
+        "",
+        "Fused attention is read from each build: every ONNX `Attention` node became a TensorRT "
+        "`IAttention` with `decomposable` off (TensorRT refuses such a build unless a dedicated kernel exists), "
+        "and the engine's layer list (ProfilingVerbosity.DETAILED) names the kernel implementing each node. "
+        "TensorRT-RTX plans target SM75-SM89 and SM120/SM121 only: they verify the graphs, they are not the "
+        "H100/B200/B300 engines.",
+        "",
+        "## `--dry-run` plans of the shipped recipes (config.json only)",
+        "",
+    ]
     for name, text in dry.items():
         lines += [f"### {name}", "", "```", text, "```", ""]
     return "\n".join(lines)
@@ -120,8 +144,9 @@ def figure(runs: list[dict]):
     ax1.set_ylabel("seconds (wall)")
     ax1.legend()
     ax1.set_title("time per graph")
-    onnx_mb = [(r["graphs"][g]["onnx_bytes"] + r["graphs"][g]["onnx_data_bytes"]) / 2**20 for r in runs
-               for g in r["graphs"]]
+    onnx_mb = [
+        (r["graphs"][g]["onnx_bytes"] + r["graphs"][g]["onnx_data_bytes"]) / 2**20 for r in runs for g in r["graphs"]
+    ]
     plan_mb = [r["graphs"][g]["rtx_plan_bytes"] / 2**20 for r in runs for g in r["graphs"]]
     ax2.bar([x - 0.2 for x in xs], onnx_mb, 0.4, label="ONNX + weights")
     ax2.bar([x + 0.2 for x in xs], plan_mb, 0.4, label="TensorRT-RTX plan")
@@ -143,8 +168,9 @@ def main() -> int:
         runs = [build_once(d, Path(tmp), args.plugin_lib) for d in args.dtypes]
     dry = {}
     for name, (target, drafter) in DRY_RUNS.items():
-        plan = make_build_plan(read_pair(CONFIGS / target, CONFIGS / drafter),
-                               load_recipe(ROOT / "build_configs" / f"{name}.yaml"))
+        plan = make_build_plan(
+            read_pair(CONFIGS / target, CONFIGS / drafter), load_recipe(ROOT / "build_configs" / f"{name}.yaml")
+        )
         text = format_plan(plan)
         dry[name] = text.splitlines()[1].strip() + "\n" + text.split("\nmemory per rank:\n", 1)[1]
     paths = write_report(start, "engine_build", {"runs": runs, "dry_runs": dry}, markdown(runs, dry), figure(runs))

@@ -48,8 +48,22 @@ def build_engine(out: Path) -> float:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(RECIPE)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "dflash_trt.cli", "build", "--config", f.name, "--output", str(out),
-                    "--no-verify", "--overwrite"], check=True, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dflash_trt.cli",
+            "build",
+            "--config",
+            f.name,
+            "--output",
+            str(out),
+            "--no-verify",
+            "--overwrite",
+        ],
+        check=True,
+        cwd=ROOT,
+    )
     return time.perf_counter() - start
 
 
@@ -57,8 +71,13 @@ def engine_facts(engine: Path) -> dict:
     onnx_dir = engine / "onnx" / "rank0"
     sizes = {p.name: p.stat().st_size for p in sorted(onnx_dir.iterdir()) if p.suffix in (".onnx", ".data")}
     info = json.loads((onnx_dir / "export.json").read_text())
-    return {"engine": str(engine), "export_seconds": info.get("export_seconds"), "file_bytes": sizes,
-            "dtype": info.get("dtype"), "opset": info.get("opset")}
+    return {
+        "engine": str(engine),
+        "export_seconds": info.get("export_seconds"),
+        "file_bytes": sizes,
+        "dtype": info.get("dtype"),
+        "opset": info.get("opset"),
+    }
 
 
 @torch.inference_mode()
@@ -72,8 +91,11 @@ def step_costs(pipe, block: int, context: int = 256, repeats: int = 15) -> dict:
     drafter.append_context(features, torch.tensor([context]))
     drafter.draft(torch.full((1, block), drafter.mask_token_id))  # injects the prompt's context
     blk = torch.full((1, block), drafter.mask_token_id)
-    calls = {"decode_ms": lambda: target.verify(blk[:, :1]), "verify_ms": lambda: target.verify(blk),
-             "draft_ms": lambda: drafter.draft(blk)}
+    calls = {
+        "decode_ms": lambda: target.verify(blk[:, :1]),
+        "verify_ms": lambda: target.verify(blk),
+        "draft_ms": lambda: drafter.draft(blk),
+    }
     times = {k: [] for k in calls}
     for i in range(repeats + 2):
         for key, call in calls.items():
@@ -117,35 +139,58 @@ def main() -> None:
             wall = dict.fromkeys(gens, 0.0)
             runs = [(b, m) for m in ("ar", "dflash") for b in BACKENDS]
             for i in range(0, len(requests), batch):
-                chunk = requests[i: i + batch]
+                chunk = requests[i : i + batch]
                 k = (i // batch) % len(runs)
                 for backend, mode in runs[k:] + runs[:k]:
                     pipe = pipes[backend]
                     t0 = time.perf_counter()
-                    gens[(backend, mode)] += generate(pipe.target, pipe.drafter if mode == "dflash" else None, chunk,
-                                                      greedy, block if mode == "dflash" else None)
+                    gens[(backend, mode)] += generate(
+                        pipe.target,
+                        pipe.drafter if mode == "dflash" else None,
+                        chunk,
+                        greedy,
+                        block if mode == "dflash" else None,
+                    )
                     wall[(backend, mode)] += time.perf_counter() - t0
             s = {key: summarize(g, wall[key]) for key, g in gens.items()}
             row = {"batch": batch, "block": block, "requests": len(requests)}
             for backend in BACKENDS:
-                row[backend] = {"ar_tpot_ms": s[(backend, "ar")]["tpot_s"] * 1e3,
-                                "dflash_tpot_ms": s[(backend, "dflash")]["tpot_s"] * 1e3,
-                                "tau": s[(backend, "dflash")]["tau"],
-                                "ar_tokens_per_s": s[(backend, "ar")]["tokens_per_s"],
-                                "dflash_tokens_per_s": s[(backend, "dflash")]["tokens_per_s"]}
+                row[backend] = {
+                    "ar_tpot_ms": s[(backend, "ar")]["tpot_s"] * 1e3,
+                    "dflash_tpot_ms": s[(backend, "dflash")]["tpot_s"] * 1e3,
+                    "tau": s[(backend, "dflash")]["tau"],
+                    "ar_tokens_per_s": s[(backend, "ar")]["tokens_per_s"],
+                    "dflash_tokens_per_s": s[(backend, "dflash")]["tokens_per_s"],
+                }
                 row[backend]["tpot_speedup"] = row[backend]["ar_tpot_ms"] / row[backend]["dflash_tpot_ms"]
             row["identical_outputs"] = sum(
-                len({tuple(gens[key][j].tokens) for key in gens}) == 1 for j in range(len(requests)))
+                len({tuple(gens[key][j].tokens) for key in gens}) == 1 for j in range(len(requests))
+            )
             rows.append(row)
-            parts = [f"{b} AR {row[b]['ar_tpot_ms']:.1f} ms, DFlash {row[b]['dflash_tpot_ms']:.1f} ms "
-                     f"(tau {row[b]['tau']:.2f})" for b in BACKENDS]
-            print(f"batch={batch} B={block}: " + "; ".join(parts)
-                  + f"; identical {row['identical_outputs']}/{len(requests)}", flush=True)
+            parts = [
+                f"{b} AR {row[b]['ar_tpot_ms']:.1f} ms, DFlash {row[b]['dflash_tpot_ms']:.1f} ms "
+                f"(tau {row[b]['tau']:.2f})"
+                for b in BACKENDS
+            ]
+            print(
+                f"batch={batch} B={block}: "
+                + "; ".join(parts)
+                + f"; identical {row['identical_outputs']}/{len(requests)}",
+                flush=True,
+            )
     costs = {b: [step_costs(pipes[b], block) for block in args.block_sizes] for b in BACKENDS}
-    data = {"engine": engine_facts(engine), "build_seconds": build_s, "max_new_tokens": args.max_new_tokens,
-            "datasets": args.datasets, "num_prompts": args.num_prompts, "torch_draft_head_dtype":
-            str(ref.drafter.head_dtype).removeprefix("torch."), "onnxruntime_threads": torch.get_num_threads(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "rows": rows, "step_costs": costs}
+    data = {
+        "engine": engine_facts(engine),
+        "build_seconds": build_s,
+        "max_new_tokens": args.max_new_tokens,
+        "datasets": args.datasets,
+        "num_prompts": args.num_prompts,
+        "torch_draft_head_dtype": str(ref.drafter.head_dtype).removeprefix("torch."),
+        "onnxruntime_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "rows": rows,
+        "step_costs": costs,
+    }
     paths = write_report(start, args.name, data, markdown(data), figure(data), args.output_dir)
     print("wrote " + ", ".join(map(str, paths)))
 
@@ -155,32 +200,51 @@ def markdown(data: dict) -> str:
     sizes = ", ".join(f"`{k}` {v / 2**20:.1f} MiB" for k, v in e["file_bytes"].items())
     export = ", ".join(f"{k} {v:.0f} s" for k, v in (e["export_seconds"] or {}).items())
     lines = [
-        "# torch vs onnxruntime backend (embedded SmolLM2-135M-Instruct + its DFlash drafter, fp32, greedy)", "",
+        "# torch vs onnxruntime backend (embedded SmolLM2-135M-Instruct + its DFlash drafter, fp32, greedy)",
+        "",
         f"Same prompts ({', '.join(data['datasets'])}, {data['num_prompts']} each, chat template, "
         f"{data['max_new_tokens']} new tokens), runs interleaved. TPOT = decode time per token after the first "
         "(prefill excluded). The torch drafter runs its LM head in "
         f"{data['torch_draft_head_dtype']}; onnxruntime runs the exported fp32 graphs "
         f"(opset {e['opset']}: Attention + RMSNormalization ops) with {data['onnxruntime_threads']} intra-op threads "
         f"(idle threads do not spin). OMP_WAIT_POLICY: {data['omp_wait_policy'] or 'unset (OpenMP default)'}.",
-        "", "| batch | B | torch AR | torch DFlash | torch tau | ORT AR | ORT DFlash | ORT tau | ORT/torch AR "
-        "| ORT/torch DFlash | identical outputs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        "",
+        "| batch | B | torch AR | torch DFlash | torch tau | ORT AR | ORT DFlash | ORT tau | ORT/torch AR "
+        "| ORT/torch DFlash | identical outputs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in data["rows"]:
         t, o = r["torch"], r["onnxruntime"]
-        lines.append(f"| {r['batch']} | {r['block']} | {t['ar_tpot_ms']:.1f} ms | {t['dflash_tpot_ms']:.1f} ms | "
-                     f"{t['tau']:.2f} | {o['ar_tpot_ms']:.1f} ms | {o['dflash_tpot_ms']:.1f} ms | {o['tau']:.2f} | "
-                     f"{t['ar_tpot_ms'] / o['ar_tpot_ms']:.2f}x | {t['dflash_tpot_ms'] / o['dflash_tpot_ms']:.2f}x | "
-                     f"{r['identical_outputs']}/{r['requests']} |")
-    lines += ["", "ORT/torch > 1 means onnxruntime is faster. Identical outputs: all four runs (torch/ORT x AR/DFlash) "
-              "gave the same tokens.", "", "## Verify cost vs decode cost (batch 1, context 256, medians)", "",
-              "| backend | B | decode step | B-token verify | verify/decode | drafter pass | break-even tau |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['batch']} | {r['block']} | {t['ar_tpot_ms']:.1f} ms | {t['dflash_tpot_ms']:.1f} ms | "
+            f"{t['tau']:.2f} | {o['ar_tpot_ms']:.1f} ms | {o['dflash_tpot_ms']:.1f} ms | {o['tau']:.2f} | "
+            f"{t['ar_tpot_ms'] / o['ar_tpot_ms']:.2f}x | {t['dflash_tpot_ms'] / o['dflash_tpot_ms']:.2f}x | "
+            f"{r['identical_outputs']}/{r['requests']} |"
+        )
+    lines += [
+        "",
+        "ORT/torch > 1 means onnxruntime is faster. Identical outputs: all four runs (torch/ORT x AR/DFlash) "
+        "gave the same tokens.",
+        "",
+        "## Verify cost vs decode cost (batch 1, context 256, medians)",
+        "",
+        "| backend | B | decode step | B-token verify | verify/decode | drafter pass | break-even tau |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for backend, costs in data["step_costs"].items():
         for c in costs:
-            lines.append(f"| {backend} | {c['block']} | {c['decode_ms']:.1f} ms | {c['verify_ms']:.1f} ms | "
-                         f"{c['verify_over_decode']:.2f} | {c['draft_ms']:.1f} ms | {c['break_even_tau']:.2f} |")
+            lines.append(
+                f"| {backend} | {c['block']} | {c['decode_ms']:.1f} ms | {c['verify_ms']:.1f} ms | "
+                f"{c['verify_over_decode']:.2f} | {c['draft_ms']:.1f} ms | {c['break_even_tau']:.2f} |"
+            )
     build = f"; whole `dflash-trt build --no-verify` {data['build_seconds']:.0f} s" if data["build_seconds"] else ""
-    lines += ["", "## Engine directory", "", f"fp32 export of rank 0: {export}{build}. Files: {sizes}.",
-              "TensorRT-RTX build times and plan sizes (fp16/bf16): see `engine_build.md`."]
+    lines += [
+        "",
+        "## Engine directory",
+        "",
+        f"fp32 export of rank 0: {export}{build}. Files: {sizes}.",
+        "TensorRT-RTX build times and plan sizes (fp16/bf16): see `engine_build.md`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -195,16 +259,24 @@ def figure(data: dict):
     labels = [f"b={r['batch']} B={r['block']}" for r in rows]
     width = 0.2
     for i, (backend, mode) in enumerate([(b, m) for b in BACKENDS for m in ("ar", "dflash")]):
-        ax_tpot.bar([x + (i - 1.5) * width for x in range(len(rows))], [r[backend][f"{mode}_tpot_ms"] for r in rows],
-                    width, label=f"{backend} {mode.upper() if mode == 'ar' else 'DFlash'}")
+        ax_tpot.bar(
+            [x + (i - 1.5) * width for x in range(len(rows))],
+            [r[backend][f"{mode}_tpot_ms"] for r in rows],
+            width,
+            label=f"{backend} {mode.upper() if mode == 'ar' else 'DFlash'}",
+        )
     ax_tpot.set_xticks(range(len(rows)), labels)
     ax_tpot.set_ylabel("TPOT (ms)")
     ax_tpot.set_title("TPOT per backend (lower is better)")
     ax_tpot.legend(fontsize=8)
     cost_rows = [(b, c) for b, cs in data["step_costs"].items() for c in cs]
     for j, key in enumerate(("decode_ms", "verify_ms", "draft_ms")):
-        ax_cost.bar([x + (j - 1) * 0.25 for x in range(len(cost_rows))], [c[key] for _, c in cost_rows], 0.25,
-                    label=key.removesuffix("_ms"))
+        ax_cost.bar(
+            [x + (j - 1) * 0.25 for x in range(len(cost_rows))],
+            [c[key] for _, c in cost_rows],
+            0.25,
+            label=key.removesuffix("_ms"),
+        )
     ax_cost.set_xticks(range(len(cost_rows)), [f"{b}\nB={c['block']}" for b, c in cost_rows], fontsize=8)
     ax_cost.set_ylabel("ms (batch 1, context 256)")
     ax_cost.set_title("Step costs")

@@ -40,22 +40,37 @@ def prompts(n: int) -> list[str]:
     tok = load_tokenizer(ensure_default_target())
     half = n // 2 + 1
     rows = [p for pair in zip(load("humaneval", half), load("mtbench", half)) for p in pair][:n]
-    return [tok.apply_chat_template([{"role": "user", "content": row}], add_generation_prompt=True, tokenize=False)
-            for row in rows]
+    return [
+        tok.apply_chat_template([{"role": "user", "content": row}], add_generation_prompt=True, tokenize=False)
+        for row in rows
+    ]
 
 
 def serve(root: Path, max_batch: int, drafter: bool, max_tokens: int) -> TritonServer:
     repo = root / f"repo-{'dflash' if drafter else 'ar'}-{max_batch}"
-    args = ["deploy", "triton", "--kind", "python", "--output", str(repo), "--max-batch", str(max_batch),
-            "--max-seq-len", "1024", "--max-tokens-limit", str(max_tokens)]
+    args = [
+        "deploy",
+        "triton",
+        "--kind",
+        "python",
+        "--output",
+        str(repo),
+        "--max-batch",
+        str(max_batch),
+        "--max-seq-len",
+        "1024",
+        "--max-tokens-limit",
+        str(max_tokens),
+    ]
     assert cli(args + ([] if drafter else ["--no-drafter"])) == 0
     logs = Path(tempfile.gettempdir()) / "dflash-bench-serve-logs"  # kept after the run
     logs.mkdir(exist_ok=True)
     return TritonServer(repo, log_path=logs / f"{repo.name}.log").start(300)
 
 
-def run_streams(srv: TritonServer, texts: list[str], streams: int, per_stream: int, max_tokens: int,
-                until: float | None = None) -> tuple[list, float]:
+def run_streams(
+    srv: TritonServer, texts: list[str], streams: int, per_stream: int, max_tokens: int, until: float | None = None
+) -> tuple[list, float]:
     """`streams` client threads, each sending its requests back to back; returns (replies, wall seconds)."""
     replies: list = []
     lock = threading.Lock()
@@ -83,12 +98,16 @@ def summarize(replies: list, wall: float) -> dict:
     tokens = [int(r.outputs["output_tokens"][0]) for r in ok]
     itl = [(r.e2e_s - r.ttft_s) / (n - 1) for r, n in zip(ok, tokens) if n > 1]
     return {
-        "requests": len(replies), "errors": len(replies) - len(ok), "output_tokens": sum(tokens), "wall_s": wall,
+        "requests": len(replies),
+        "errors": len(replies) - len(ok),
+        "output_tokens": sum(tokens),
+        "wall_s": wall,
         "throughput_tok_s": sum(tokens) / wall,
         "tok_s_per_user": statistics.mean(n / r.e2e_s for r, n in zip(ok, tokens)),
         "ttft_ms_mean": 1e3 * statistics.mean(r.ttft_s for r in ok),
         "ttft_ms_p50": 1e3 * statistics.median(r.ttft_s for r in ok),
-        "itl_ms_mean": 1e3 * statistics.mean(itl), "itl_ms_p50": 1e3 * statistics.median(itl),
+        "itl_ms_mean": 1e3 * statistics.mean(itl),
+        "itl_ms_p50": 1e3 * statistics.median(itl),
         "tau_mean": statistics.mean(float(r.outputs["tau"][0]) for r in ok),
         "tau_per_request": [round(float(r.outputs["tau"][0]), 3) for r in ok],
     }
@@ -107,16 +126,25 @@ def levels(args, start: RunStart) -> None:
                     steps = metrics(srv.metrics_url).get("dflash_steps_total", 0)
                 finally:
                     srv.stop()
-                row = {"mode": "dflash" if drafter else "ar", "concurrency": c, "steps": steps,
-                       **summarize(replies, wall)}
+                row = {
+                    "mode": "dflash" if drafter else "ar",
+                    "concurrency": c,
+                    "steps": steps,
+                    **summarize(replies, wall),
+                }
                 print({k: v for k, v in row.items() if k != "tau_per_request"}, flush=True)
                 results.append(row)
-    md = ["| mode | streams | requests | errors | total tok/s | tok/s/user | TTFT mean / p50 (ms) "
-          "| ITL mean / p50 (ms) | tau mean |", "|---|---|---|---|---|---|---|---|---|"]
+    md = [
+        "| mode | streams | requests | errors | total tok/s | tok/s/user | TTFT mean / p50 (ms) "
+        "| ITL mean / p50 (ms) | tau mean |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        md.append(f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['throughput_tok_s']:.1f} "
-                  f"| {r['tok_s_per_user']:.2f} | {r['ttft_ms_mean']:.0f} / {r['ttft_ms_p50']:.0f} "
-                  f"| {r['itl_ms_mean']:.0f} / {r['itl_ms_p50']:.0f} | {r['tau_mean']:.2f} |")
+        md.append(
+            f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['throughput_tok_s']:.1f} "
+            f"| {r['tok_s_per_user']:.2f} | {r['ttft_ms_mean']:.0f} / {r['ttft_ms_p50']:.0f} "
+            f"| {r['itl_ms_mean']:.0f} / {r['itl_ms_p50']:.0f} | {r['tau_mean']:.2f} |"
+        )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,11 +153,20 @@ def levels(args, start: RunStart) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for mode, marker in (("ar", "o"), ("dflash", "s")):
         rows = [r for r in results if r["mode"] == mode]
-        ax.plot([r["tok_s_per_user"] for r in rows], [r["throughput_tok_s"] for r in rows], marker=marker,
-                label={"ar": "autoregressive", "dflash": "DFlash"}[mode])
+        ax.plot(
+            [r["tok_s_per_user"] for r in rows],
+            [r["throughput_tok_s"] for r in rows],
+            marker=marker,
+            label={"ar": "autoregressive", "dflash": "DFlash"}[mode],
+        )
         for r in rows:
-            ax.annotate(f"C={r['concurrency']}", (r["tok_s_per_user"], r["throughput_tok_s"]), fontsize=8,
-                        textcoords="offset points", xytext=(4, 4))
+            ax.annotate(
+                f"C={r['concurrency']}",
+                (r["tok_s_per_user"], r["throughput_tok_s"]),
+                fontsize=8,
+                textcoords="offset points",
+                xytext=(4, 4),
+            )
     ax.set_xlabel("tokens/s per user (interactivity)")
     ax.set_ylabel("total output tokens/s (throughput)")
     ax.set_title("Triton (CPU) serving the embedded SmolLM2-135M pair")
@@ -137,16 +174,19 @@ def levels(args, start: RunStart) -> None:
     ax.legend()
     taus = [r["tau_mean"] for r in results if r["mode"] == "dflash"] or [0.0]
     tau_lo, tau_hi = min(taus), max(taus)
-    text = (f"Real tritonserver 2.51 (nvidia-pytriton) on CPU, `deploy triton --kind python` repository of the "
-            f"embedded SmolLM2-135M-Instruct + its trained drafter (fp32, torch), one server per row with max batch "
-            f"= streams; {args.requests_per_stream} requests per stream, max_tokens {args.max_tokens}, greedy, "
-            "chat-formatted HumanEval/MT-bench prompts, streaming GRPC clients (tritonclient) on 127.0.0.1.\n\n"
-            + "\n".join(md) + "\n\nITL = (last response - first response) / (tokens - 1) per request; tokens/s/user = "
-            "tokens / end-to-end time per request; tau = tokens committed per verify step (bonus included), per "
-            f"request, averaged. With this drafter (served tau {tau_lo:.2f}-{tau_hi:.2f} on these prompts) DFlash "
-            "does not beat AR on this CPU: a verify of B tokens costs more than tau one-token steps (see "
-            "results/bench.md and results/verify_cost.md for the break-even tau). The 10-minute soak is in "
-            "[serve_soak.md](serve_soak.md).\n")
+    text = (
+        f"Real tritonserver 2.51 (nvidia-pytriton) on CPU, `deploy triton --kind python` repository of the "
+        f"embedded SmolLM2-135M-Instruct + its trained drafter (fp32, torch), one server per row with max batch "
+        f"= streams; {args.requests_per_stream} requests per stream, max_tokens {args.max_tokens}, greedy, "
+        "chat-formatted HumanEval/MT-bench prompts, streaming GRPC clients (tritonclient) on 127.0.0.1.\n\n"
+        + "\n".join(md)
+        + "\n\nITL = (last response - first response) / (tokens - 1) per request; tokens/s/user = "
+        "tokens / end-to-end time per request; tau = tokens committed per verify step (bonus included), per "
+        f"request, averaged. With this drafter (served tau {tau_lo:.2f}-{tau_hi:.2f} on these prompts) DFlash "
+        "does not beat AR on this CPU: a verify of B tokens costs more than tau one-token steps (see "
+        "results/bench.md and results/verify_cost.md for the break-even tau). The 10-minute soak is in "
+        "[serve_soak.md](serve_soak.md).\n"
+    )
     write_report(start, "serve", {"args": vars(args), "results": results}, text, fig)
 
 
@@ -192,9 +232,14 @@ def soak(args, start: RunStart) -> None:
             code = srv.stop()
     s = summarize(replies, wall)
     rss = [r for _, r in samples]
-    data = {"minutes": args.soak, "streams": 8, **s, "server_exit_code": code,
-            "active_rows_at_end": final.get("dflash_active_rows"),
-            "rss_mib": [(round(t, 1), round(r / 2**20, 1)) for t, r in samples]}
+    data = {
+        "minutes": args.soak,
+        "streams": 8,
+        **s,
+        "server_exit_code": code,
+        "active_rows_at_end": final.get("dflash_active_rows"),
+        "rss_mib": [(round(t, 1), round(r / 2**20, 1)) for t, r in samples],
+    }
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,15 +251,17 @@ def soak(args, start: RunStart) -> None:
     ax.set_ylabel("server RSS (MiB, tritonserver + stubs)")
     ax.set_title(f"{args.soak}-minute soak, 8 DFlash streams")
     ax.grid(alpha=0.3)
-    text = (f"{args.soak}-minute soak: one tritonserver (max batch 8, DFlash, embedded pair) and 8 streaming GRPC "
-            f"clients sending max_tokens {args.max_tokens} requests back to back.\n\n"
-            f"| requests served | errors | output tokens | total tok/s | TTFT mean (ms) | ITL mean (ms) | tau mean "
-            f"| RSS first / max / last (MiB) | active rows at end | server exit code |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n"
-            f"| {s['requests'] - s['errors']} | {s['errors']} | {s['output_tokens']} | {s['throughput_tok_s']:.1f} "
-            f"| {s['ttft_ms_mean']:.0f} | {s['itl_ms_mean']:.0f} | {s['tau_mean']:.2f} "
-            f"| {rss[0] / 2**20:.0f} / {max(rss) / 2**20:.0f} / {rss[-1] / 2**20:.0f} "
-            f"| {final.get('dflash_active_rows', 0):.0f} | {code} |\n")
+    text = (
+        f"{args.soak}-minute soak: one tritonserver (max batch 8, DFlash, embedded pair) and 8 streaming GRPC "
+        f"clients sending max_tokens {args.max_tokens} requests back to back.\n\n"
+        f"| requests served | errors | output tokens | total tok/s | TTFT mean (ms) | ITL mean (ms) | tau mean "
+        f"| RSS first / max / last (MiB) | active rows at end | server exit code |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+        f"| {s['requests'] - s['errors']} | {s['errors']} | {s['output_tokens']} | {s['throughput_tok_s']:.1f} "
+        f"| {s['ttft_ms_mean']:.0f} | {s['itl_ms_mean']:.0f} | {s['tau_mean']:.2f} "
+        f"| {rss[0] / 2**20:.0f} / {max(rss) / 2**20:.0f} / {rss[-1] / 2**20:.0f} "
+        f"| {final.get('dflash_active_rows', 0):.0f} | {code} |\n"
+    )
     write_report(start, "serve_soak", {k: v for k, v in data.items() if k != "tau_per_request"}, text, fig)
 
 

@@ -55,19 +55,34 @@ def main() -> None:
         base = statistics.median(times[args.blocks[0]])
         for b in args.blocks:
             med = statistics.median(times[b])
-            rows.append({"context": ctx, "block": b, "ms": med * 1e3, "ratio_to_first": med / base,
-                         "ms_per_token": med * 1e3 / b})
+            rows.append(
+                {
+                    "context": ctx,
+                    "block": b,
+                    "ms": med * 1e3,
+                    "ratio_to_first": med / base,
+                    "ms_per_token": med * 1e3 / b,
+                }
+            )
         print(f"context {ctx}: " + ", ".join(f"B={r['block']} {r['ms']:.1f}ms" for r in rows if r["context"] == ctx))
 
     lines = ["| context | B | ms per forward | x B=1 | ms per token |", "|---|---|---|---|---|"]
-    lines += [f"| {r['context']} | {r['block']} | {r['ms']:.1f} | {r['ratio_to_first']:.2f} | {r['ms_per_token']:.2f} |"
-              for r in rows]
-    note = ("\nA verify of B tokens costs `x B=1` decode steps: with a drafter pass costing t_draft, DFlash breaks "
-            "even at tau = (t_verify(B) + t_draft) / t_decode(1).\n")
+    lines += [
+        f"| {r['context']} | {r['block']} | {r['ms']:.1f} | {r['ratio_to_first']:.2f} | {r['ms_per_token']:.2f} |"
+        for r in rows
+    ]
+    note = (
+        "\nA verify of B tokens costs `x B=1` decode steps: with a drafter pass costing t_draft, DFlash breaks "
+        "even at tau = (t_verify(B) + t_draft) / t_decode(1).\n"
+    )
     fig = _plot(rows)
-    paths = write_report(start, "verify_cost", {"dtype": args.dtype, "rows": rows},
-                         f"# Verify cost on CPU, SmolLM2-135M-Instruct, batch 1, {args.dtype}\n\n"
-                         + "\n".join(lines) + "\n" + note, fig)
+    paths = write_report(
+        start,
+        "verify_cost",
+        {"dtype": args.dtype, "rows": rows},
+        f"# Verify cost on CPU, SmolLM2-135M-Instruct, batch 1, {args.dtype}\n\n" + "\n".join(lines) + "\n" + note,
+        fig,
+    )
     print("wrote " + ", ".join(map(str, paths)))
 
 

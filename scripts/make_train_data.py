@@ -28,7 +28,6 @@ from dflash_trt.train import datagen, prompts
 from dflash_trt.train.recipe import resolve_target
 
 
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", choices=["generated", "teacher"], required=True)
@@ -42,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=512, help="teacher-forcing window in tokens (default 512)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--shard-size", type=int, default=64, help="sequences per shard (default 64)")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16", help="target dtype (default bf16: ~5x faster on CPU)")
+    p.add_argument(
+        "--dtype", choices=["fp32", "bf16"], default="bf16", help="target dtype (default bf16: ~5x faster on CPU)"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -92,11 +93,12 @@ def run(args: argparse.Namespace) -> None:
         def make(chunk):
             with torch.inference_mode():
                 return datagen.teacher_force(target, layer_ids, chunk, batch_size=4, first_anchor=8)
+
     if args.limit:
         encoded = encoded[: args.limit + args.heldout]
     kind = "gen" if args.source == "generated" else "tf"
     datagen.write_shards(args.out / "val", kind, encoded[: args.heldout], args.shard_size, layer_ids, make)
-    datagen.write_shards(args.out / "train", kind, encoded[args.heldout:], args.shard_size, layer_ids, make)
+    datagen.write_shards(args.out / "train", kind, encoded[args.heldout :], args.shard_size, layer_ids, make)
 
 
 if __name__ == "__main__":

@@ -32,14 +32,46 @@ class Gpu:
 
 
 GPUS = (
-    Gpu("H100 SXM", 3.35, 989.0, "NVIDIA H100 Tensor Core GPU datasheet (SXM5): 3.35 TB/s HBM3; "
-        "BF16 Tensor Core 1,979 TFLOPS with sparsity = 989 TFLOPS dense", 132, 1.98, 228),
-    Gpu("H200", 4.8, 989.0, "NVIDIA H200 Tensor Core GPU datasheet (SXM): 4.8 TB/s HBM3e; "
-        "BF16 Tensor Core 1,979 TFLOPS with sparsity = 989 TFLOPS dense", 132, 1.98, 228),
-    Gpu("B200", 8.0, 2250.0, "NVIDIA HGX B200 specifications: 8 TB/s HBM3e per GPU; "
-        "FP16/BF16 Tensor Core 36 PFLOPS with sparsity per 8 GPUs = 2.25 PFLOPS dense per GPU", 148, 1.965, 228),
-    Gpu("B300", 8.0, 2250.0, "NVIDIA HGX B300 specifications: 8 TB/s HBM3e per GPU; "
-        "FP16/BF16 Tensor Core 36 PFLOPS with sparsity per 8 GPUs = 2.25 PFLOPS dense per GPU", 148, 1.965, 228),
+    Gpu(
+        "H100 SXM",
+        3.35,
+        989.0,
+        "NVIDIA H100 Tensor Core GPU datasheet (SXM5): 3.35 TB/s HBM3; "
+        "BF16 Tensor Core 1,979 TFLOPS with sparsity = 989 TFLOPS dense",
+        132,
+        1.98,
+        228,
+    ),
+    Gpu(
+        "H200",
+        4.8,
+        989.0,
+        "NVIDIA H200 Tensor Core GPU datasheet (SXM): 4.8 TB/s HBM3e; "
+        "BF16 Tensor Core 1,979 TFLOPS with sparsity = 989 TFLOPS dense",
+        132,
+        1.98,
+        228,
+    ),
+    Gpu(
+        "B200",
+        8.0,
+        2250.0,
+        "NVIDIA HGX B200 specifications: 8 TB/s HBM3e per GPU; "
+        "FP16/BF16 Tensor Core 36 PFLOPS with sparsity per 8 GPUs = 2.25 PFLOPS dense per GPU",
+        148,
+        1.965,
+        228,
+    ),
+    Gpu(
+        "B300",
+        8.0,
+        2250.0,
+        "NVIDIA HGX B300 specifications: 8 TB/s HBM3e per GPU; "
+        "FP16/BF16 Tensor Core 36 PFLOPS with sparsity per 8 GPUs = 2.25 PFLOPS dense per GPU",
+        148,
+        1.965,
+        228,
+    ),
 )
 # SM counts and boost clocks: H100/H200 SXM 132 SMs at 1.98 GHz (NVIDIA Hopper architecture whitepaper);
 # B200/B300 148 SMs at ~1.965 GHz are assumptions (NVIDIA publishes no per-SKU SM clock for them).
@@ -98,9 +130,15 @@ def kernel_plan(gpu: Gpu, s: Shape, batch: int, ctx: int) -> dict:
     used = min(launched, -(-keys // 256))
     keys_per_split = -(-(-(-keys // used)) // 32) * 32
     used = -(-keys // keys_per_split)
-    return {"rows_per_tile": rows, "row_tiles": row_tiles, "splits_launched": launched, "splits_used": used,
-            "keys_per_split": keys_per_split, "smem_bytes": smem_bytes(rows),
-            "ctas_per_sm": min(16, gpu.smem_per_sm_kb * 1024 // smem_bytes(rows))}
+    return {
+        "rows_per_tile": rows,
+        "row_tiles": row_tiles,
+        "splits_launched": launched,
+        "splits_used": used,
+        "keys_per_split": keys_per_split,
+        "smem_bytes": smem_bytes(rows),
+        "ctas_per_sm": min(16, gpu.smem_per_sm_kb * 1024 // smem_bytes(rows)),
+    }
 
 
 def kernel_model(gpu: Gpu, s: Shape, batch: int, ctx: int) -> dict:
@@ -124,12 +162,20 @@ def kernel_model(gpu: Gpu, s: Shape, batch: int, ctx: int) -> dict:
     clk = gpu.clock_ghz * 1e9
     t_lds = per_sm * lds / (LDS_LANES_PER_CLK * clk) * 1e6
     t_fma = per_sm * fma / (FMA_LANES_PER_CLK * clk) * 1e6
-    partials = 0 if plan["splits_used"] == 1 else 2 * batch * s.num_heads * s.block * plan["splits_used"] * (
-        s.head_dim + 2) * FP32
+    partials = (
+        0
+        if plan["splits_used"] == 1
+        else 2 * batch * s.num_heads * s.block * plan["splits_used"] * (s.head_dim + 2) * FP32
+    )
     t_hbm = (bytes_moved(s, batch, ctx) + partials) / (gpu.hbm_tb_s * 1e12) * 1e6
     bound = max(("shared-memory issue", t_lds), ("FP32 issue", t_fma), ("HBM", t_hbm), key=lambda x: x[1])
-    return {"t_kernel_model_us": round(bound[1], 3), "kernel_bound": bound[0], "kernel_ctas": ctas,
-            "kernel_ctas_busiest_sm": per_sm, **{f"kernel_{k}": v for k, v in plan.items()}}
+    return {
+        "t_kernel_model_us": round(bound[1], 3),
+        "kernel_bound": bound[0],
+        "kernel_ctas": ctas,
+        "kernel_ctas_busiest_sm": per_sm,
+        **{f"kernel_{k}": v for k, v in plan.items()},
+    }
 
 
 def estimate(gpu: Gpu, s: Shape, batch: int, ctx: int) -> dict:
@@ -138,61 +184,103 @@ def estimate(gpu: Gpu, s: Shape, batch: int, ctx: int) -> dict:
     t_math = f / (gpu.bf16_dense_tflops * 1e12) * 1e6
     t_roof = max(t_mem, t_math)
     kernel = kernel_model(gpu, s, batch, ctx)
-    return {"model": s.name, "gpu": gpu.name, "batch": batch, "ctx": ctx, "bytes": b, "flops": f,
-            "flops_per_byte": round(f / b, 2), "t_memory_us": round(t_mem, 3), "t_compute_us": round(t_math, 3),
-            "t_roofline_us": round(t_roof, 3), "bound": "memory" if t_mem >= t_math else "compute", **kernel,
-            "kernel_fraction_of_roofline": round(t_roof / kernel["t_kernel_model_us"], 4)}
+    return {
+        "model": s.name,
+        "gpu": gpu.name,
+        "batch": batch,
+        "ctx": ctx,
+        "bytes": b,
+        "flops": f,
+        "flops_per_byte": round(f / b, 2),
+        "t_memory_us": round(t_mem, 3),
+        "t_compute_us": round(t_math, 3),
+        "t_roofline_us": round(t_roof, 3),
+        "bound": "memory" if t_mem >= t_math else "compute",
+        **kernel,
+        "kernel_fraction_of_roofline": round(t_roof / kernel["t_kernel_model_us"], 4),
+    }
 
 
 def markdown(rows: list[dict], batches: list[int], contexts: list[int]) -> str:
     head = __doc__.strip().splitlines()
-    lines = [f"# {head[0]}", "", " ".join(line.strip() for line in head[2:6]), "",
-             "Peak figures used (vendor peak numbers, not sustained):", ""]
-    lines += [f"- **{g.name}**: {g.hbm_tb_s} TB/s, {g.bf16_dense_tflops:,.0f} dense BF16 TFLOP/s ({g.source})"
-              for g in GPUS]
-    lines += ["", "bytes = qkv + norm weights + RoPE rows at the block's positions + K/V cache (ctx positions) + "
-              "output + ctx_lens; FLOPs = 4 * batch * num_heads * block * (ctx + block) * head_dim.", ""]
+    lines = [
+        f"# {head[0]}",
+        "",
+        " ".join(line.strip() for line in head[2:6]),
+        "",
+        "Peak figures used (vendor peak numbers, not sustained):",
+        "",
+    ]
+    lines += [
+        f"- **{g.name}**: {g.hbm_tb_s} TB/s, {g.bf16_dense_tflops:,.0f} dense BF16 TFLOP/s ({g.source})" for g in GPUS
+    ]
+    lines += [
+        "",
+        "bytes = qkv + norm weights + RoPE rows at the block's positions + K/V cache (ctx positions) + "
+        "output + ctx_lens; FLOPs = 4 * batch * num_heads * block * (ctx + block) * head_dim.",
+        "",
+    ]
     ridges = ", ".join(f"{g.name} {g.bf16_dense_tflops / g.hbm_tb_s:.0f}" for g in GPUS)
     intensities = ", ".join(f"{s.name} {s.num_heads * s.block / s.num_kv_heads:.0f}" for s in SHAPES)
-    lines += [f"Reading: at long context the intensity tends to num_heads * block / num_kv_heads FLOP/byte "
-              f"({intensities}), below every ridge point (peak FLOP/s / peak B/s: {ridges}), so the op is bound "
-              "by reading the K/V cache and its time scales with batch * ctx / bandwidth. B200 and B300 have the "
-              "same vendor HBM and dense BF16 figures, hence identical estimates.", ""]
-    lines += ["**This plugin's kernel** (the second figure in each GPU column, \"kernel\"): a model of "
-              "`DFlashBlockAttention`'s CUDA kernel as built, from its instruction mix and occupancy, not a "
-              "measurement. It computes in scalar fp32 on CUDA cores: every FMA of Q.K^T and P.V reads both "
-              "operands from shared memory (2 LDS.32 per FMA), and an SM issues one warp-wide LDS.32 per clock "
-              f"against {FMA_LANES_PER_CLK} FMA lanes, so it is bound by shared-memory issue at 16 FMA per SM "
-              "per clock; no tensor-core MMA, no cp.async/TMA, no vector loads. The busiest SM runs "
-              "ceil(CTAs / SMs) CTAs of the plugin's own plan (its key splits from SM count, batch and length). "
-              "Global-load latency, expf, norm/RoPE, the merge and the launch are left out, so the modelled "
-              "time is a lower bound, and the kernel reaches at most the listed fraction of the roofline. "
-              "Engines therefore use TensorRT's fused attention (ONNX `Attention` -> `IAttention`) for this "
-              "step; the plugin is the portable path (any sm_80+ GPU, paged or contiguous cache, CPU twin).", ""]
+    lines += [
+        f"Reading: at long context the intensity tends to num_heads * block / num_kv_heads FLOP/byte "
+        f"({intensities}), below every ridge point (peak FLOP/s / peak B/s: {ridges}), so the op is bound "
+        "by reading the K/V cache and its time scales with batch * ctx / bandwidth. B200 and B300 have the "
+        "same vendor HBM and dense BF16 figures, hence identical estimates.",
+        "",
+    ]
+    lines += [
+        '**This plugin\'s kernel** (the second figure in each GPU column, "kernel"): a model of '
+        "`DFlashBlockAttention`'s CUDA kernel as built, from its instruction mix and occupancy, not a "
+        "measurement. It computes in scalar fp32 on CUDA cores: every FMA of Q.K^T and P.V reads both "
+        "operands from shared memory (2 LDS.32 per FMA), and an SM issues one warp-wide LDS.32 per clock "
+        f"against {FMA_LANES_PER_CLK} FMA lanes, so it is bound by shared-memory issue at 16 FMA per SM "
+        "per clock; no tensor-core MMA, no cp.async/TMA, no vector loads. The busiest SM runs "
+        "ceil(CTAs / SMs) CTAs of the plugin's own plan (its key splits from SM count, batch and length). "
+        "Global-load latency, expf, norm/RoPE, the merge and the launch are left out, so the modelled "
+        "time is a lower bound, and the kernel reaches at most the listed fraction of the roofline. "
+        "Engines therefore use TensorRT's fused attention (ONNX `Attention` -> `IAttention`) for this "
+        "step; the plugin is the portable path (any sm_80+ GPU, paged or contiguous cache, CPU twin).",
+        "",
+    ]
     h100 = [r for r in rows if r["gpu"] == GPUS[0].name]
-    worst, best = min(h100, key=lambda r: r["kernel_fraction_of_roofline"]), max(
-        h100, key=lambda r: r["kernel_fraction_of_roofline"])
-    lines += [f"On {GPUS[0].name} the modelled kernel reaches {100 * worst['kernel_fraction_of_roofline']:.1f}% "
-              f"({worst['model']}, batch {worst['batch']}, ctx {worst['ctx']}) to "
-              f"{100 * best['kernel_fraction_of_roofline']:.1f}% ({best['model']}, batch {best['batch']}, "
-              f"ctx {best['ctx']}) of the roofline.", ""]
+    worst, best = (
+        min(h100, key=lambda r: r["kernel_fraction_of_roofline"]),
+        max(h100, key=lambda r: r["kernel_fraction_of_roofline"]),
+    )
+    lines += [
+        f"On {GPUS[0].name} the modelled kernel reaches {100 * worst['kernel_fraction_of_roofline']:.1f}% "
+        f"({worst['model']}, batch {worst['batch']}, ctx {worst['ctx']}) to "
+        f"{100 * best['kernel_fraction_of_roofline']:.1f}% ({best['model']}, batch {best['batch']}, "
+        f"ctx {best['ctx']}) of the roofline.",
+        "",
+    ]
     by_key = {(r["model"], r["gpu"], r["batch"], r["ctx"]): r for r in rows}
     for s in SHAPES:
-        lines += [f"## {s.name}: {s.num_heads} q heads, {s.num_kv_heads} kv heads, head_dim {s.head_dim}, "
-                  f"block {s.block}", "",
-                  "| batch | ctx | MB moved | GFLOP | FLOP/B | "
-                  + " | ".join(f"{g.name} µs roofline / kernel" for g in GPUS) + " | bound | kernel % of roofline ("
-                  + GPUS[0].name + ") |",
-                  "|---:|---:|---:|---:|---:|" + "---:|" * len(GPUS) + "---|---:|"]
+        lines += [
+            f"## {s.name}: {s.num_heads} q heads, {s.num_kv_heads} kv heads, head_dim {s.head_dim}, block {s.block}",
+            "",
+            "| batch | ctx | MB moved | GFLOP | FLOP/B | "
+            + " | ".join(f"{g.name} µs roofline / kernel" for g in GPUS)
+            + " | bound | kernel % of roofline ("
+            + GPUS[0].name
+            + ") |",
+            "|---:|---:|---:|---:|---:|" + "---:|" * len(GPUS) + "---|---:|",
+        ]
         for batch in batches:
             for ctx in contexts:
                 r0 = by_key[(s.name, GPUS[0].name, batch, ctx)]
-                times = " | ".join(f"{by_key[(s.name, g.name, batch, ctx)]['t_roofline_us']:.2f} / "
-                                   f"{by_key[(s.name, g.name, batch, ctx)]['t_kernel_model_us']:.0f}" for g in GPUS)
+                times = " | ".join(
+                    f"{by_key[(s.name, g.name, batch, ctx)]['t_roofline_us']:.2f} / "
+                    f"{by_key[(s.name, g.name, batch, ctx)]['t_kernel_model_us']:.0f}"
+                    for g in GPUS
+                )
                 bounds = sorted({by_key[(s.name, g.name, batch, ctx)]["bound"] for g in GPUS})
-                lines.append(f"| {batch} | {ctx} | {r0['bytes'] / 1e6:.2f} | {r0['flops'] / 1e9:.3f} | "
-                             f"{r0['flops_per_byte']:.1f} | {times} | {'/'.join(bounds)} | "
-                             f"{100 * r0['kernel_fraction_of_roofline']:.1f}% |")
+                lines.append(
+                    f"| {batch} | {ctx} | {r0['bytes'] / 1e6:.2f} | {r0['flops'] / 1e9:.3f} | "
+                    f"{r0['flops_per_byte']:.1f} | {times} | {'/'.join(bounds)} | "
+                    f"{100 * r0['kernel_fraction_of_roofline']:.1f}% |"
+                )
         lines.append("")
     return "\n".join(lines)
 
@@ -210,18 +298,35 @@ def plot(rows: list[dict], path: Path, batches: list[int]) -> None:
         for gi, g in enumerate(GPUS):
             for bi, batch in enumerate(shown):
                 sel = [r for r in rows if r["model"] == s.name and r["gpu"] == g.name and r["batch"] == batch]
-                ax.plot([r["ctx"] for r in sel], [r["t_roofline_us"] for r in sel], styles[bi], color=f"C{gi}",
-                        marker="o", ms=3, label=f"{g.name}, batch {batch}")
+                ax.plot(
+                    [r["ctx"] for r in sel],
+                    [r["t_roofline_us"] for r in sel],
+                    styles[bi],
+                    color=f"C{gi}",
+                    marker="o",
+                    ms=3,
+                    label=f"{g.name}, batch {batch}",
+                )
                 if gi == 0:
-                    ax.plot([r["ctx"] for r in sel], [r["t_kernel_model_us"] for r in sel], styles[bi], color="k",
-                            marker="x", ms=3, label=f"this plugin's kernel (model), {g.name}, batch {batch}")
+                    ax.plot(
+                        [r["ctx"] for r in sel],
+                        [r["t_kernel_model_us"] for r in sel],
+                        styles[bi],
+                        color="k",
+                        marker="x",
+                        ms=3,
+                        label=f"this plugin's kernel (model), {g.name}, batch {batch}",
+                    )
         ax.set(xscale="log", yscale="log", xlabel="context length (tokens)", title=s.name)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("time per call (µs)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(GPUS) + 1, fontsize=7)
-    fig.suptitle("DFlashBlockAttention: analytic roofline from vendor peaks (colours; B200 and B300 coincide) and "
-                 "a lower-bound model of this plugin's scalar kernel (black); nothing measured", fontsize=10)
+    fig.suptitle(
+        "DFlashBlockAttention: analytic roofline from vendor peaks (colours; B200 and B300 coincide) and "
+        "a lower-bound model of this plugin's scalar kernel (black); nothing measured",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -238,9 +343,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [estimate(g, s, b, c) for s in SHAPES for g in GPUS for b in args.batches for c in args.contexts]
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"note": " ".join(__doc__.strip().splitlines()[2:6]), "kernel_model": " ".join(
-                kernel_model.__doc__.split()), "dtype": "bfloat16",
-            "gpus": [asdict(g) for g in GPUS], "shapes": [asdict(s) for s in SHAPES]}
+    meta = {
+        "note": " ".join(__doc__.strip().splitlines()[2:6]),
+        "kernel_model": " ".join(kernel_model.__doc__.split()),
+        "dtype": "bfloat16",
+        "gpus": [asdict(g) for g in GPUS],
+        "shapes": [asdict(s) for s in SHAPES],
+    }
     (args.out_dir / "plugin_roofline.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     (args.out_dir / "plugin_roofline.md").write_text(markdown(rows, args.batches, args.contexts) + "\n")
     plot(rows, args.out_dir / "plugin_roofline.png", args.batches)

@@ -39,8 +39,9 @@ def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.double), stat / 2))
 
 
-def sample_counts(target, drafter, params: SamplingParams, prompt: list[int], vocab: int,
-                  n: int) -> tuple[torch.Tensor, list]:
+def sample_counts(
+    target, drafter, params: SamplingParams, prompt: list[int], vocab: int, n: int
+) -> tuple[torch.Tensor, list]:
     """Counts [V, V, V] of the first three tokens of n generations of `prompt` (one batch), and the generations."""
     gens = generate(target, drafter, [Request(prompt, 3)] * n, params)
     counts = torch.zeros(vocab, vocab, vocab)

@@ -15,8 +15,15 @@ class OracleDrafter:
     With `error_rate` > 0 it proposes a wrong token at that rate, so rows accept ragged prefixes.
     """
 
-    def __init__(self, sequences: list[list[int]], vocab: int, block_size: int, mask_token_id: int = 0,
-                 error_rate: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        sequences: list[list[int]],
+        vocab: int,
+        block_size: int,
+        mask_token_id: int = 0,
+        error_rate: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         self.sequences, self.vocab, self.block_size, self.mask_token_id = sequences, vocab, block_size, mask_token_id
         self.error_rate = error_rate
         self.generator = torch.Generator().manual_seed(seed)

@@ -45,9 +45,23 @@ def _in_window(q_pos: np.ndarray, k_pos: np.ndarray, window: int) -> np.ndarray:
     return np.abs(q_pos[:, None] - k_pos[None, :]) < window
 
 
-def block_attention(qkv, q_norm_weight, k_norm_weight, rope_cos, rope_sin, k_cache, v_cache, ctx_lens, *,
-                    num_heads: int, num_kv_heads: int, head_dim: int, window: int, qk_norm: int,
-                    eps: float) -> np.ndarray:
+def block_attention(
+    qkv,
+    q_norm_weight,
+    k_norm_weight,
+    rope_cos,
+    rope_sin,
+    k_cache,
+    v_cache,
+    ctx_lens,
+    *,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    window: int,
+    qk_norm: int,
+    eps: float,
+) -> np.ndarray:
     """DFlashBlockAttention in float64, looping over sequences and query heads.
 
     Inputs are array-likes in contract order (torch tensors work through ``np.asarray``); the result is
@@ -68,11 +82,11 @@ def block_attention(qkv, q_norm_weight, k_norm_weight, rope_cos, rope_sin, k_cac
         cos, sin = cos_t[pos], sin_t[pos]
         for h in range(nh):
             kvh = h // group
-            q = qkv[s, :, h * d:(h + 1) * d]  # [B, d]
+            q = qkv[s, :, h * d : (h + 1) * d]  # [B, d]
             k_off = (nh + kvh) * d
             v_off = (nh + nkv + kvh) * d
-            k_blk = qkv[s, :, k_off:k_off + d]
-            v_blk = qkv[s, :, v_off:v_off + d]
+            k_blk = qkv[s, :, k_off : k_off + d]
+            v_blk = qkv[s, :, v_off : v_off + d]
             if qk_norm:
                 q, k_blk = _rms_norm(q, qw, eps), _rms_norm(k_blk, kw, eps)
             q, k_blk = _rope(q, cos, sin), _rope(k_blk, cos, sin)
@@ -85,5 +99,5 @@ def block_attention(qkv, q_norm_weight, k_norm_weight, rope_cos, rope_sin, k_cac
             scores = scores - scores.max(axis=-1, keepdims=True)
             p = np.exp(scores)
             p /= p.sum(axis=-1, keepdims=True)
-            out[s, :, h * d:(h + 1) * d] = p @ vals
+            out[s, :, h * d : (h + 1) * d] = p @ vals
     return out

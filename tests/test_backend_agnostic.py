@@ -23,7 +23,7 @@ def _numpy_greedy(target: NumpyTarget, prompt: list[int], n: int) -> list[int]:
     for _ in range(n):
         logits = target.w[seq[-1]] + target.u[(len(seq) - 1) % 7]
         seq.append(int(np.argmax(logits)))
-    return seq[len(prompt):]
+    return seq[len(prompt) :]
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -15,10 +15,36 @@ def test_bench_end_to_end(tmp_path):
     drafter = save_zlab_drafter(tmp_path / "d", hf_config("qwen3"), block_size=8, layer_ids=(0, 2))
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": f"w{i} w{i + 3} w{i + 1}"}) for i in range(4)))
-    code = main(["bench", "--target", str(target), "--drafter", str(drafter), "--datasets", str(prompts),
-                 "--num-prompts", "3", "--max-new-tokens", "12", "--batch-sizes", "1", "2", "--block-sizes", "4", "8",
-                 "--temperatures", "0", "1", "--compare-zlab", "--compare-prompt-lookup",
-                 "--output-dir", str(tmp_path / "out"), "--name", "tiny"])
+    code = main(
+        [
+            "bench",
+            "--target",
+            str(target),
+            "--drafter",
+            str(drafter),
+            "--datasets",
+            str(prompts),
+            "--num-prompts",
+            "3",
+            "--max-new-tokens",
+            "12",
+            "--batch-sizes",
+            "1",
+            "2",
+            "--block-sizes",
+            "4",
+            "8",
+            "--temperatures",
+            "0",
+            "1",
+            "--compare-zlab",
+            "--compare-prompt-lookup",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--name",
+            "tiny",
+        ]
+    )
     assert code == 0
     report = json.loads((tmp_path / "out" / "tiny.json").read_text())
     assert len(report["rows"]) == 2 * 2 * 2

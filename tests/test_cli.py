@@ -44,8 +44,9 @@ def test_generate_json_matches_autoregressive(pair, capsys):
 
 def test_generate_streams_text_and_one_metrics_line(pair, capsys):
     target, drafter = pair
-    code, out, err = run(capsys, "generate", "--target", target, "--drafter", drafter, "--prompt", "w5 w6",
-                         "--max-new-tokens", 12)
+    code, out, err = run(
+        capsys, "generate", "--target", target, "--drafter", drafter, "--prompt", "w5 w6", "--max-new-tokens", 12
+    )
     assert code == 0
     assert len(out.split()) >= 1 and all(word.startswith("w") or word in ("<unk>",) for word in out.split())
     metrics = [line for line in err.splitlines() if "tau=" in line]
@@ -56,8 +57,19 @@ def test_prompts_file_batches(pair, capsys, tmp_path):
     target, drafter = pair
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": f"w{i} w{i + 1}", "max_new_tokens": 5 + i}) for i in range(3)))
-    code, out, _ = run(capsys, "generate", "--target", target, "--drafter", drafter, "--prompts-file", prompts,
-                       "--batch-size", 2, "--json")
+    code, out, _ = run(
+        capsys,
+        "generate",
+        "--target",
+        target,
+        "--drafter",
+        drafter,
+        "--prompts-file",
+        prompts,
+        "--batch-size",
+        2,
+        "--json",
+    )
     assert code == 0
     assert [len(r["tokens"]) for r in json.loads(out)["results"]] == [5, 6, 7]
 
@@ -69,20 +81,23 @@ def _edit_config(src, dst, **changes):
     cfg = json.loads((dst / "config.json").read_text())
     for key, value in changes.items():
         if key.startswith("dflash_"):
-            cfg["dflash_config"][key[len("dflash_"):]] = value
+            cfg["dflash_config"][key[len("dflash_") :]] = value
         else:
             cfg[key] = value
     (dst / "config.json").write_text(json.dumps(cfg))
     return dst
 
 
-@pytest.mark.parametrize("change,field", [
-    ({"hidden_size": 32}, "hidden_size"),
-    ({"vocab_size": 50}, "vocab_size"),
-    ({"dflash_target_layer_ids": [0, 9]}, "target_layer_ids"),
-    ({"dflash_mask_token_id": 97}, "mask_token_id"),
-    ({"architectures": ["Qwen3ForCausalLM"]}, "architectures"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"hidden_size": 32}, "hidden_size"),
+        ({"vocab_size": 50}, "vocab_size"),
+        ({"dflash_target_layer_ids": [0, 9]}, "target_layer_ids"),
+        ({"dflash_mask_token_id": 97}, "mask_token_id"),
+        ({"architectures": ["Qwen3ForCausalLM"]}, "architectures"),
+    ],
+)
 def test_mismatched_drafter_is_one_line_exit_2(pair, capsys, tmp_path, change, field):
     target, drafter = pair
     bad = _edit_config(drafter, tmp_path / "bad", **change)
@@ -93,15 +108,15 @@ def test_mismatched_drafter_is_one_line_exit_2(pair, capsys, tmp_path, change, f
 
 def test_block_size_above_trained(pair, capsys):
     target, drafter = pair
-    code, _, err = run(capsys, "generate", "--target", target, "--drafter", drafter, "--prompt", "w1",
-                       "--block-size", 9)
+    code, _, err = run(
+        capsys, "generate", "--target", target, "--drafter", drafter, "--prompt", "w1", "--block-size", 9
+    )
     assert code == 2 and "--block-size" in err and "block_size 8" in err and err.count("\n") == 1
 
 
 def test_prompt_longer_than_context(pair, capsys):
     target, drafter = pair
-    code, _, err = run(capsys, "generate", "--target", target, "--drafter", drafter,
-                       "--prompt", " ".join(["w4"] * 600))
+    code, _, err = run(capsys, "generate", "--target", target, "--drafter", drafter, "--prompt", " ".join(["w4"] * 600))
     assert code == 2 and "max_position_embeddings" in err and err.count("\n") == 1
 
 
@@ -136,8 +151,22 @@ def test_missing_target_directory(capsys, tmp_path):
 
 def test_real_process_exit_code_and_no_traceback(pair, tmp_path):
     target, _ = pair
-    result = subprocess.run([sys.executable, "-m", "dflash_trt.cli", "generate", "--target", str(target),
-                             "--drafter", str(tmp_path / "absent"), "--prompt", "w1"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dflash_trt.cli",
+            "generate",
+            "--target",
+            str(target),
+            "--drafter",
+            str(tmp_path / "absent"),
+            "--prompt",
+            "w1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "absent" in result.stderr

@@ -12,15 +12,19 @@ from dflash_trt.runtime.loading import load_drafter, load_target
 from tiny import hf_config, save_hf_target, save_zlab_drafter
 
 
-@pytest.mark.parametrize("family,kv_heads,head_dim,block,ctx_lens", [
-    ("llama", 1, 32, 8, (11, 11)),
-    ("qwen3", 2, 16, 16, (1, 30, 7)),
-    ("qwen2", 4, 16, 4, (23,)),
-])
+@pytest.mark.parametrize(
+    "family,kv_heads,head_dim,block,ctx_lens",
+    [
+        ("llama", 1, 32, 8, (11, 11)),
+        ("qwen3", 2, 16, 16, (1, 30, 7)),
+        ("qwen2", 4, 16, 4, (23,)),
+    ],
+)
 def test_draft_logits_match_zlab(tmp_path, family, kv_heads, head_dim, block, ctx_lens):
     target_dir = save_hf_target(tmp_path / "t", family)
-    drafter_dir = save_zlab_drafter(tmp_path / "d", hf_config(family), block_size=block, kv_heads=kv_heads,
-                                    head_dim=head_dim, layer_ids=(1, 3, 0))
+    drafter_dir = save_zlab_drafter(
+        tmp_path / "d", hf_config(family), block_size=block, kv_heads=kv_heads, head_dim=head_dim, layer_ids=(1, 3, 0)
+    )
     hf = transformers.AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
     zlab = dflash_model.DFlashDraftModel.from_pretrained(drafter_dir, dtype=torch.float32).eval()
     target = load_target(target_dir)
@@ -35,8 +39,9 @@ def test_draft_logits_match_zlab(tmp_path, family, kv_heads, head_dim, block, ct
             hs = hf(ctx, output_hidden_states=True).hidden_states
             f = torch.cat([hs[i + 1] for i in zlab.target_layer_ids], dim=-1)
             blk = torch.tensor([[11 + row] + [5] * (block - 1)])
-            h = zlab(position_ids=torch.arange(n + block)[None], noise_embedding=hf.model.embed_tokens(blk),
-                     target_hidden=f)
+            h = zlab(
+                position_ids=torch.arange(n + block)[None], noise_embedding=hf.model.embed_tokens(blk), target_hidden=f
+            )
             expected.append(hf.lm_head(h[:, 1:]))
             feats.append(f[0])
         first = torch.tensor([max(1, n // 2) for n in ctx_lens])
@@ -46,7 +51,7 @@ def test_draft_logits_match_zlab(tmp_path, family, kv_heads, head_dim, block, ct
         ours.append_context(padded, first)
         rest = torch.zeros(batch, int((torch.tensor(ctx_lens) - first).max()), feats[0].shape[-1])
         for row, f in enumerate(feats):
-            rest[row, : len(f) - first[row]] = f[first[row]:]
+            rest[row, : len(f) - first[row]] = f[first[row] :]
         ours.append_context(rest, torch.tensor(ctx_lens) - first)
         blocks = torch.tensor([[11 + row] + [5] * (block - 1) for row in range(batch)])
         logits = ours.draft(blocks)

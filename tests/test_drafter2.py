@@ -22,13 +22,40 @@ from tiny_dflash2 import dflash2_hf_config, save_zlab_drafter2
 
 SHAPES = {
     # family, draft kv heads, head_dim, block, context lengths, DFlash2 keys
-    "llama-k2-sliding-default": ("llama", 1, 32, 8, (11, 11), dict(kernel=2, group=16, top_k=4, rank=8,
-                                                                   sliding_window=6)),  # causal by default
-    "qwen3-sliding": ("qwen3", 2, 16, 16, (1, 30, 7),
-                      dict(kernel=3, group=8, top_k=16, rank=16, is_causal=False, sliding_window=12,
-                           output_multiplier=0.5, softcap=3.0, embedding_scale=1.5)),
-    "qwen2-causal": ("qwen2", 4, 16, 4, (23,), dict(kernel=5, group=64, top_k=97, rank=4, is_causal=True,
-                                                    top_level=True)),
+    "llama-k2-sliding-default": (
+        "llama",
+        1,
+        32,
+        8,
+        (11, 11),
+        dict(kernel=2, group=16, top_k=4, rank=8, sliding_window=6),
+    ),  # causal by default
+    "qwen3-sliding": (
+        "qwen3",
+        2,
+        16,
+        16,
+        (1, 30, 7),
+        dict(
+            kernel=3,
+            group=8,
+            top_k=16,
+            rank=16,
+            is_causal=False,
+            sliding_window=12,
+            output_multiplier=0.5,
+            softcap=3.0,
+            embedding_scale=1.5,
+        ),
+    ),
+    "qwen2-causal": (
+        "qwen2",
+        4,
+        16,
+        4,
+        (23,),
+        dict(kernel=5, group=64, top_k=97, rank=4, is_causal=True, top_level=True),
+    ),
 }
 
 
@@ -42,12 +69,24 @@ def _zlab_reference(hf, zlab, ctx_lens, block, temperature):
         hs = hf(ctx, output_hidden_states=True).hidden_states
         f = torch.cat([hs[i + 1] for i in zlab.target_layer_ids], dim=-1)
         blk = torch.tensor([[11 + row] + [5] * (block - 1)])
-        h = zlab(position_ids=torch.arange(n + block)[None], noise_embedding=hf.model.embed_tokens(blk) * scale,
-                 target_hidden=f)[:, 1:]
+        h = zlab(
+            position_ids=torch.arange(n + block)[None],
+            noise_embedding=hf.model.embed_tokens(blk) * scale,
+            target_hidden=f,
+        )[:, 1:]
         greedy, _, _ = zlab.propose(h, blk[:, 0], hf.lm_head, 0.0)
         walk, candidates, q = zlab.propose(h, blk[:, 0], hf.lm_head, temperature)
-        rows.append(dict(features=f[0], hidden=h, greedy=greedy[0], walk=walk[0], candidates=candidates[0],
-                         q=q[0], anchor=blk[0, 0]))
+        rows.append(
+            dict(
+                features=f[0],
+                hidden=h,
+                greedy=greedy[0],
+                walk=walk[0],
+                candidates=candidates[0],
+                q=q[0],
+                anchor=blk[0, 0],
+            )
+        )
     return rows
 
 
@@ -62,7 +101,7 @@ def _append_in_pieces(runner, rows, ctx_lens):
     runner.append_context(padded, first)
     rest = torch.zeros(batch, int((torch.tensor(ctx_lens) - first).max()), width)
     for row, f in enumerate(feats):
-        rest[row, : len(f) - first[row]] = f[first[row]:]
+        rest[row, : len(f) - first[row]] = f[first[row] :]
     runner.append_context(rest, torch.tensor(ctx_lens) - first)
 
 
@@ -70,8 +109,15 @@ def _append_in_pieces(runner, rows, ctx_lens):
 def test_draft_matches_zlab_dflash2(tmp_path, monkeypatch, shape):
     family, kv_heads, head_dim, block, ctx_lens, keys = SHAPES[shape]
     target_dir = save_hf_target(tmp_path / "t", family)
-    drafter_dir = save_zlab_drafter2(tmp_path / "d", hf_config(family), block_size=block, kv_heads=kv_heads,
-                                     head_dim=head_dim, layer_ids=(1, 3, 0), **keys)
+    drafter_dir = save_zlab_drafter2(
+        tmp_path / "d",
+        hf_config(family),
+        block_size=block,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        layer_ids=(1, 3, 0),
+        **keys,
+    )
     hf = transformers.AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
     zlab = dflash_model.DFlash2DraftModel.from_pretrained(drafter_dir, dtype=torch.float32).eval()
     target = load_target(target_dir)
@@ -113,18 +159,23 @@ def test_selector_changes_proposals(tmp_path):
     """The bigram selector is live: its greedy walk differs from the plain argmax of the logits somewhere,
     and the conv taps matter (zeroing them changes the drafts)."""
     target = load_target(save_hf_target(tmp_path / "t", "llama"))
-    drafter = load_drafter(save_zlab_drafter2(tmp_path / "d", hf_config("llama"), block_size=16, top_k=8,
-                                              codebook_std=1.0), target.cfg)
+    drafter = load_drafter(
+        save_zlab_drafter2(tmp_path / "d", hf_config("llama"), block_size=16, top_k=8, codebook_std=1.0), target.cfg
+    )
     _, runner = torch_runners(target, drafter)
     runner.reset(4, 64)
     with torch.no_grad():
-        runner.append_context(torch.randn(4, 10, 2 * 64, generator=torch.Generator().manual_seed(0)),
-                              torch.tensor([10, 7, 3, 9]))
+        runner.append_context(
+            torch.randn(4, 10, 2 * 64, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 7, 3, 9])
+        )
         block = torch.tensor([[3 + r] + [5] * 15 for r in range(4)])
         proposals = runner.draft(block).argmax(-1)
-        hidden = drafter(runner.embed(block), runner.caches.lens[:, None] + torch.arange(16),
-                         [Keys.cached(k, v, runner.caches.lens) for k, v in runner.caches.visible()],
-                         runner.rope)[:, 1:]
+        hidden = drafter(
+            runner.embed(block),
+            runner.caches.lens[:, None] + torch.arange(16),
+            [Keys.cached(k, v, runner.caches.lens) for k, v in runner.caches.visible()],
+            runner.rope,
+        )[:, 1:]
         plain = target.lm_head(hidden).argmax(-1)
         assert (proposals != plain).any()
         for layer in drafter.layers:
@@ -134,11 +185,26 @@ def test_selector_changes_proposals(tmp_path):
 
 
 def test_dflash2_config_round_trips(tmp_path):
-    cfg = DrafterConfig.from_dir(save_zlab_drafter2(tmp_path / "d", hf_config("qwen3"), kernel=3, group=8, top_k=5,
-                                                    rank=6, softcap=4.0, output_multiplier=0.25,
-                                                    is_causal=True))
+    cfg = DrafterConfig.from_dir(
+        save_zlab_drafter2(
+            tmp_path / "d",
+            hf_config("qwen3"),
+            kernel=3,
+            group=8,
+            top_k=5,
+            rank=6,
+            softcap=4.0,
+            output_multiplier=0.25,
+            is_causal=True,
+        )
+    )
     assert (cfg.arch, cfg.conv_kernel_size, cfg.conv_group_size, cfg.selector_top_k, cfg.selector_rank) == (
-        "dflash2", 3, 8, 5, 6)
+        "dflash2",
+        3,
+        8,
+        5,
+        6,
+    )
     assert (cfg.final_logit_softcapping, cfg.output_multiplier, cfg.is_causal) == (4.0, 0.25, True)
     assert DrafterConfig.from_hf(cfg.to_hf()) == cfg
 
@@ -178,8 +244,9 @@ def test_bad_dflash2_config_exits_2_with_one_line(cli_pair, tmp_path, capsys, ke
     else:
         cfg["dflash_config"][key] = value
     (drafter / "config.json").write_text(json.dumps(cfg))
-    code = main(["generate", "--target", str(target), "--drafter", str(drafter), "--prompt", "w1 w2",
-                 "--max-new-tokens", "4"])
+    code = main(
+        ["generate", "--target", str(target), "--drafter", str(drafter), "--prompt", "w1 w2", "--max-new-tokens", "4"]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and str(drafter / "config.json") in err and f"'{field}'" in err, err

@@ -14,16 +14,22 @@ from distribution import chi_square_pvalue, exact_joint, sample_counts
 from tiny import hf_config, save_hf_target
 from tiny_dflash2 import save_zlab_drafter2
 
-KEYS = {"llama": dict(kernel=2, group=16, top_k=8, rank=8),
-        "qwen3": dict(kernel=3, group=8, top_k=16, rank=8, is_causal=True, softcap=5.0, output_multiplier=0.7)}
+KEYS = {
+    "llama": dict(kernel=2, group=16, top_k=8, rank=8),
+    "qwen3": dict(kernel=3, group=8, top_k=16, rank=8, is_causal=True, softcap=5.0, output_multiplier=0.7),
+}
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen3"])
 def pair(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"dflash2-{request.param}")
     target = load_target(save_hf_target(root / "t", request.param))
-    drafter = load_drafter(save_zlab_drafter2(root / "d", hf_config(request.param), block_size=16, layer_ids=(0, 2),
-                                              **KEYS[request.param]), target.cfg)
+    drafter = load_drafter(
+        save_zlab_drafter2(
+            root / "d", hf_config(request.param), block_size=16, layer_ids=(0, 2), **KEYS[request.param]
+        ),
+        target.cfg,
+    )
     assert isinstance(drafter, DFlash2Drafter)
     return torch_runners(target, drafter)
 
@@ -53,18 +59,34 @@ def small_pair(tmp_path_factory):
     """An 8-token vocab target and a DFlash2 drafter whose top-4 candidates cut half the vocab."""
     root = tmp_path_factory.mktemp("dflash2-sampling")
     target = load_target(save_hf_target(root / "t", "llama", vocab=VOCAB, hidden=32, layers=2))
-    drafter = load_drafter(save_zlab_drafter2(root / "d", hf_config("llama", vocab=VOCAB, hidden=32, layers=2),
-                                              block_size=4, layer_ids=(0, 1), mask_token_id=7, kernel=2, group=8,
-                                              top_k=4, rank=4, codebook_std=1.0), target.cfg)
+    drafter = load_drafter(
+        save_zlab_drafter2(
+            root / "d",
+            hf_config("llama", vocab=VOCAB, hidden=32, layers=2),
+            block_size=4,
+            layer_ids=(0, 1),
+            mask_token_id=7,
+            kernel=2,
+            group=8,
+            top_k=4,
+            rank=4,
+            codebook_std=1.0,
+        ),
+        target.cfg,
+    )
     with torch.no_grad():  # sharpen the random target so that top-k/top-p actually cut tokens
         target.lm_head.weight.mul_(4.0)
     return torch_runners(target, drafter)
 
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(temperature=1.0, seed=11),
-    SamplingParams(temperature=0.7, top_k=5, top_p=0.9, seed=12),
-], ids=["t1", "topk_topp"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1.0, seed=11),
+        SamplingParams(temperature=0.7, top_k=5, top_p=0.9, seed=12),
+    ],
+    ids=["t1", "topk_topp"],
+)
 def test_dflash2_sampling_matches_target_distribution(small_pair, params):
     target, drafter = small_pair
     counts, gens = sample_counts(target, drafter, params, PROMPT, VOCAB, N)

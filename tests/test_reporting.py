@@ -46,8 +46,10 @@ def test_load_and_steal_are_measured_from_the_start_snapshot(tmp_path, monkeypat
     m = json.loads(paths[0].read_text())["machine"]
     assert m["load_average_1m_at_start"] == 3.25
     assert m["cpu_steal_percent"] == 5.0
-    assert "load average 3.25 at start, 5.0% of CPU time stolen by the hypervisor during the run" in (
-        paths[1].read_text().splitlines()[2])
+    assert (
+        "load average 3.25 at start, 5.0% of CPU time stolen by the hypervisor during the run"
+        in (paths[1].read_text().splitlines()[2])
+    )
 
 
 def test_steal_is_left_out_when_cpu_counters_are_unavailable(tmp_path, monkeypatch):

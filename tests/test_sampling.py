@@ -28,8 +28,16 @@ VOCAB, ALPHA, N, PROMPT = 8, 1e-4, 6000, [1, 4, 6]
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("sampling")
     target = load_target(save_hf_target(root / "t", "llama", vocab=VOCAB, hidden=32, layers=2))
-    drafter = load_drafter(save_zlab_drafter(root / "d", hf_config("llama", vocab=VOCAB, hidden=32, layers=2),
-                                             block_size=4, layer_ids=(0, 1), mask_token_id=7), target.cfg)
+    drafter = load_drafter(
+        save_zlab_drafter(
+            root / "d",
+            hf_config("llama", vocab=VOCAB, hidden=32, layers=2),
+            block_size=4,
+            layer_ids=(0, 1),
+            mask_token_id=7,
+        ),
+        target.cfg,
+    )
     with torch.no_grad():  # sharpen the random target so that top-k/top-p actually cut tokens
         target.lm_head.weight.mul_(4.0)
     return torch_runners(target, drafter)  # fp32 draft head: the bf16 copy is tested on its own
@@ -44,12 +52,16 @@ def sample_counts(target, drafter, params: SamplingParams) -> tuple[torch.Tensor
     return distribution.sample_counts(target, drafter, params, PROMPT, VOCAB, N)
 
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(temperature=1.0, seed=1),
-    SamplingParams(temperature=0.7, top_k=5, seed=2),
-    SamplingParams(temperature=1.3, top_p=0.8, seed=3),
-    SamplingParams(temperature=1.0, top_k=6, top_p=0.9, seed=4),
-], ids=["t1", "topk", "topp", "topk_topp"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1.0, seed=1),
+        SamplingParams(temperature=0.7, top_k=5, seed=2),
+        SamplingParams(temperature=1.3, top_p=0.8, seed=3),
+        SamplingParams(temperature=1.0, top_k=6, top_p=0.9, seed=4),
+    ],
+    ids=["t1", "topk", "topp", "topk_topp"],
+)
 def test_speculative_sampling_matches_target_distribution(pair, params):
     target, drafter = pair
     counts, gens = sample_counts(target, drafter, params)

@@ -19,8 +19,9 @@ from tiny import hf_config, save_hf_target, save_zlab_drafter
 def pair(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     target = load_target(save_hf_target(root / "t", request.param))
-    drafter = load_drafter(save_zlab_drafter(root / "d", hf_config(request.param), block_size=16,
-                                             layer_ids=(0, 2)), target.cfg)
+    drafter = load_drafter(
+        save_zlab_drafter(root / "d", hf_config(request.param), block_size=16, layer_ids=(0, 2)), target.cfg
+    )
     return torch_runners(target, drafter)  # fp32 draft head: the bf16 copy is tested on its own
 
 

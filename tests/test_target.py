@@ -11,8 +11,14 @@ from dflash_trt.runtime.torch import TorchTarget
 from tiny import save_hf_target
 
 CASES = [  # (family, tied, heads, kv_heads)
-    ("llama", False, 4, 2), ("llama", True, 4, 4), ("llama3", False, 4, 1), ("llama3", True, 4, 2),
-    ("qwen2", False, 4, 2), ("qwen2", True, 4, 4), ("qwen3", False, 4, 2), ("qwen3", True, 8, 2),
+    ("llama", False, 4, 2),
+    ("llama", True, 4, 4),
+    ("llama3", False, 4, 1),
+    ("llama3", True, 4, 2),
+    ("qwen2", False, 4, 2),
+    ("qwen2", True, 4, 4),
+    ("qwen3", False, 4, 2),
+    ("qwen3", True, 8, 2),
 ]
 
 
@@ -56,7 +62,7 @@ def test_incremental_ragged_decode_matches_full_forward(tmp_path):
         runner.prefill([seqs[r][:n].tolist() for r, n in enumerate(prompt_lens)])
         committed = list(prompt_lens)
         for keep in ([3, 1, 4], [4, 4, 2], [1, 2, 3]):  # verify 4 tokens per row, keep a ragged prefix
-            chunk = torch.stack([seqs[r][committed[r]: committed[r] + 4] for r in range(3)])
+            chunk = torch.stack([seqs[r][committed[r] : committed[r] + 4] for r in range(3)])
             logits, _ = runner.verify(chunk)
             for r in range(3):
                 full = _full(model, seqs[r][: committed[r] + 4])
@@ -93,8 +99,12 @@ def test_real_smollm2_matches_transformers():
 
     directory = ensure_default_target()
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Write a haiku about the sea."}],
-                                        add_generation_prompt=True, return_tensors="pt", return_dict=False)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Write a haiku about the sea."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=False,
+    )
     hf = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     ours = TorchTarget(load_target(directory))
     with torch.no_grad():

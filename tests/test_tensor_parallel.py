@@ -31,8 +31,11 @@ def mpirun() -> list[str]:
 
 
 def mpi_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-            "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +43,26 @@ def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("tp")
     target = save_hf_target(root / "t", "qwen3", heads=8, kv_heads=2)
     save_tiny_tokenizer(target)
-    drafter = save_zlab_drafter(root / "d", hf_config("qwen3", heads=8, kv_heads=2), block_size=8,
-                                layer_ids=(0, 2), heads=4, kv_heads=2)
+    drafter = save_zlab_drafter(
+        root / "d", hf_config("qwen3", heads=8, kv_heads=2), block_size=8, layer_ids=(0, 2), heads=4, kv_heads=2
+    )
     for tp in (1, 2, 4):
-        assert main(["convert", "--target", str(target), "--drafter", str(drafter), "--output",
-                     str(root / f"tp{tp}"), "--tp", str(tp)]) == 0
+        assert (
+            main(
+                [
+                    "convert",
+                    "--target",
+                    str(target),
+                    "--drafter",
+                    str(drafter),
+                    "--output",
+                    str(root / f"tp{tp}"),
+                    "--tp",
+                    str(tp),
+                ]
+            )
+            == 0
+        )
     return root
 
 
@@ -52,8 +70,12 @@ def checkpoints(tmp_path_factory):
 def test_sharded_logits_equal_tp1(checkpoints, tmp_path, tp):
     expected = run(str(checkpoints / "tp1"))
     out = tmp_path / "out.pt"
-    subprocess.run([*mpirun(), "-n", str(tp), sys.executable, str(HERE / "mpi_worker.py"),
-                    str(checkpoints / f"tp{tp}"), str(out)], check=True, env=mpi_env(), timeout=300)
+    subprocess.run(
+        [*mpirun(), "-n", str(tp), sys.executable, str(HERE / "mpi_worker.py"), str(checkpoints / f"tp{tp}"), str(out)],
+        check=True,
+        env=mpi_env(),
+        timeout=300,
+    )
     got = torch.load(out)
     for key in expected:
         assert got[key].shape == expected[key].shape
@@ -67,9 +89,23 @@ def test_tp_generate_equals_tp1_and_hf_directory(checkpoints, capsys, tp):
     hf_tokens = json.loads(capsys.readouterr().out)["results"][0]["tokens"]
     assert main([*args, "--checkpoint", str(checkpoints / "tp1")]) == 0
     assert json.loads(capsys.readouterr().out)["results"][0]["tokens"] == hf_tokens
-    result = subprocess.run([*mpirun(), "-n", str(tp), sys.executable, "-m", "dflash_trt.cli", *args,
-                             "--checkpoint", str(checkpoints / f"tp{tp}")],
-                            capture_output=True, text=True, env=mpi_env(), timeout=300)
+    result = subprocess.run(
+        [
+            *mpirun(),
+            "-n",
+            str(tp),
+            sys.executable,
+            "-m",
+            "dflash_trt.cli",
+            *args,
+            "--checkpoint",
+            str(checkpoints / f"tp{tp}"),
+        ],
+        capture_output=True,
+        text=True,
+        env=mpi_env(),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["results"][0]["tokens"] == hf_tokens  # one JSON document: rank 0 only
 
@@ -91,17 +127,52 @@ def test_embedded_pair_tp3_equals_hf_directory(tmp_path, capsys):
     assert (EMBEDDED_DRAFTER / "config.json").is_file(), "the embedded drafter ships with the package"
     target = ensure_default_target()
     for tp in (2, 4):
-        assert main(["convert", "--target", str(target), "--drafter", str(EMBEDDED_DRAFTER), "--output",
-                     str(tmp_path / f"tp{tp}"), "--tp", str(tp), "--dry-run"]) == 2
+        assert (
+            main(
+                [
+                    "convert",
+                    "--target",
+                    str(target),
+                    "--drafter",
+                    str(EMBEDDED_DRAFTER),
+                    "--output",
+                    str(tmp_path / f"tp{tp}"),
+                    "--tp",
+                    str(tp),
+                    "--dry-run",
+                ]
+            )
+            == 2
+        )
         assert "num_attention_heads" in capsys.readouterr().err and not (tmp_path / f"tp{tp}").exists()
-    assert main(["convert", "--target", str(target), "--drafter", str(EMBEDDED_DRAFTER), "--output",
-                 str(tmp_path / "tp3"), "--tp", "3", "--dtype", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--target",
+                str(target),
+                "--drafter",
+                str(EMBEDDED_DRAFTER),
+                "--output",
+                str(tmp_path / "tp3"),
+                "--tp",
+                "3",
+                "--dtype",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     args = ["generate", "--prompt", "def fibonacci(n):", "--max-new-tokens", "48", "--json"]
     assert main(args) == 0
     reference = json.loads(capsys.readouterr().out)["results"][0]
-    result = subprocess.run([*mpirun(), "-n", "3", sys.executable, "-m", "dflash_trt.cli", *args,
-                             "--checkpoint", str(tmp_path / "tp3")],
-                            capture_output=True, text=True, env=mpi_env(), timeout=600)
+    result = subprocess.run(
+        [*mpirun(), "-n", "3", sys.executable, "-m", "dflash_trt.cli", *args, "--checkpoint", str(tmp_path / "tp3")],
+        capture_output=True,
+        text=True,
+        env=mpi_env(),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     got = json.loads(result.stdout)["results"][0]
     assert got["tokens"] == reference["tokens"] and got["step_lengths"] == reference["step_lengths"]

@@ -8,20 +8,48 @@ import torch
 
 FAMILIES = {
     "llama": dict(architectures=["LlamaForCausalLM"], model_type="llama"),
-    "llama3": dict(architectures=["LlamaForCausalLM"], model_type="llama",
-                   rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    "llama3": dict(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    ),
     "qwen2": dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2"),
     "qwen3": dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", head_dim=24),
 }
 
 
-def hf_config(family: str, *, vocab: int = 97, hidden: int = 64, layers: int = 4, heads: int = 4,
-              kv_heads: int = 2, tied: bool = False, **extra) -> dict:
-    base = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden + 8, num_hidden_layers=layers,
-                num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
-                rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=tied, hidden_act="silu",
-                bos_token_id=1, eos_token_id=2)
+def hf_config(
+    family: str,
+    *,
+    vocab: int = 97,
+    hidden: int = 64,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    tied: bool = False,
+    **extra,
+) -> dict:
+    base = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden + 8,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=tied,
+        hidden_act="silu",
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return {**base, **FAMILIES[family], **extra}
 
 
@@ -44,14 +72,35 @@ def save_hf_target(directory: Path, family: str, seed: int = 0, **kwargs) -> Pat
     return Path(directory)
 
 
-def drafter_hf_config(target_cfg: dict, *, layers: int = 2, block_size: int = 8, layer_ids=(0, 2),
-                      mask_token_id: int = 5, heads: int = 4, kv_heads: int = 2, head_dim: int = 16) -> dict:
+def drafter_hf_config(
+    target_cfg: dict,
+    *,
+    layers: int = 2,
+    block_size: int = 8,
+    layer_ids=(0, 2),
+    mask_token_id: int = 5,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int = 16,
+) -> dict:
     return dict(
-        architectures=["DFlashDraftModel"], model_type="qwen3", hidden_size=target_cfg["hidden_size"],
-        intermediate_size=96, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        head_dim=head_dim, rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=512,
-        vocab_size=target_cfg["vocab_size"], attention_bias=False, hidden_act="silu", tie_word_embeddings=False,
-        block_size=block_size, num_target_layers=target_cfg["num_hidden_layers"],
+        architectures=["DFlashDraftModel"],
+        model_type="qwen3",
+        hidden_size=target_cfg["hidden_size"],
+        intermediate_size=96,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        max_position_embeddings=512,
+        vocab_size=target_cfg["vocab_size"],
+        attention_bias=False,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        block_size=block_size,
+        num_target_layers=target_cfg["num_hidden_layers"],
         dflash_config={"target_layer_ids": list(layer_ids), "mask_token_id": mask_token_id},
     )
 

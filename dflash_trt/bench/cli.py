@@ -25,13 +25,21 @@ from dflash_trt.pipeline import Pipeline, add_engine_args, load_engine_args, loa
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `bench`."""
-    p = sub.add_parser("bench", help="benchmark tau and speedup vs the autoregressive baseline",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "bench",
+        help="benchmark tau and speedup vs the autoregressive baseline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--target", type=Path, help="HF target directory (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--drafter", type=Path, help="z-lab drafter directory (default: the embedded drafter)")
     add_engine_args(p)
-    p.add_argument("--datasets", nargs="+", default=["humaneval", "mtbench"],
-                   help="humaneval, mtbench, or .jsonl files of {\"prompt\": ...} (default: humaneval mtbench)")
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["humaneval", "mtbench"],
+        help='humaneval, mtbench, or .jsonl files of {"prompt": ...} (default: humaneval mtbench)',
+    )
     p.add_argument("--num-prompts", type=int, default=16, help="prompts per dataset (default 16)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--block-sizes", type=int, nargs="+", help="block sizes to run (default: the trained one)")
@@ -42,8 +50,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--compare-zlab", action="store_true", help="also run z-lab's dflash_generate (batch 1, T=0)")
-    p.add_argument("--compare-prompt-lookup", action="store_true",
-                   help="also run HF transformers prompt-lookup decoding (batch 1, T=0)")
+    p.add_argument(
+        "--compare-prompt-lookup",
+        action="store_true",
+        help="also run HF transformers prompt-lookup decoding (batch 1, T=0)",
+    )
     p.add_argument("--name", default="bench", help="report name: results/<name>.{json,md,png} (default bench)")
     p.add_argument("--output-dir", type=Path, default=RESULTS, help="where reports go (default results/)")
     p.set_defaults(func=run_bench)
@@ -77,11 +88,18 @@ def run_bench(args: argparse.Namespace) -> int:
     peers = _run_peers(args, pipe, prompts, blocks[0], gens_by_key) if compare else []
     target_dtype = pipe.target.dtype
     head_dtype = pipe.drafter.head_dtype
-    data = {"target": str(pipe.target_dir), "drafter": str(pipe.drafter_dir), "backend": args.backend or (
-            "onnxruntime" if args.engine else "torch"),
-            "target_dtype": str(target_dtype).removeprefix("torch."),
-            "draft_head_dtype": str(head_dtype).removeprefix("torch."), "max_new_tokens": args.max_new_tokens,
-            "num_prompts": args.num_prompts, "rows": rows, "step_costs": costs, "peers": peers}
+    data = {
+        "target": str(pipe.target_dir),
+        "drafter": str(pipe.drafter_dir),
+        "backend": args.backend or ("onnxruntime" if args.engine else "torch"),
+        "target_dtype": str(target_dtype).removeprefix("torch."),
+        "draft_head_dtype": str(head_dtype).removeprefix("torch."),
+        "max_new_tokens": args.max_new_tokens,
+        "num_prompts": args.num_prompts,
+        "rows": rows,
+        "step_costs": costs,
+        "peers": peers,
+    }
     paths = write_report(start, args.name, data, _markdown(data), _figure(rows), args.output_dir)
     print("wrote " + ", ".join(map(str, paths)))
     return 0
@@ -91,26 +109,36 @@ def _run_pair(pipe: Pipeline, requests: list[Request], params: SamplingParams, b
     """Baseline and DFlash over the same requests, alternating which goes first per batch."""
     ar, spec, wall = [], [], {"ar": 0.0, "dflash": 0.0}
     for i in range(0, len(requests), batch):
-        chunk = requests[i: i + batch]
+        chunk = requests[i : i + batch]
         order = [("ar", None, ar), ("dflash", pipe.drafter, spec)]
         for label, drafter, out in order if (i // batch) % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             out += generate(pipe.target, drafter, chunk, params, block if drafter else None)
             wall[label] += time.perf_counter() - start
     s_ar, s_spec = summarize(ar, wall["ar"]), summarize(spec, wall["dflash"])
-    row = {"block": block, "tau": s_spec["tau"], "position_acceptance": s_spec["position_acceptance"],
-           "histogram": s_spec["histogram"], "ar_tpot_ms": s_ar["tpot_s"] * 1e3,
-           "dflash_tpot_ms": s_spec["tpot_s"] * 1e3,
-           "tpot_speedup": s_ar["tpot_s"] / s_spec["tpot_s"], "ar_tokens_per_s": s_ar["tokens_per_s"],
-           "dflash_tokens_per_s": s_spec["tokens_per_s"], "e2e_speedup": s_spec["tokens_per_s"] / s_ar["tokens_per_s"],
-           "identical_outputs": sum(a.tokens == b.tokens for a, b in zip(ar, spec)), "requests": len(requests)}
+    row = {
+        "block": block,
+        "tau": s_spec["tau"],
+        "position_acceptance": s_spec["position_acceptance"],
+        "histogram": s_spec["histogram"],
+        "ar_tpot_ms": s_ar["tpot_s"] * 1e3,
+        "dflash_tpot_ms": s_spec["tpot_s"] * 1e3,
+        "tpot_speedup": s_ar["tpot_s"] / s_spec["tpot_s"],
+        "ar_tokens_per_s": s_ar["tokens_per_s"],
+        "dflash_tokens_per_s": s_spec["tokens_per_s"],
+        "e2e_speedup": s_spec["tokens_per_s"] / s_ar["tokens_per_s"],
+        "identical_outputs": sum(a.tokens == b.tokens for a, b in zip(ar, spec)),
+        "requests": len(requests),
+    }
     return row, spec
 
 
 def _row_line(r: dict) -> str:
-    return (f"{r['dataset']:>10} T={r['temperature']:g} batch={r['batch']} B={r['block']}: tau={r['tau']:.2f} "
-            f"TPOT {r['ar_tpot_ms']:.1f} -> {r['dflash_tpot_ms']:.1f} ms ({r['tpot_speedup']:.2f}x), "
-            f"tok/s {r['ar_tokens_per_s']:.1f} -> {r['dflash_tokens_per_s']:.1f}")
+    return (
+        f"{r['dataset']:>10} T={r['temperature']:g} batch={r['batch']} B={r['block']}: tau={r['tau']:.2f} "
+        f"TPOT {r['ar_tpot_ms']:.1f} -> {r['dflash_tpot_ms']:.1f} ms ({r['tpot_speedup']:.2f}x), "
+        f"tok/s {r['ar_tokens_per_s']:.1f} -> {r['dflash_tokens_per_s']:.1f}"
+    )
 
 
 @torch.inference_mode()
@@ -123,8 +151,11 @@ def _step_costs(pipe: Pipeline, block: int, context: int = 256, repeats: int = 1
     _, features = target.prefill([prompt])
     drafter.append_context(features, torch.tensor([context]))
     blk = torch.full((1, block), drafter.mask_token_id)
-    calls = {"decode_ms": lambda: target.verify(blk[:, :1]), "verify_ms": lambda: target.verify(blk),
-             "draft_ms": lambda: drafter.draft(blk)}
+    calls = {
+        "decode_ms": lambda: target.verify(blk[:, :1]),
+        "verify_ms": lambda: target.verify(blk),
+        "draft_ms": lambda: drafter.draft(blk),
+    }
     times = {k: [] for k in calls}
     for i in range(repeats + 2):
         for key, call in calls.items():
@@ -163,51 +194,74 @@ def _run_peers(args, pipe: Pipeline, prompts: dict, block: int, gens_by_key: dic
                 pld_calls += run.target_forwards
         row = {"dataset": name, "block": block, "requests": len(requests), "ours_tokens_per_s": ours_tokens / ours_s}
         if zlab:
-            row |= {"zlab_tokens_per_s": ours_tokens / zlab_s, "ours_vs_zlab_speed": zlab_s / ours_s,
-                    "zlab_identical_outputs": identical}
+            row |= {
+                "zlab_tokens_per_s": ours_tokens / zlab_s,
+                "ours_vs_zlab_speed": zlab_s / ours_s,
+                "zlab_identical_outputs": identical,
+            }
         if args.compare_prompt_lookup:
-            row |= {"prompt_lookup_tau": pld_tokens / max(pld_calls, 1),
-                    "prompt_lookup_tokens_per_s": pld_tokens / pld_s}
+            row |= {
+                "prompt_lookup_tau": pld_tokens / max(pld_calls, 1),
+                "prompt_lookup_tokens_per_s": pld_tokens / pld_s,
+            }
         rows.append(row)
-        print(f"peers {name}: "
-              + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        print(
+            f"peers {name}: "
+            + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        )
     return rows
 
 
 def _markdown(data: dict) -> str:
-    lines = [f"# DFlash benchmark\n\nTarget `{data['target']}`, drafter `{data['drafter']}`, "
-             f"{data['num_prompts']} prompts per dataset, up to {data['max_new_tokens']} new tokens, "
-             f"{data['target_dtype']} target, "
-             f"drafts' LM head {data['draft_head_dtype']} (lossless: drafts are only proposals). "
-             "Speedup = baseline TPOT / DFlash TPOT (decode only, prefill excluded), same backend, run side by side.\n",
-             "| dataset | T | batch | B | tau | accept@1,2,3 | AR TPOT ms | DFlash TPOT ms | TPOT speedup | AR tok/s "
-             "| DFlash tok/s | greedy-identical |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# DFlash benchmark\n\nTarget `{data['target']}`, drafter `{data['drafter']}`, "
+        f"{data['num_prompts']} prompts per dataset, up to {data['max_new_tokens']} new tokens, "
+        f"{data['target_dtype']} target, "
+        f"drafts' LM head {data['draft_head_dtype']} (lossless: drafts are only proposals). "
+        "Speedup = baseline TPOT / DFlash TPOT (decode only, prefill excluded), same backend, run side by side.\n",
+        "| dataset | T | batch | B | tau | accept@1,2,3 | AR TPOT ms | DFlash TPOT ms | TPOT speedup | AR tok/s "
+        "| DFlash tok/s | greedy-identical |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in data["rows"]:
         acc = ", ".join(f"{a:.2f}" for a in r["position_acceptance"][:3])
         same = f"{r['identical_outputs']}/{r['requests']}" if r["temperature"] == 0 else "n/a (sampled)"
-        lines.append(f"| {r['dataset']} | {r['temperature']:g} | {r['batch']} | {r['block']} | {r['tau']:.2f} "
-                     f"| {acc} | "
-                     f"{r['ar_tpot_ms']:.1f} | {r['dflash_tpot_ms']:.1f} | **{r['tpot_speedup']:.2f}x** | "
-                     f"{r['ar_tokens_per_s']:.1f} | {r['dflash_tokens_per_s']:.1f} | {same} |")
-    lines += ["\n## Cost of one step (batch 1, context 256)\n",
-              "| B | decode ms | verify(B) ms | draft(B) ms | break-even tau |", "|---|---|---|---|---|"]
-    lines += [f"| {c['block']} | {c['decode_ms']:.1f} | {c['verify_ms']:.1f} | {c['draft_ms']:.1f} "
-              f"| {c['break_even_tau']:.2f} |"
-              for c in data["step_costs"]]
+        lines.append(
+            f"| {r['dataset']} | {r['temperature']:g} | {r['batch']} | {r['block']} | {r['tau']:.2f} "
+            f"| {acc} | "
+            f"{r['ar_tpot_ms']:.1f} | {r['dflash_tpot_ms']:.1f} | **{r['tpot_speedup']:.2f}x** | "
+            f"{r['ar_tokens_per_s']:.1f} | {r['dflash_tokens_per_s']:.1f} | {same} |"
+        )
+    lines += [
+        "\n## Cost of one step (batch 1, context 256)\n",
+        "| B | decode ms | verify(B) ms | draft(B) ms | break-even tau |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c['block']} | {c['decode_ms']:.1f} | {c['verify_ms']:.1f} | {c['draft_ms']:.1f} "
+        f"| {c['break_even_tau']:.2f} |"
+        for c in data["step_costs"]
+    ]
     lines.append("\nDFlash beats the baseline when tau > (t_verify(B) + t_draft(B)) / t_decode(1).")
     if data["peers"]:
-        lines += ["\n## Side by side at batch 1, T=0 (same weights, same prompts)\n",
-                  "| dataset | B | ours tok/s | z-lab dflash_generate tok/s | ours / z-lab speed "
-                  "| identical to z-lab | "
-                  "HF prompt-lookup tau | HF prompt-lookup tok/s |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "\n## Side by side at batch 1, T=0 (same weights, same prompts)\n",
+            "| dataset | B | ours tok/s | z-lab dflash_generate tok/s | ours / z-lab speed "
+            "| identical to z-lab | "
+            "HF prompt-lookup tau | HF prompt-lookup tok/s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for p in data["peers"]:
+
             def f(key, fmt="{:.2f}"):
                 return fmt.format(p[key]) if key in p else "-"
+
             same = f"{p['zlab_identical_outputs']}/{p['requests']}" if "zlab_identical_outputs" in p else "-"
-            lines.append(f"| {p['dataset']} | {p['block']} | {p['ours_tokens_per_s']:.1f} "
-                         f"| {f('zlab_tokens_per_s', '{:.1f}')} | {f('ours_vs_zlab_speed')}x | {same} "
-                         f"| {f('prompt_lookup_tau')} | {f('prompt_lookup_tokens_per_s', '{:.1f}')} |")
+            lines.append(
+                f"| {p['dataset']} | {p['block']} | {p['ours_tokens_per_s']:.1f} "
+                f"| {f('zlab_tokens_per_s', '{:.1f}')} | {f('ours_vs_zlab_speed')}x | {same} "
+                f"| {f('prompt_lookup_tau')} | {f('prompt_lookup_tokens_per_s', '{:.1f}')} |"
+            )
     return "\n".join(lines)
 
 
@@ -221,8 +275,12 @@ def _figure(rows: list[dict]):
     for r in rows:
         if r["temperature"] == 0 and r["batch"] == min(x["batch"] for x in rows):
             total = sum(r["histogram"]) or 1
-            ax_hist.plot(range(1, len(r["histogram"]) + 1), [h / total for h in r["histogram"]], marker="o",
-                         label=f"{r['dataset']} B={r['block']}")
+            ax_hist.plot(
+                range(1, len(r["histogram"]) + 1),
+                [h / total for h in r["histogram"]],
+                marker="o",
+                label=f"{r['dataset']} B={r['block']}",
+            )
     ax_hist.set_xlabel("tokens committed per verify step")
     ax_hist.set_ylabel("fraction of steps")
     ax_hist.set_title("Acceptance histogram (T=0)")

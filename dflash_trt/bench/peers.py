@@ -38,16 +38,23 @@ class HFTarget:
         self.counter = _ForwardCounter(self.model)
 
     @torch.inference_mode()
-    def prompt_lookup(self, prompt: list[int], max_new_tokens: int, stop_ids: tuple[int, ...],
-                      lookup_tokens: int = 10) -> PeerRun:
+    def prompt_lookup(
+        self, prompt: list[int], max_new_tokens: int, stop_ids: tuple[int, ...], lookup_tokens: int = 10
+    ) -> PeerRun:
         """Greedy HF `generate` with prompt-lookup decoding (n-gram drafts from the prompt)."""
         ids = torch.tensor([prompt])
         self.counter.calls = 0
         start = time.perf_counter()
-        out = self.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(stop_ids),
-                                  prompt_lookup_num_tokens=lookup_tokens, pad_token_id=stop_ids[0] if stop_ids else 0)
+        out = self.model.generate(
+            ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=list(stop_ids),
+            prompt_lookup_num_tokens=lookup_tokens,
+            pad_token_id=stop_ids[0] if stop_ids else 0,
+        )
         seconds = time.perf_counter() - start
-        return PeerRun(out[0, len(prompt):].tolist(), seconds, self.counter.calls - 1)
+        return PeerRun(out[0, len(prompt) :].tolist(), seconds, self.counter.calls - 1)
 
 
 class ZLabDFlash:
@@ -67,7 +74,14 @@ class ZLabDFlash:
 
         self.target.counter.calls = 0
         start = time.perf_counter()
-        out = dflash_generate(self.drafter, self.target.model, torch.tensor([prompt]), max_new_tokens,
-                              list(stop_ids), temperature=0.0, block_size=block_size)
+        out = dflash_generate(
+            self.drafter,
+            self.target.model,
+            torch.tensor([prompt]),
+            max_new_tokens,
+            list(stop_ids),
+            temperature=0.0,
+            block_size=block_size,
+        )
         seconds = time.perf_counter() - start
-        return PeerRun(out[0, len(prompt):].tolist(), seconds, self.target.counter.calls - 1)
+        return PeerRun(out[0, len(prompt) :].tolist(), seconds, self.target.counter.calls - 1)

@@ -56,32 +56,52 @@ def machine(start: RunStart) -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal"))
+        mem_kb = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
     except OSError:
         mem_kb = 0
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
-            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "gpu": "none", "load_average_1m_at_start": round(start.load_average_1m, 2),
-            "cpu_steal_percent": start.cpu_steal_percent()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": "none",
+        "load_average_1m_at_start": round(start.load_average_1m, 2),
+        "cpu_steal_percent": start.cpu_steal_percent(),
+    }
 
 
-def write_report(start: RunStart, name: str, data: dict[str, Any], markdown: str, figure=None,
-                 out_dir: Path = RESULTS) -> list[Path]:
+def write_report(
+    start: RunStart, name: str, data: dict[str, Any], markdown: str, figure=None, out_dir: Path = RESULTS
+) -> list[Path]:
     """Write results/<name>.json, .md (with command and machine, load at `start` and CPU steal since) and,
     given a matplotlib figure, .png."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(start)}
+    meta = {
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(start),
+    }
     paths = [out_dir / f"{name}.json", out_dir / f"{name}.md"]
     paths[0].write_text(json.dumps({**meta, **data}, indent=2) + "\n")
     m = meta["machine"]
-    header = (f"Command: `{meta['command']}`  \nDate: {meta['date']}  \n"
-              f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, no GPU; "
-              f"torch {m['torch']} ({m['torch_threads']} threads); "
-              f"load average {m['load_average_1m_at_start']} at start"
-              + (f", {m['cpu_steal_percent']}% of CPU time stolen by the hypervisor during the run"
-                 if m["cpu_steal_percent"] is not None else "") + "\n\n")
+    header = (
+        f"Command: `{meta['command']}`  \nDate: {meta['date']}  \n"
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, no GPU; "
+        f"torch {m['torch']} ({m['torch_threads']} threads); "
+        f"load average {m['load_average_1m_at_start']} at start"
+        + (
+            f", {m['cpu_steal_percent']}% of CPU time stolen by the hypervisor during the run"
+            if m["cpu_steal_percent"] is not None
+            else ""
+        )
+        + "\n\n"
+    )
     if figure is not None:
         paths.append(out_dir / f"{name}.png")
         figure.savefig(paths[2], dpi=120, bbox_inches="tight")

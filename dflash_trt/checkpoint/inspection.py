@@ -9,10 +9,10 @@ from dflash_trt.checkpoint.convert import MANIFEST
 from dflash_trt.checkpoint.layout import drafter_entries, rank_specs, target_entries
 from dflash_trt.checkpoint.plan import human_bytes
 from dflash_trt.checkpoint.safetensors_io import sha256_file
-from dflash_trt.dtypes import dtype_named
 from dflash_trt.checkpoint.trtllm_config import read_converted
 from dflash_trt.checkpoint.validate import check_rank_files
 from dflash_trt.config import read_json
+from dflash_trt.dtypes import dtype_named
 from dflash_trt.errors import UserError
 
 FIX = "the checkpoint is corrupt or was modified; re-run convert"

@@ -163,10 +163,20 @@ def _dflash2_convs(i: int, cfg: DrafterConfig) -> list[Weight]:
     for internal, zlab in (("attn_conv", "attention_conv"), ("mlp_conv", "mlp_conv")):
         src = dst = f"layers.{i}.{zlab}."
         out += [
-            _one(f"layers.{i}.{internal}.base", f"transformer.{dst}base_kernel", f"{src}base_kernel",
-                 (2, kernel, hidden), REPLICATED),
-            _one(f"layers.{i}.{internal}.proj.weight", f"transformer.{dst}kernel_projection.weight",
-                 f"{src}kernel_projection.weight", (taps, hidden), REPLICATED),
+            _one(
+                f"layers.{i}.{internal}.base",
+                f"transformer.{dst}base_kernel",
+                f"{src}base_kernel",
+                (2, kernel, hidden),
+                REPLICATED,
+            ),
+            _one(
+                f"layers.{i}.{internal}.proj.weight",
+                f"transformer.{dst}kernel_projection.weight",
+                f"{src}kernel_projection.weight",
+                (taps, hidden),
+                REPLICATED,
+            ),
         ]
     return out
 
@@ -177,18 +187,35 @@ def _dflash2_selector(cfg: DrafterConfig) -> list[Weight]:
     collective in each step, where replicas cost 2*V*r values per rank and no communication."""
     rank, vocab, src = cfg.selector_rank, cfg.vocab_size, "candidate_selector."
     return [
-        _one("selector.pred.weight", f"dflash.{src}predecessor_codebook.weight", f"{src}predecessor_codebook.weight",
-             (vocab, rank), REPLICATED),
-        _one("selector.succ.weight", f"dflash.{src}successor_codebook.weight", f"{src}successor_codebook.weight",
-             (vocab, rank), REPLICATED),
-        _one("selector.proj.weight", f"dflash.{src}hidden_projection.weight", f"{src}hidden_projection.weight",
-             (rank, cfg.hidden_size), REPLICATED),
+        _one(
+            "selector.pred.weight",
+            f"dflash.{src}predecessor_codebook.weight",
+            f"{src}predecessor_codebook.weight",
+            (vocab, rank),
+            REPLICATED,
+        ),
+        _one(
+            "selector.succ.weight",
+            f"dflash.{src}successor_codebook.weight",
+            f"{src}successor_codebook.weight",
+            (vocab, rank),
+            REPLICATED,
+        ),
+        _one(
+            "selector.proj.weight",
+            f"dflash.{src}hidden_projection.weight",
+            f"{src}hidden_projection.weight",
+            (rank, cfg.hidden_size),
+            REPLICATED,
+        ),
     ]
 
 
 # Names some published DFlash2 checkpoints use instead of the table's (z-lab's `from_pretrained` remaps them).
-HF_ALIASES = {f"candidate_selector.{name}.weight": f"candidate_selector.{name}"
-              for name in ("predecessor_codebook", "successor_codebook")}
+HF_ALIASES = {
+    f"candidate_selector.{name}.weight": f"candidate_selector.{name}"
+    for name in ("predecessor_codebook", "successor_codebook")
+}
 
 
 def hf_getter(tensors: Mapping[str, Tensor]) -> Callable[[str], Tensor]:

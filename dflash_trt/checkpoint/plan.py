@@ -8,9 +8,9 @@ from typing import Any
 
 from dflash_trt.checkpoint.layout import Entry, drafter_entries, rank_specs, target_entries
 from dflash_trt.checkpoint.safetensors_io import RankTensor
-from dflash_trt.dtypes import DType, dtype_named
 from dflash_trt.checkpoint.sharding import check_parallel
 from dflash_trt.config import DrafterConfig, TargetConfig, check_pair, read_json
+from dflash_trt.dtypes import DType, dtype_named
 from dflash_trt.errors import UserError
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dflash_trt.dtypes import DType
 from dflash_trt.checkpoint.sharding import pad_to_multiple
 from dflash_trt.config import ARCHITECTURES, DrafterConfig, TargetConfig, read_json
+from dflash_trt.dtypes import DType
 from dflash_trt.errors import UserError
 
 FORMAT_VERSION = 1
@@ -83,9 +83,15 @@ def drafter_config(
     arch = "DFlash2DraftModel" if cfg.is_dflash2 else "DFlashDraftModel"
     out = _common(cfg, arch=arch, dtype=dtype, vocab=target.vocab_size, qk_norm=True, tp=tp)
     # z-lab's logit/embedding scales (v1 only when set) and the DFlash2 keys, for readers of this file
-    zlab_keys = tuple(k for k, default in (("input_embedding_scale", 1.0), ("output_multiplier", 1.0),
-                                           ("final_logit_softcapping", None))
-                      if cfg.is_dflash2 or getattr(cfg, k) != default)
+    zlab_keys = tuple(
+        k
+        for k, default in (
+            ("input_embedding_scale", 1.0),
+            ("output_multiplier", 1.0),
+            ("final_logit_softcapping", None),
+        )
+        if cfg.is_dflash2 or getattr(cfg, k) != default
+    )
     if cfg.is_dflash2:
         zlab_keys += ("is_causal", "conv_kernel_size", "conv_group_size", "selector_rank", "selector_top_k")
     out.update(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dflash_trt.checkpoint.layout import Entry
-from dflash_trt.checkpoint.safetensors_io import FLOAT_CODES, SourceCheckpoint, RankTensor, read_header
+from dflash_trt.checkpoint.safetensors_io import FLOAT_CODES, RankTensor, SourceCheckpoint, read_header
 from dflash_trt.errors import UserError
 
 

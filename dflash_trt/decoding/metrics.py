@@ -46,8 +46,14 @@ class Generation:
         return [sum(n > k for n in self.step_lengths) / steps if steps else 0.0 for k in range(1, self.block_size)]
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "tau": self.tau, "tpot_s": self.tpot_s, "tokens_per_s": self.tokens_per_s,
-                "histogram": self.histogram(), "position_acceptance": self.position_acceptance()}
+        return {
+            **asdict(self),
+            "tau": self.tau,
+            "tpot_s": self.tpot_s,
+            "tokens_per_s": self.tokens_per_s,
+            "histogram": self.histogram(),
+            "position_acceptance": self.position_acceptance(),
+        }
 
 
 def summarize(gens: list[Generation], wall_s: float | None = None) -> dict:
@@ -75,8 +81,10 @@ def summarize(gens: list[Generation], wall_s: float | None = None) -> dict:
 
 def format_summary(s: dict) -> str:
     """The one-line metrics summary the CLI prints."""
-    line = (f"requests={s['requests']} tokens={s['output_tokens']} tau={s['tau']:.2f} "
-            f"ttft={s['ttft_s'] * 1e3:.0f}ms tpot={s['tpot_s'] * 1e3:.1f}ms")
+    line = (
+        f"requests={s['requests']} tokens={s['output_tokens']} tau={s['tau']:.2f} "
+        f"ttft={s['ttft_s'] * 1e3:.0f}ms tpot={s['tpot_s'] * 1e3:.1f}ms"
+    )
     if "tokens_per_s" in s:
         line += f" tok/s={s['tokens_per_s']:.1f}"
     if s["block_size"] > 1:

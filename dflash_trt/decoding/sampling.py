@@ -62,8 +62,9 @@ def first_token(logits: Tensor, params: SamplingParams, generator: torch.Generat
     return logits.argmax(-1) if params.greedy else sample(probabilities(logits, params), generator)
 
 
-def propose(draft_logits: Tensor, params: SamplingParams,
-            generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+def propose(
+    draft_logits: Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor | None]:
     """Draft tokens [b, B-1] and their proposal distribution q (None when greedy)."""
     if params.greedy:
         return draft_logits.argmax(-1), None
@@ -71,8 +72,9 @@ def propose(draft_logits: Tensor, params: SamplingParams,
     return sample(q, generator), q
 
 
-def accept(drafts: Tensor, q: Tensor | None, target_logits: Tensor, params: SamplingParams,
-           generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+def accept(
+    drafts: Tensor, q: Tensor | None, target_logits: Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
     """Accepted draft count [b] and the bonus/correction token [b].
 
     drafts [b, B-1] were proposed for block positions 1..B-1; target_logits [b, B, V] are the target's

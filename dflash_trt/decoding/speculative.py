@@ -38,8 +38,10 @@ class Request:
 def check_requests(requests: list[Request], block_size: int, capacity: Capacity) -> None:
     """Refuse requests the target runner cannot hold, naming the request and the limit."""
     if len(requests) > capacity.max_batch:
-        raise UserError(f"{len(requests)} requests in one batch; this target runner holds at most "
-                        f"{capacity.max_batch}: lower --batch-size")
+        raise UserError(
+            f"{len(requests)} requests in one batch; this target runner holds at most "
+            f"{capacity.max_batch}: lower --batch-size"
+        )
     for i, r in enumerate(requests):
         check_request(r, block_size, capacity.max_len, capacity.max_len_field, f"request {i}")
 
@@ -80,20 +82,27 @@ class SpeculativeBatch:
     the same parameters are sampled together; a request with its own seed samples from its own generator.
     """
 
-    def __init__(self, target: TargetRunner, drafter: DrafterRunner | None, batch: int, max_len: int,
-                 block_size: int | None = None, params: SamplingParams = SamplingParams(),
-                 on_tokens: Callable[[int, list[int]], None] | None = None) -> None:
+    def __init__(
+        self,
+        target: TargetRunner,
+        drafter: DrafterRunner | None,
+        batch: int,
+        max_len: int,
+        block_size: int | None = None,
+        params: SamplingParams = SamplingParams(),
+        on_tokens: Callable[[int, list[int]], None] | None = None,
+    ) -> None:
         self.target, self.drafter = target, drafter
         self.block = resolve_block_size(drafter, block_size)
         self.batch, self.max_len, self.params = batch, max_len, params
         self.device = target.device
         capacity = target.capacity
         if batch > capacity.max_batch:
-            raise UserError(f"max batch {batch}: this target runner holds at most {capacity.max_batch} rows; "
-                            "lower it")
+            raise UserError(f"max batch {batch}: this target runner holds at most {capacity.max_batch} rows; lower it")
         if max_len > capacity.max_len:
-            raise UserError(f"max length {max_len}: above the target's {capacity.max_len_field} {capacity.max_len}; "
-                            "lower it")
+            raise UserError(
+                f"max length {max_len}: above the target's {capacity.max_len_field} {capacity.max_len}; lower it"
+            )
         self.generator = self._generator(params.seed)
         self.emit = on_tokens or (lambda row, toks: None)
         target.reset(batch, max_len)
@@ -106,8 +115,9 @@ class SpeculativeBatch:
         self._row_sampling: list[tuple[SamplingParams, torch.Generator | None]] = [(params, self.generator)] * batch
         self._t_decode = [0.0] * batch
         self.x_start = torch.zeros(batch, dtype=torch.long, device=self.device)
-        self.tokens = torch.full((batch, self.block), drafter.mask_token_id if drafter else 0, dtype=torch.long,
-                                 device=self.device)
+        self.tokens = torch.full(
+            (batch, self.block), drafter.mask_token_id if drafter else 0, dtype=torch.long, device=self.device
+        )
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
         return torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
@@ -121,8 +131,9 @@ class SpeculativeBatch:
     def check(self, request: Request, name: str = "request") -> None:
         """Refuse a request that does not fit this batch's rows (see `check_request`)."""
         capacity = self.target.capacity
-        limit, field = ((self.max_len, "max_len") if self.max_len < capacity.max_len
-                        else (capacity.max_len, capacity.max_len_field))
+        limit, field = (
+            (self.max_len, "max_len") if self.max_len < capacity.max_len else (capacity.max_len, capacity.max_len_field)
+        )
         check_request(request, self.block, limit, field, name)
 
     @torch.inference_mode()
@@ -134,8 +145,9 @@ class SpeculativeBatch:
         for row, r in zip(rows, requests):
             self.requests[row], self.gens[row] = r, Generation(block_size=self.block)
             params = r.params or self.params
-            gen = self._generator(params.seed) if r.params is not None and r.params.seed is not None else (
-                self.generator)
+            gen = (
+                self._generator(params.seed) if r.params is not None and r.params.seed is not None else (self.generator)
+            )
             self._row_sampling[row] = (params, gen)
         t0 = time.perf_counter()
         prompts = [r.prompt for r in requests]
@@ -207,13 +219,16 @@ class SpeculativeBatch:
             for k, ((params, gen), idx) in enumerate(groups):
                 rows = live_idx[idx]
                 accepted[rows], next_token[rows] = (
-                    t.to(torch.long) for t in accept(tokens[rows, 1:], qs.get(k), logits[rows], params, gen))
+                    t.to(torch.long) for t in accept(tokens[rows, 1:], qs.get(k), logits[rows], params, gen)
+                )
             self.x_start = next_token
         # Commit x_start + accepted drafts, never past the request's length limit (keeps cache writes
         # within max_len); finished and free rows ride along in the batch and commit nothing.
         n_accepted, block_tokens, next_tokens = accepted.tolist(), tokens.tolist(), self.x_start.tolist()
-        n_commit = [min(n + 1, r.max_new_tokens - len(g.tokens)) if on else 0
-                    for n, r, g, on in zip(n_accepted, self.requests, self.gens, self.active)]
+        n_commit = [
+            min(n + 1, r.max_new_tokens - len(g.tokens)) if on else 0
+            for n, r, g, on in zip(n_accepted, self.requests, self.gens, self.active)
+        ]
         n_commit = torch.tensor(n_commit, device=self.device)
         self.target.commit(n_commit)
         if self.drafter is not None:

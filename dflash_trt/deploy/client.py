@@ -95,12 +95,16 @@ def grpc_generate(url: str, model: str, inputs, timeout_s: float = 120, cancel_a
     return reply
 
 
-def http_generate(url: str, model: str, payload: dict, stream: bool = False, timeout_s: float = 120,
-                  close_after: int | None = None) -> Reply:
+def http_generate(
+    url: str, model: str, payload: dict, stream: bool = False, timeout_s: float = 120, close_after: int | None = None
+) -> Reply:
     """POST /v2/models/<model>/generate (or generate_stream, server-sent events)."""
     endpoint = "generate_stream" if stream else "generate"
-    request = urllib.request.Request(f"http://{url}/v2/models/{model}/{endpoint}", data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://{url}/v2/models/{model}/{endpoint}",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     reply = Reply(start=time.perf_counter())
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:

@@ -57,11 +57,15 @@ class ServePlan:
         return self.total <= self.budget
 
     def table(self) -> list[tuple[str, int]]:
-        return [("weights (target + drafter)", self.weights), ("target KV cache", self.target_kv),
-                ("drafter context buffer (dense, TRT-LLM #16005)", self.draft_context),
-                ("activations + verify logits", self.activations), ("runtime reserve", self.reserve),
-                ("total", self.total),
-                (f"budget ({USABLE_FRACTION:.0%} of {self.gpu} {GPU_MEMORY[self.gpu] / 1e9:.0f} GB)", self.budget)]
+        return [
+            ("weights (target + drafter)", self.weights),
+            ("target KV cache", self.target_kv),
+            ("drafter context buffer (dense, TRT-LLM #16005)", self.draft_context),
+            ("activations + verify logits", self.activations),
+            ("runtime reserve", self.reserve),
+            ("total", self.total),
+            (f"budget ({USABLE_FRACTION:.0%} of {self.gpu} {GPU_MEMORY[self.gpu] / 1e9:.0f} GB)", self.budget),
+        ]
 
 
 def draft_context_bytes(pair, max_batch: int, max_seq_len: int, block: int, tp: int) -> int:
@@ -81,23 +85,47 @@ def plan_serve(pair, gpu: str, tp: int, max_batch: int, max_seq_len: int, block:
 
     if gpu not in GPU_MEMORY:
         raise UserError(f"--gpu is {gpu}; use one of {', '.join(GPU_MEMORY)}")
-    recipe = BuildRecipe(max_batch_size=max_batch, max_input_len=max(1, max_seq_len - block), max_seq_len=max_seq_len,
-                         block_size=block, dtype="bf16", tp_size=tp)
+    recipe = BuildRecipe(
+        max_batch_size=max_batch,
+        max_input_len=max(1, max_seq_len - block),
+        max_seq_len=max_seq_len,
+        block_size=block,
+        dtype="bf16",
+        tp_size=tp,
+    )
     rank = make_build_plan(pair, recipe, "deploy").memory[0]
     t = pair.target
     shared = (1 if t.tie_word_embeddings else 2) * (pad_to_multiple(t.vocab_size, tp) // tp) * t.hidden_size * 2
-    forward = BuildRecipe(max_batch_size=1, max_input_len=MAX_NUM_TOKENS, max_seq_len=MAX_NUM_TOKENS + block,
-                          block_size=block, dtype="bf16", tp_size=tp)
-    pair_for_forward = dataclasses.replace(pair, target=dataclasses.replace(
-        t, max_position_embeddings=max(t.max_position_embeddings, MAX_NUM_TOKENS + block)))
+    forward = BuildRecipe(
+        max_batch_size=1,
+        max_input_len=MAX_NUM_TOKENS,
+        max_seq_len=MAX_NUM_TOKENS + block,
+        block_size=block,
+        dtype="bf16",
+        tp_size=tp,
+    )
+    pair_for_forward = dataclasses.replace(
+        pair,
+        target=dataclasses.replace(t, max_position_embeddings=max(t.max_position_embeddings, MAX_NUM_TOKENS + block)),
+    )
     activations = make_build_plan(pair_for_forward, forward, "deploy").memory[0].activations
     activations += max_batch * block * t.vocab_size * 4  # fp32 verify logits
-    return ServePlan(gpu, tp, max_batch, max_seq_len, block, rank.target_weights + rank.drafter_weights - shared,
-                     rank.target_kv, draft_context_bytes(pair, max_batch, max_seq_len, block, tp), activations)
+    return ServePlan(
+        gpu,
+        tp,
+        max_batch,
+        max_seq_len,
+        block,
+        rank.target_weights + rank.drafter_weights - shared,
+        rank.target_kv,
+        draft_context_bytes(pair, max_batch, max_seq_len, block, tp),
+        activations,
+    )
 
 
-def fit(pair, gpu: str, tp: int, max_batch: int, max_seq_len: int, block: int, batch_given: bool,
-        seq_given: bool) -> tuple[ServePlan, list[str]]:
+def fit(
+    pair, gpu: str, tp: int, max_batch: int, max_seq_len: int, block: int, batch_given: bool, seq_given: bool
+) -> tuple[ServePlan, list[str]]:
     """A plan that fits: values the user chose are refused when they do not fit; defaults are shrunk (max batch
     halved first, then max_seq_len) and each shrink is reported."""
     plan = plan_serve(pair, gpu, tp, max_batch, max_seq_len, block)
@@ -105,9 +133,11 @@ def fit(pair, gpu: str, tp: int, max_batch: int, max_seq_len: int, block: int, b
         return plan, []
     floor = plan_serve(pair, gpu, tp, 1, min(max_seq_len, 2048), block)
     if not floor.fits:
-        raise UserError(f"--gpu {gpu} --tp {tp}: the weights alone need {plan.weights / GIB:.1f} GiB per rank and even "
-                        f"batch 1 x {floor.max_seq_len} tokens does not fit {plan.budget / GIB:.1f} GiB; raise --tp "
-                        "or use a larger GPU")
+        raise UserError(
+            f"--gpu {gpu} --tp {tp}: the weights alone need {plan.weights / GIB:.1f} GiB per rank and even "
+            f"batch 1 x {floor.max_seq_len} tokens does not fit {plan.budget / GIB:.1f} GiB; raise --tp "
+            "or use a larger GPU"
+        )
     notes = []
     if not batch_given:
         b = max_batch
@@ -124,12 +154,19 @@ def fit(pair, gpu: str, tp: int, max_batch: int, max_seq_len: int, block: int, b
         if s != max_seq_len:
             notes.append(f"max_seq_len shrunk from {max_seq_len} to {s} to fit {gpu}")
     if not plan.fits:
-        largest = max((b for b in (1 << k for k in range(12)) if b <= max_batch
-                       and plan_serve(pair, gpu, tp, b, plan.max_seq_len, block).fits), default=0)
-        hint = (f"the largest power-of-two --max-batch that fits is {largest}" if largest
-                else "lower --max-seq-len")
-        raise UserError(f"--max-batch {plan.max_batch} x --max-seq-len {plan.max_seq_len} needs "
-                        f"{plan.total / GIB:.1f} GiB per rank on {gpu} (budget {plan.budget / GIB:.1f} GiB; target KV "
-                        f"{plan.target_kv / GIB:.1f}, drafter context buffer {plan.draft_context / GIB:.1f}); {hint}, "
-                        "or raise --tp")
+        largest = max(
+            (
+                b
+                for b in (1 << k for k in range(12))
+                if b <= max_batch and plan_serve(pair, gpu, tp, b, plan.max_seq_len, block).fits
+            ),
+            default=0,
+        )
+        hint = f"the largest power-of-two --max-batch that fits is {largest}" if largest else "lower --max-seq-len"
+        raise UserError(
+            f"--max-batch {plan.max_batch} x --max-seq-len {plan.max_seq_len} needs "
+            f"{plan.total / GIB:.1f} GiB per rank on {gpu} (budget {plan.budget / GIB:.1f} GiB; target KV "
+            f"{plan.target_kv / GIB:.1f}, drafter context buffer {plan.draft_context / GIB:.1f}); {hint}, "
+            "or raise --tp"
+        )
     return plan, notes

@@ -48,8 +48,10 @@ def pytriton_dirs() -> tuple[Path, Path]:
 def stub_numpy_dir() -> Path:
     path = Path(sys.prefix) / STUB_NUMPY_DIR
     if not (path / "numpy").is_dir():
-        raise UserError(f"{path}: no numpy for the Triton stub; run scripts/setup.sh (or `pip install --target "
-                        f"{path} numpy==1.26.4`)")
+        raise UserError(
+            f"{path}: no numpy for the Triton stub; run scripts/setup.sh (or `pip install --target "
+            f"{path} numpy==1.26.4`)"
+        )
     return path
 
 
@@ -84,8 +86,16 @@ def group_alive(pgid: int) -> bool:
 class TritonServer:
     """One tritonserver process serving `repository`. Use as a context manager, or start() / stop()."""
 
-    def __init__(self, repository: Path, host: str = "127.0.0.1", http_port: int = 0, grpc_port: int = 0,
-                 metrics_port: int = 0, log_path: Path | None = None, exit_timeout_s: int = 30) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        host: str = "127.0.0.1",
+        http_port: int = 0,
+        grpc_port: int = 0,
+        metrics_port: int = 0,
+        log_path: Path | None = None,
+        exit_timeout_s: int = 30,
+    ) -> None:
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
             raise UserError(f"{repository}: model repository not found; create one with `dflash-trt deploy triton`")
@@ -116,13 +126,33 @@ class TritonServer:
         return f"http://{self.client_host}:{self.metrics_port}/metrics"
 
     def command(self, backends: Path, server: Path) -> list[str]:
-        return [str(server / "bin" / "tritonserver"), "--model-repository", str(self.repository),
-                "--backend-directory", str(backends),
-                "--http-address", self.host, "--http-port", str(self.http_port),
-                "--grpc-address", self.host, "--grpc-port", str(self.grpc_port),
-                "--metrics-address", self.host, "--metrics-port", str(self.metrics_port),
-                "--allow-sagemaker", "false", "--allow-vertex-ai", "false",
-                "--exit-timeout-secs", str(self.exit_timeout_s), "--log-verbose", "0"]
+        return [
+            str(server / "bin" / "tritonserver"),
+            "--model-repository",
+            str(self.repository),
+            "--backend-directory",
+            str(backends),
+            "--http-address",
+            self.host,
+            "--http-port",
+            str(self.http_port),
+            "--grpc-address",
+            self.host,
+            "--grpc-port",
+            str(self.grpc_port),
+            "--metrics-address",
+            self.host,
+            "--metrics-port",
+            str(self.metrics_port),
+            "--allow-sagemaker",
+            "false",
+            "--allow-vertex-ai",
+            "false",
+            "--exit-timeout-secs",
+            str(self.exit_timeout_s),
+            "--log-verbose",
+            "0",
+        ]
 
     def _backends(self, server: Path) -> Path:
         """A private backend directory: the wheel's python backend plus the stub of this interpreter."""
@@ -158,16 +188,23 @@ class TritonServer:
         log = self.log_path or (self._tmp / "tritonserver.log")
         self.log_path = log
         self._log = open(log, "ab")
-        self.process = subprocess.Popen(self.command(backends, server), env=env, stdout=self._log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                        preexec_fn=_terminate_with_parent)
+        self.process = subprocess.Popen(
+            self.command(backends, server),
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,
+        )
         try:
             self.wait_ready(timeout_s)
         except BaseException:
             tail = self.log_tail()
             self.stop()
-            raise UserError(f"tritonserver did not become ready within {timeout_s:.0f} s (log {log}):\n{tail}") \
-                from None
+            raise UserError(
+                f"tritonserver did not become ready within {timeout_s:.0f} s (log {log}):\n{tail}"
+            ) from None
         return self
 
     def log_tail(self, lines: int = 20) -> str:

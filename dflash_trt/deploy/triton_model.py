@@ -75,8 +75,9 @@ class DFlashServingModel:
         self.pipe = _load(p)
         max_batch, max_seq_len = int(p.get("max_batch") or 8), int(p.get("max_seq_len") or 1024)
         block = int(p["block_size"]) if p.get("block_size") else None
-        self.batch = SpeculativeBatch(self.pipe.target, self.pipe.drafter, max_batch, max_seq_len, block,
-                                      on_tokens=self._on_tokens)
+        self.batch = SpeculativeBatch(
+            self.pipe.target, self.pipe.drafter, max_batch, max_seq_len, block, on_tokens=self._on_tokens
+        )
         self.jobs: dict[int, Job] = {}  # row -> job
         self.queue: list[Job] = []
         self.cv = threading.Condition()
@@ -99,11 +100,13 @@ class DFlashServingModel:
         self.m_active = metric("dflash_active_rows", "rows decoding now", fam.GAUGE)
         self.m_queued = metric("dflash_queued_requests", "requests waiting for a free row", fam.GAUGE)
         self.m_steps = metric("dflash_steps_total", "speculative steps run", fam.COUNTER)
-        self.m_joined = metric("dflash_joined_running_batch_total", "requests admitted while other rows were decoding",
-                               fam.COUNTER)
+        self.m_joined = metric(
+            "dflash_joined_running_batch_total", "requests admitted while other rows were decoding", fam.COUNTER
+        )
         self.m_done = metric("dflash_requests_completed_total", "requests answered in full", fam.COUNTER)
-        self.m_cancelled = metric("dflash_requests_cancelled_total", "rows freed for a cancelled or gone client",
-                                  fam.COUNTER)
+        self.m_cancelled = metric(
+            "dflash_requests_cancelled_total", "rows freed for a cancelled or gone client", fam.COUNTER
+        )
         self.m_rejected = metric("dflash_requests_rejected_total", "requests refused with an error", fam.COUNTER)
         self.m_tokens = metric("dflash_output_tokens_total", "tokens generated", fam.COUNTER)
 
@@ -123,23 +126,37 @@ class DFlashServingModel:
         top_k = int(_scalar(pb, request, "sampling_param_top_k", 0))
         top_p = float(_scalar(pb, request, "sampling_param_top_p", 1.0))
         seed = _scalar(pb, request, "sampling_param_seed", None)
-        for name, bad, fix in (("sampling_param_temperature", temperature < 0 or not np.isfinite(temperature),
-                                "use 0 (greedy) or a positive value"),
-                               ("sampling_param_top_k", top_k < 0, "use 0 (off) or a positive count"),
-                               ("sampling_param_top_p", not 0 < top_p <= 1, "use a value in (0, 1]")):
+        for name, bad, fix in (
+            (
+                "sampling_param_temperature",
+                temperature < 0 or not np.isfinite(temperature),
+                "use 0 (greedy) or a positive value",
+            ),
+            ("sampling_param_top_k", top_k < 0, "use 0 (off) or a positive count"),
+            ("sampling_param_top_p", not 0 < top_p <= 1, "use a value in (0, 1]"),
+        ):
             if bad:
-                value = {"sampling_param_temperature": temperature, "sampling_param_top_k": top_k,
-                         "sampling_param_top_p": top_p}[name]
+                value = {
+                    "sampling_param_temperature": temperature,
+                    "sampling_param_top_k": top_k,
+                    "sampling_param_top_p": top_p,
+                }[name]
                 raise UserError(f"input '{name}' is {value}; {fix}")
         params = SamplingParams(temperature, top_k, top_p, None if seed is None else int(seed))
         with self.tokenizer_lock:  # execute's thread encodes while the decode thread decodes
             prompt = self.pipe.encode(text, chat=False)
         req = Request(prompt, max_tokens, self.pipe.stop_ids(), params)
         self.batch.check(req, "input 'text_input'")
-        return Job(request, request.get_response_sender(), text, req,
-                   bool(_scalar(pb, request, "streaming", False)),
-                   not bool(_scalar(pb, request, "sampling_param_exclude_input_from_output", True)),
-                   tuple(s for s in _strings(pb, request, "sampling_param_stop") if s), time.time_ns())
+        return Job(
+            request,
+            request.get_response_sender(),
+            text,
+            req,
+            bool(_scalar(pb, request, "streaming", False)),
+            not bool(_scalar(pb, request, "sampling_param_exclude_input_from_output", True)),
+            tuple(s for s in _strings(pb, request, "sampling_param_stop") if s),
+            time.time_ns(),
+        )
 
     def execute(self, requests: list) -> None:
         pb = self.pb
@@ -148,8 +165,9 @@ class DFlashServingModel:
                 job = self._parse(request)
             except UserError as exc:
                 self.m_rejected.increment(1)
-                request.get_response_sender().send(pb.InferenceResponse(error=pb.TritonError(str(exc))),
-                                                   flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                request.get_response_sender().send(
+                    pb.InferenceResponse(error=pb.TritonError(str(exc))), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+                )
                 continue
             with self.cv:
                 self.queue.append(job)
@@ -165,7 +183,7 @@ class DFlashServingModel:
                 if self.stopping:
                     return
                 free = self.batch.free_rows()
-                admit, self.queue = self.queue[: len(free)], self.queue[len(free):]
+                admit, self.queue = self.queue[: len(free)], self.queue[len(free) :]
             try:
                 self.m_queued.set(len(self.queue))
                 self._admit(admit, free)
@@ -176,8 +194,9 @@ class DFlashServingModel:
                     finished = self.batch.step()
                     self.m_steps.increment(1)
                     if self.step_log:
-                        self.step_log.write(json.dumps({"t": time.time(), "active": active,
-                                                        "step_s": time.perf_counter() - t0}) + "\n")
+                        self.step_log.write(
+                            json.dumps({"t": time.time(), "active": active, "step_s": time.perf_counter() - t0}) + "\n"
+                        )
                         self.step_log.flush()
                     for row in finished:
                         self._finish(row)
@@ -239,7 +258,7 @@ class DFlashServingModel:
             text = self._text(job)
             if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next tokens
                 return
-            delta = text[len(job.sent):]
+            delta = text[len(job.sent) :]
             if delta:
                 self._send(row, self._response(job, delta, final=False), final=False)
                 job.sent = text
@@ -296,7 +315,7 @@ class DFlashServingModel:
         reason = "stop" if job.stopped_by_text else gen.finish_reason
         text = self._text(job)
         if job.streaming:
-            body = text[len(job.sent):]
+            body = text[len(job.sent) :]
         else:
             body = (job.prompt + text) if job.include_prompt else text
         if self._send(row, self._response(job, body, final=True, reason=reason), final=True):
@@ -305,8 +324,10 @@ class DFlashServingModel:
 
     def _reply_error(self, job: Job, message: str) -> None:
         try:
-            job.sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(message)),
-                            flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            job.sender.send(
+                self.pb.InferenceResponse(error=self.pb.TritonError(message)),
+                flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            )
         except Exception:
             pass
 
@@ -322,8 +343,12 @@ class DFlashServingModel:
             self.stopping = True
             self.cv.notify_all()
         self.thread.join(timeout=5)
-        print(f"dflash model {self.name}: decode thread stopped in {time.perf_counter() - t0:.1f} s "
-              f"(alive: {self.thread.is_alive()})", file=sys.stderr, flush=True)
+        print(
+            f"dflash model {self.name}: decode thread stopped in {time.perf_counter() - t0:.1f} s "
+            f"(alive: {self.thread.is_alive()})",
+            file=sys.stderr,
+            flush=True,
+        )
         for job in self.queue + list(self.jobs.values()):
             self._reply_error(job, "the server is shutting down")
         if self.step_log:
@@ -342,5 +367,9 @@ def _load(p: dict[str, str]):
     from dflash_trt.pipeline import load_pipeline
 
     drafter = p.get("drafter_dir") or None
-    return load_pipeline(Path(p["target_dir"]) if p.get("target_dir") else None, Path(drafter) if drafter else None,
-                         use_drafter=p.get("use_drafter", "true") != "false", dtype=p.get("dtype") or "fp32")
+    return load_pipeline(
+        Path(p["target_dir"]) if p.get("target_dir") else None,
+        Path(drafter) if drafter else None,
+        use_drafter=p.get("use_drafter", "true") != "false",
+        dtype=p.get("dtype") or "fp32",
+    )

@@ -33,12 +33,23 @@ from dflash_trt.errors import UserError
 from dflash_trt.export.graphs import GRAPHS, TARGET, past_names
 from dflash_trt.runtime import engine_dir as layout
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
-NO_DATACENTER = ("no datacenter TensorRT on this host (`import tensorrt` failed): no target/rank*.engine or "
-                 "drafter/rank*.engine was written. ENGINE_DIR holds the ONNX graphs; TensorRT-RTX built every graph "
-                 "on the CPU to verify them. Run `dflash-trt build` again on a GPU host with TensorRT to write the "
-                 "engines.")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+NO_DATACENTER = (
+    "no datacenter TensorRT on this host (`import tensorrt` failed): no target/rank*.engine or "
+    "drafter/rank*.engine was written. ENGINE_DIR holds the ONNX graphs; TensorRT-RTX built every graph "
+    "on the CPU to verify them. Run `dflash-trt build` again on a GPU host with TensorRT to write the "
+    "engines."
+)
 
 
 def datacenter_tensorrt() -> ModuleType | None:
@@ -77,9 +88,11 @@ def resolve_plugin_library(path: Path | None, need_cuda: bool) -> tuple[Path, st
             lib = find_plugin_library()
     backend = plugin_backend(lib)
     if need_cuda and backend != "cuda":
-        raise UserError(f"--plugin-lib {lib}: a {backend} build, but TensorRT engines for a GPU need the cuda build "
-                        "(cmake -S plugins -B plugins/build/cuda -DDFLASH_TRT_CUDA=ON && cmake --build "
-                        "plugins/build/cuda -j)")
+        raise UserError(
+            f"--plugin-lib {lib}: a {backend} build, but TensorRT engines for a GPU need the cuda build "
+            "(cmake -S plugins -B plugins/build/cuda -DDFLASH_TRT_CUDA=ON && cmake --build "
+            "plugins/build/cuda -j)"
+        )
     verify_lib = lib if backend == "host" or need_cuda else next(iter(_host_builds()), lib)
     return lib, backend, verify_lib
 
@@ -137,25 +150,39 @@ def _rank_models(plan: BuildPlan, rank: int):
         target = load_target(pair.target_dir, dtype)
         return target, load_drafter(pair.drafter_dir, target.cfg, dtype)
     models = []
-    for directory, weights, build, cfg in ((pair.target_dir, target_weights, build_target, pair.target),
-                                           (pair.drafter_dir, drafter_weights, build_drafter, pair.drafter)):
+    for directory, weights, build, cfg in (
+        (pair.target_dir, target_weights, build_target, pair.target),
+        (pair.drafter_dir, drafter_weights, build_drafter, pair.drafter),
+    ):
         source = read_tensors(directory)  # the convert sharding rules, applied in memory
         table = weights(cfg)
-        parts = {e.name: shard(e.rule, [source[s] for s in e.sources], tp, rank).contiguous()
-                 for w in table for e in w.parts}
+        parts = {
+            e.name: shard(e.rule, [source[s] for s in e.sources], tp, rank).contiguous() for w in table for e in w.parts
+        }
         model = build(cfg, Mapping(tp, rank))
         model.load_state_dict(internal_from_trtllm(table, parts, directory), strict=True)
         models.append(model.to(dtype).eval())
     return tuple(models)
 
 
-def graph_spec(plan: BuildPlan, graph: str, rank: int, onnx: Path, plugin_lib: Path, plan_out: Path | None,
-               rtx: bool) -> GraphSpec:
-    profiles = {phase: {name: [list(s) for s in shapes] for name, shapes in plan.profiles[graph][phase].items()}
-                for phase in plan.profiles[graph]}
+def graph_spec(
+    plan: BuildPlan, graph: str, rank: int, onnx: Path, plugin_lib: Path, plan_out: Path | None, rtx: bool
+) -> GraphSpec:
+    profiles = {
+        phase: {name: [list(s) for s in shapes] for name, shapes in plan.profiles[graph][phase].items()}
+        for phase in plan.profiles[graph]
+    }
     archs = [a.upper() for a in plan.recipe.gpu_archs if a in RTX_ARCHS] if rtx else []
-    return GraphSpec(graph, rank, str(onnx), profiles, str(plan_out) if plan_out else None, str(plugin_lib),
-                     decomposable_attention=plan.dtype.cli == "fp32", compute_capabilities=archs)
+    return GraphSpec(
+        graph,
+        rank,
+        str(onnx),
+        profiles,
+        str(plan_out) if plan_out else None,
+        str(plugin_lib),
+        decomposable_attention=plan.dtype.cli == "fp32",
+        compute_capabilities=archs,
+    )
 
 
 def _compact_profiles(plan: BuildPlan) -> list[dict[str, Any]]:
@@ -173,16 +200,18 @@ def _compact_profiles(plan: BuildPlan) -> list[dict[str, Any]]:
     return out
 
 
-def engine_config(plan: BuildPlan, plugin: dict[str, Any], engines: dict[str, list[str]],
-                  verification: dict[str, Any]) -> dict[str, Any]:
+def engine_config(
+    plan: BuildPlan, plugin: dict[str, Any], engines: dict[str, list[str]], verification: dict[str, Any]
+) -> dict[str, Any]:
     """ENGINE_DIR/config.json (see `dflash_trt.runtime.engine_dir`)."""
     from dflash_trt.checkpoint.trtllm_config import drafter_config, target_config
 
     pair, r, tp = plan.pair, plan.recipe, plan.tp
     pretrained = target_config(pair.target, pair.target_hf, tp=tp, dtype=plan.dtype, embedding=None)
     pretrained["architecture"] = pair.architecture
-    pretrained["drafter"] = drafter_config(pair.drafter, pair.drafter_hf, pair.target, tp=tp, dtype=plan.dtype,
-                                           embedding=None)
+    pretrained["drafter"] = drafter_config(
+        pair.drafter, pair.drafter_hf, pair.target, tp=tp, dtype=plan.dtype, embedding=None
+    )
     return {
         "format": layout.FORMAT,
         "format_version": layout.FORMAT_VERSION,
@@ -228,19 +257,33 @@ def verification_summary(reports: list[GraphReport], skipped: str | None) -> dic
         return {"builder": None, "skipped": skipped}
     return {
         "builder": reports[0].builder if reports else None,
-        "graphs": {f"rank{r.rank}/{r.graph}": {"built": r.built, "attention_nodes": len(r.attention_nodes),
-                                                "attention_fused": len(r.fused_attention),
-                                                "all_attention_fused": r.all_attention_fused} for r in reports},
+        "graphs": {
+            f"rank{r.rank}/{r.graph}": {
+                "built": r.built,
+                "attention_nodes": len(r.attention_nodes),
+                "attention_fused": len(r.fused_attention),
+                "all_attention_fused": r.all_attention_fused,
+            }
+            for r in reports
+        },
         "all_built": all(r.built for r in reports),
         "all_attention_fused": all(r.all_attention_fused for r in reports),
         "note": "TensorRT-RTX plans target SM75-SM89 and SM120/SM121 and are verification artifacts (measured and "
-                "dropped), not the datacenter engines",
+        "dropped), not the datacenter engines",
     }
 
 
-def build(plan: BuildPlan, output: Path, *, plugin_lib: Path | None = None, tokenizer: Path | None = None,
-          overwrite: bool = False, verify: bool = True, progress: bool | None = None,
-          log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def build(
+    plan: BuildPlan,
+    output: Path,
+    *,
+    plugin_lib: Path | None = None,
+    tokenizer: Path | None = None,
+    overwrite: bool = False,
+    verify: bool = True,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Write ENGINE_DIR for `plan` atomically; returns the build report."""
     from tqdm import tqdm
 
@@ -250,8 +293,10 @@ def build(plan: BuildPlan, output: Path, *, plugin_lib: Path | None = None, toke
     if not plan.pair.exportable:
         raise UserError(f"{plan.pair.target_dir / 'config.json'}: {plan.notes[0]}; plan it with --dry-run")
     if plan.recipe.attention == "plugin":
-        raise UserError("recipe field 'attention' is plugin, but the DFlashBlockAttention flavor of the graphs is not "
-                        "exported yet; use 'attention: native' (TensorRT's fused attention)")
+        raise UserError(
+            "recipe field 'attention' is plugin, but the DFlashBlockAttention flavor of the graphs is not "
+            "exported yet; use 'attention: native' (TensorRT's fused attention)"
+        )
     trt = datacenter_tensorrt()
     lib, backend, verify_lib = resolve_plugin_library(plugin_lib, need_cuda=trt is not None)
     tok_dir = tokenizer_source(plan, tokenizer)
@@ -259,14 +304,22 @@ def build(plan: BuildPlan, output: Path, *, plugin_lib: Path | None = None, toke
     if not verify:
         skip_verify = "--no-verify"
     elif plan.tp > 1:
-        skip_verify = ("tp > 1: the graphs' dflash_trt::AllReduce/AllGather nodes have no TensorRT-RTX plugin; "
-                       "build the same recipe at tp 1 to verify the graphs on the CPU")
+        skip_verify = (
+            "tp > 1: the graphs' dflash_trt::AllReduce/AllGather nodes have no TensorRT-RTX plugin; "
+            "build the same recipe at tp 1 to verify the graphs on the CPU"
+        )
     from dflash_trt.export import export_pair
 
     steps = plan.tp * (1 + (2 if trt else 0) + (2 if not skip_verify else 0)) + 1
-    report: dict[str, Any] = {"plan": plan_dict(plan), "export": {}, "verification": [], "engines": [],
-                              "plugin_library": str(lib), "plugin_backend": backend,
-                              "verification_plugin_library": str(verify_lib)}
+    report: dict[str, Any] = {
+        "plan": plan_dict(plan),
+        "export": {},
+        "verification": [],
+        "engines": [],
+        "plugin_library": str(lib),
+        "plugin_backend": backend,
+        "verification_plugin_library": str(verify_lib),
+    }
     engines: dict[str, list[str]] = {g: [] for g in GRAPHS}
     start = time.monotonic()
     show = sys.stderr.isatty() if progress is None else progress
@@ -276,17 +329,26 @@ def build(plan: BuildPlan, output: Path, *, plugin_lib: Path | None = None, toke
             t0 = time.perf_counter()
             target, drafter = _rank_models(plan, rank)
             load_s = time.perf_counter() - t0
-            paths = export_pair(target, drafter, tmp / layout.ONNX_DIR / f"rank{rank}", dtype=plan.dtype.torch,
-                                max_batch=plan.recipe.max_batch_size, max_seq_len=plan.recipe.max_seq_len,
-                                block_size=plan.block_size, rank=rank, tp_size=plan.tp)
+            paths = export_pair(
+                target,
+                drafter,
+                tmp / layout.ONNX_DIR / f"rank{rank}",
+                dtype=plan.dtype.torch,
+                max_batch=plan.recipe.max_batch_size,
+                max_seq_len=plan.recipe.max_seq_len,
+                block_size=plan.block_size,
+                rank=rank,
+                tp_size=plan.tp,
+            )
             del target, drafter
             info = json.loads((tmp / layout.ONNX_DIR / f"rank{rank}" / "export.json").read_text())
             report["export"][f"rank{rank}"] = {
                 "load_seconds": round(load_s, 3),
                 "export_seconds": info.get("export_seconds"),
                 "onnx_bytes": {g: p.stat().st_size for g, p in paths.items()},
-                "data_bytes": {g: sum(f.stat().st_size for f in p.parent.glob(f"{g}.onnx.data")) for g, p in
-                               paths.items()},
+                "data_bytes": {
+                    g: sum(f.stat().st_size for f in p.parent.glob(f"{g}.onnx.data")) for g, p in paths.items()
+                },
             }
             bar.update()
             for graph in GRAPHS:
@@ -297,8 +359,10 @@ def build(plan: BuildPlan, output: Path, *, plugin_lib: Path | None = None, toke
                     rep = build_graph(trt, graph_spec(plan, graph, rank, paths[graph], lib, out, rtx=False))
                     report["engines"].append(asdict(rep))
                     if not rep.built:
-                        raise UserError(f"TensorRT could not build {paths[graph].name} of rank {rank}: "
-                                        f"{(rep.parser_errors + rep.errors + ['no error logged'])[0]}")
+                        raise UserError(
+                            f"TensorRT could not build {paths[graph].name} of rank {rank}: "
+                            f"{(rep.parser_errors + rep.errors + ['no error logged'])[0]}"
+                        )
                     engines[graph].append(layout.engine_path(rank, graph))
                     bar.update()
                 if not skip_verify:
@@ -306,8 +370,10 @@ def build(plan: BuildPlan, output: Path, *, plugin_lib: Path | None = None, toke
                     rep = build_with_rtx(graph_spec(plan, graph, rank, paths[graph], verify_lib, None, rtx=True))
                     report["verification"].append(asdict(rep))
                     if not rep.built:
-                        raise UserError(f"TensorRT-RTX could not build {graph}.onnx of rank {rank}: "
-                                        f"{(rep.parser_errors + rep.errors + ['no error logged'])[0]}")
+                        raise UserError(
+                            f"TensorRT-RTX could not build {graph}.onnx of rank {rank}: "
+                            f"{(rep.parser_errors + rep.errors + ['no error logged'])[0]}"
+                        )
                     bar.update()
         (tmp / layout.TOKENIZER_DIR).mkdir()
         for name in TOKENIZER_FILES:
@@ -319,8 +385,11 @@ def build(plan: BuildPlan, output: Path, *, plugin_lib: Path | None = None, toke
         config = engine_config(plan, plugin, engines, verification)
         config["build_config"]["datacenter_tensorrt"] = trt.__version__ if trt else None
         report["datacenter_engines_written"] = trt is not None
-        report["message"] = (f"datacenter TensorRT {trt.__version__} wrote {sum(map(len, engines.values()))} engines"
-                             if trt else NO_DATACENTER)
+        report["message"] = (
+            f"datacenter TensorRT {trt.__version__} wrote {sum(map(len, engines.values()))} engines"
+            if trt
+            else NO_DATACENTER
+        )
         report["seconds"] = round(time.monotonic() - start, 3)
         (tmp / layout.CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / layout.REPORT).write_text(json.dumps(report, indent=2) + "\n")
@@ -329,8 +398,10 @@ def build(plan: BuildPlan, output: Path, *, plugin_lib: Path | None = None, toke
     for rep in reports:
         fused = f"{len(rep.fused_attention)}/{len(rep.attention_nodes)} attention nodes fused"
         kernel = next(iter(rep.fused_attention.values()), "-").split("_0x")[0]
-        log(f"  TensorRT-RTX rank{rep.rank}/{rep.graph}: parsed, {rep.engine_layers} engine layers, {fused} "
-            f"({kernel}), plan {rep.plan_bytes / 2**20:.1f} MiB in {rep.build_seconds:.1f} s")
+        log(
+            f"  TensorRT-RTX rank{rep.rank}/{rep.graph}: parsed, {rep.engine_layers} engine layers, {fused} "
+            f"({kernel}), plan {rep.plan_bytes / 2**20:.1f} MiB in {rep.build_seconds:.1f} s"
+        )
     if skip_verify:
         log(f"  TensorRT-RTX verification skipped: {skip_verify}")
     log(report["message"])

@@ -64,8 +64,14 @@ def run_build(args: argparse.Namespace) -> int:
     from dflash_trt.engine.build import build
 
     try:
-        build(plan, args.output, plugin_lib=args.plugin_lib, tokenizer=args.tokenizer, overwrite=args.overwrite,
-              verify=not args.no_verify)
+        build(
+            plan,
+            args.output,
+            plugin_lib=args.plugin_lib,
+            tokenizer=args.tokenizer,
+            overwrite=args.overwrite,
+            verify=not args.no_verify,
+        )
     except KeyboardInterrupt as exc:
         print(f"build: interrupted ({exc or 'SIGINT'}); removed the partial output", flush=True)
         return 130
@@ -74,23 +80,42 @@ def run_build(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `build` on an argparse subparsers object."""
-    p = sub.add_parser("build", help="export and build TensorRT engines of a target + DFlash drafter",
-                       description=BUILD_HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "build",
+        help="export and build TensorRT engines of a target + DFlash drafter",
+        description=BUILD_HELP,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--target", type=Path, metavar="DIR", help="HF target directory (default: embedded SmolLM2)")
     p.add_argument("--drafter", type=Path, metavar="DIR", help="z-lab DFlash drafter directory")
-    p.add_argument("--checkpoint", type=Path, metavar="DIR",
-                   help="a `dflash-trt convert` output instead of --target/--drafter (its tp is the build's)")
-    p.add_argument("--config", type=Path, metavar="RECIPE.yaml", help="build recipe (build_configs/); default: "
-                   "every field's default")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="DIR",
+        help="a `dflash-trt convert` output instead of --target/--drafter (its tp is the build's)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="RECIPE.yaml",
+        help="build recipe (build_configs/); default: every field's default",
+    )
     p.add_argument("--tp", type=int, metavar="N", help="tensor-parallel size (overrides the recipe's tp_size)")
     p.add_argument("--output", type=Path, metavar="ENGINE_DIR", help="output directory (required unless --dry-run)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing ENGINE_DIR once the build succeeded")
-    p.add_argument("--plugin-lib", type=Path, metavar="SO",
-                   help="libdflash_trt_plugins.so (default: DFLASH_TRT_PLUGIN_LIB, else plugins/build, cuda first)")
+    p.add_argument(
+        "--plugin-lib",
+        type=Path,
+        metavar="SO",
+        help="libdflash_trt_plugins.so (default: DFLASH_TRT_PLUGIN_LIB, else plugins/build, cuda first)",
+    )
     p.add_argument("--tokenizer", type=Path, metavar="DIR", help="tokenizer directory (default: the target's)")
     p.add_argument("--no-verify", action="store_true", help="skip the TensorRT-RTX CPU verification build")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print shapes and memory per rank from the config files alone; reads no weights, writes "
-                        "nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print shapes and memory per rank from the config files alone; reads no weights, writes nothing",
+    )
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
     p.set_defaults(func=run_build)

@@ -36,8 +36,9 @@ from dflash_trt.errors import UserError
 from dflash_trt.export.graphs import DRAFTER, TARGET, past_names, present_names
 
 MXFP4_BITS = 4.25  # 4-bit values plus one 8-bit scale per 32 (OCP microscaling)
-PLANNING_ONLY = {"GptOssForCausalLM": "gpt-oss (mixture of experts, attention sinks, YaRN RoPE, sliding-window "
-                                      "target layers)"}
+PLANNING_ONLY = {
+    "GptOssForCausalLM": "gpt-oss (mixture of experts, attention sinks, YaRN RoPE, sliding-window target layers)"
+}
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]
 
@@ -87,17 +88,30 @@ def _gpt_oss(hf: dict[str, Any], source: str) -> tuple[TargetConfig, MoE]:
     heads = int(need("num_attention_heads"))
     hidden = int(need("hidden_size"))
     quant = (hf.get("quantization_config") or {}).get("quant_method")
-    moe = MoE(int(need("num_local_experts")), int(need("num_experts_per_tok", "experts_per_token")),
-              int(need("intermediate_size")), quant)
+    moe = MoE(
+        int(need("num_local_experts")),
+        int(need("num_experts_per_tok", "experts_per_token")),
+        int(need("intermediate_size")),
+        quant,
+    )
     eos = hf.get("eos_token_id")
     target = TargetConfig(
-        arch="gpt_oss", vocab_size=int(need("vocab_size")), hidden_size=hidden,
-        intermediate_size=moe.intermediate_size, num_layers=int(need("num_hidden_layers")), num_heads=heads,
-        num_kv_heads=int(hf.get("num_key_value_heads") or heads), head_dim=int(hf.get("head_dim") or hidden // heads),
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)), rope_theta=float(hf.get("rope_theta", 10000.0)),
-        rope_scaling=hf.get("rope_scaling"), max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=bool(hf.get("attention_bias")),
-        eos_token_ids=tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),)))
+        arch="gpt_oss",
+        vocab_size=int(need("vocab_size")),
+        hidden_size=hidden,
+        intermediate_size=moe.intermediate_size,
+        num_layers=int(need("num_hidden_layers")),
+        num_heads=heads,
+        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+        head_dim=int(hf.get("head_dim") or hidden // heads),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
+        rope_theta=float(hf.get("rope_theta", 10000.0)),
+        rope_scaling=hf.get("rope_scaling"),
+        max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        qkv_bias=bool(hf.get("attention_bias")),
+        eos_token_ids=tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),)),
+    )
     return target, moe
 
 
@@ -124,15 +138,25 @@ def read_checkpoint(directory: Path) -> Pair:
 
     directory = Path(directory)
     if not (directory / "target" / "config.json").is_file():
-        raise UserError(f"--checkpoint {directory}: no target/config.json; pass a directory written by "
-                        "`dflash-trt convert`")
+        raise UserError(
+            f"--checkpoint {directory}: no target/config.json; pass a directory written by `dflash-trt convert`"
+        )
     target_json, drafter_json, target, drafter = read_converted(directory)
     check_pair(target, drafter, str(directory / "drafter" / "config.json"))
     hf = target_json["dflash_trt"]["hf_config"]
     arch = next(iter(hf.get("architectures") or []), target.arch)
     tp = int((target_json.get("mapping") or {}).get("tp_size", 1))
-    return Pair(directory / "target", directory / "drafter", target, drafter, hf,
-                drafter_json["dflash_trt"]["hf_config"], arch, checkpoint=directory, checkpoint_tp=tp)
+    return Pair(
+        directory / "target",
+        directory / "drafter",
+        target,
+        drafter,
+        hf,
+        drafter_json["dflash_trt"]["hf_config"],
+        arch,
+        checkpoint=directory,
+        checkpoint_tp=tp,
+    )
 
 
 @dataclass(frozen=True)
@@ -186,36 +210,54 @@ def _check(pair: Pair, recipe: BuildRecipe, source: str) -> int:
     drafter_cfg = f"{pair.drafter_dir / 'config.json'}"
     block = recipe.block_size or pair.drafter.block_size
     if block > pair.drafter.block_size:
-        raise UserError(f"{source}: field 'block_size' is {block} but the drafter ({drafter_cfg}) was trained with "
-                        f"block_size {pair.drafter.block_size}; use {pair.drafter.block_size} or less")
+        raise UserError(
+            f"{source}: field 'block_size' is {block} but the drafter ({drafter_cfg}) was trained with "
+            f"block_size {pair.drafter.block_size}; use {pair.drafter.block_size} or less"
+        )
     for cfg, path in ((pair.target, pair.target_dir / "config.json"), (pair.drafter, pair.drafter_dir / "config.json")):
         try:
-            check_parallel(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
-                           intermediate_size=cfg.intermediate_size, tp=recipe.tp_size, pp=1, source=str(path))
+            check_parallel(
+                num_heads=cfg.num_heads,
+                num_kv_heads=cfg.num_kv_heads,
+                intermediate_size=cfg.intermediate_size,
+                tp=recipe.tp_size,
+                pp=1,
+                source=str(path),
+            )
         except UserError as exc:  # name the recipe field, not convert's --tp flag
             raise UserError(f"{source}: field 'tp_size' {str(exc).removeprefix(f'--tp {recipe.tp_size}: ')}") from None
     if pair.checkpoint_tp is not None and pair.checkpoint_tp != recipe.tp_size:
-        raise UserError(f"{source}: field 'tp_size' is {recipe.tp_size} but --checkpoint {pair.checkpoint} was "
-                        f"converted for tp {pair.checkpoint_tp}; pass --tp {pair.checkpoint_tp} or re-run convert")
+        raise UserError(
+            f"{source}: field 'tp_size' is {recipe.tp_size} but --checkpoint {pair.checkpoint} was "
+            f"converted for tp {pair.checkpoint_tp}; pass --tp {pair.checkpoint_tp} or re-run convert"
+        )
     limit = pair.target.max_position_embeddings
     if recipe.max_seq_len > limit:
-        raise UserError(f"{source}: field 'max_seq_len' {recipe.max_seq_len} exceeds the target's "
-                        f"max_position_embeddings {limit}; use {limit} or less")
+        raise UserError(
+            f"{source}: field 'max_seq_len' {recipe.max_seq_len} exceeds the target's "
+            f"max_position_embeddings {limit}; use {limit} or less"
+        )
     if recipe.max_input_len + block > recipe.max_seq_len:
-        raise UserError(f"{source}: field 'max_seq_len' {recipe.max_seq_len} leaves no room for one block of {block} "
-                        f"after a {recipe.max_input_len}-token prompt; raise it or lower 'max_input_len'")
+        raise UserError(
+            f"{source}: field 'max_seq_len' {recipe.max_seq_len} leaves no room for one block of {block} "
+            f"after a {recipe.max_input_len}-token prompt; raise it or lower 'max_input_len'"
+        )
     if recipe.attention == "plugin":
         from dflash_trt.plugins.contracts import BLOCK_ATTENTION
 
         allowed = BLOCK_ATTENTION.type_params["T"]
         dtype = dtype_named(recipe.dtype)
         if dtype.trtllm not in allowed:
-            raise UserError(f"{source}: field 'dtype' is {recipe.dtype} but {BLOCK_ATTENTION.name} supports "
-                            f"{', '.join(allowed)}; use another dtype or 'attention: native'")
+            raise UserError(
+                f"{source}: field 'dtype' is {recipe.dtype} but {BLOCK_ATTENTION.name} supports "
+                f"{', '.join(allowed)}; use another dtype or 'attention: native'"
+            )
         head_dims = next(a.choices for a in BLOCK_ATTENTION.attrs if a.name == "head_dim")
         if pair.drafter.head_dim not in head_dims:
-            raise UserError(f"{source}: field 'attention' is plugin but {BLOCK_ATTENTION.name} supports head_dim "
-                            f"{head_dims}, the drafter's is {pair.drafter.head_dim}; use 'attention: native'")
+            raise UserError(
+                f"{source}: field 'attention' is plugin but {BLOCK_ATTENTION.name} supports head_dim "
+                f"{head_dims}, the drafter's is {pair.drafter.head_dim}; use 'attention: native'"
+            )
     return block
 
 
@@ -235,8 +277,9 @@ def graph_profiles(pair: Pair, recipe: BuildRecipe, block: int, tp: int, source:
         ob, ot, op = opts.get("opt_batch_size", ob), opts.get("opt_num_tokens", ot), opts.get("opt_past_len", op)
         for key, value, hi in (("opt_batch_size", ob, mb), ("opt_num_tokens", ot, t_max), ("opt_past_len", op, ms)):
             if value > hi:
-                raise UserError(f"{source}: field 'profiles.{phase}.{key}' is {value}, above its maximum {hi}; "
-                                f"lower it")
+                raise UserError(
+                    f"{source}: field 'profiles.{phase}.{key}' is {value}, above its maximum {hi}; lower it"
+                )
         n_max = 1 if phase == "prefill" else block
 
         def rng(lo: int, opt: int, hi: int) -> tuple[int, int, int]:
@@ -290,9 +333,11 @@ def _memory(pair: Pair, recipe: BuildRecipe, dtype: DType, block: int, tp: int) 
     drafter_kv = mb * ms * d.num_layers * 2 * d_kv * d.head_dim * size
     tokens = mb * max(mi, block)  # the largest forward
     features = len(d.target_layer_ids) * t.hidden_size
-    io = (mb * block * t.vocab_size * size  # verify logits (the largest logits output)
-          + tokens * features * size  # features out of the target, into the drafter
-          + tokens * t.num_layers * 2 * t_kv * t.head_dim * size)  # present K/V of the target
+    io = (
+        mb * block * t.vocab_size * size  # verify logits (the largest logits output)
+        + tokens * features * size  # features out of the target, into the drafter
+        + tokens * t.num_layers * 2 * t_kv * t.head_dim * size
+    )  # present K/V of the target
     ffn = pair.moe.experts_per_token * pair.moe.intermediate_size if pair.moe else t.intermediate_size
     per_token = size * (4 * t.hidden_size + 2 * (t.num_heads // tp + 2 * t_kv) * t.head_dim + 3 * ffn // tp)
     t_w, d_w = _weights(pair, dtype, tp)
@@ -308,18 +353,26 @@ def make_build_plan(pair: Pair, recipe: BuildRecipe, source: str = "recipe") -> 
     memory = [_memory(pair, recipe, dtype, block, tp) for _ in range(tp)]  # the rules shard evenly
     notes = []
     if not pair.exportable:
-        notes.append(f"{pair.architecture}: {PLANNING_ONLY[pair.architecture]} is planned from config.json only; "
-                     "export and engine builds support Llama, Qwen2 and Qwen3 targets")
+        notes.append(
+            f"{pair.architecture}: {PLANNING_ONLY[pair.architecture]} is planned from config.json only; "
+            "export and engine builds support Llama, Qwen2 and Qwen3 targets"
+        )
         if pair.moe and pair.moe.quant == "mxfp4":
-            notes.append(f"expert weights counted at MXFP4 ({MXFP4_BITS} bits/weight, as published); "
-                         f"everything else in {dtype.trtllm}")
+            notes.append(
+                f"expert weights counted at MXFP4 ({MXFP4_BITS} bits/weight, as published); "
+                f"everything else in {dtype.trtllm}"
+            )
     if recipe.dtype == "fp32":
-        notes.append("fp32: TensorRT has no fused attention kernel for fp32; attention is built decomposed "
-                     "(IAttention.decomposable), slower than fp16/bf16")
+        notes.append(
+            "fp32: TensorRT has no fused attention kernel for fp32; attention is built decomposed "
+            "(IAttention.decomposable), slower than fp16/bf16"
+        )
     archs = recipe.gpu_archs
     if archs and not set(archs) & set(RTX_ARCHS):
-        notes.append(f"gpu_archs {archs}: datacenter engines are built on such a GPU; the CPU verification build "
-                     "(TensorRT-RTX, targets SM75-SM89 and SM120/SM121 only) proves the graphs, not those engines")
+        notes.append(
+            f"gpu_archs {archs}: datacenter engines are built on such a GPU; the CPU verification build "
+            "(TensorRT-RTX, targets SM75-SM89 and SM120/SM121 only) proves the graphs, not those engines"
+        )
     return BuildPlan(pair, recipe, dtype, block, profiles, memory, notes)
 
 
@@ -349,10 +402,19 @@ def format_plan(plan: BuildPlan) -> str:
                     lines.append(f"    {name:<28} {_shape_str(shapes)}")
             first = past_names(cfg.num_layers)[0]
             lines.append(f"    {'past_key_values.*':<28} {_shape_str(prof[first])}  ({len(pasts)} tensors)")
-    lines.append(f"  outputs: {TARGET}: logits, features, {present_names(1)[0].replace('0', '*')}; "
-                 f"{DRAFTER}: logits, present.*")
-    cols = ("rank", "target weights", "drafter weights", "target KV", "drafter KV", "I/O buffers", "activations*",
-            "total")
+    lines.append(
+        f"  outputs: {TARGET}: logits, features, {present_names(1)[0].replace('0', '*')}; {DRAFTER}: logits, present.*"
+    )
+    cols = (
+        "rank",
+        "target weights",
+        "drafter weights",
+        "target KV",
+        "drafter KV",
+        "I/O buffers",
+        "activations*",
+        "total",
+    )
     lines += ["", "memory per rank:", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for rank, m in enumerate(plan.memory):
         values = (m.target_weights, m.drafter_weights, m.target_kv, m.drafter_kv, m.io_buffers, m.activations, m.total)
@@ -369,8 +431,10 @@ def plan_dict(plan: BuildPlan) -> dict[str, Any]:
         "dtype": plan.dtype.trtllm,
         "block_size": plan.block_size,
         "max_num_tokens": plan.max_num_tokens,
-        "profiles": {g: {ph: {n: [list(s) for s in shapes] for n, shapes in prof.items()}
-                         for ph, prof in phases.items()} for g, phases in plan.profiles.items()},
+        "profiles": {
+            g: {ph: {n: [list(s) for s in shapes] for n, shapes in prof.items()} for ph, prof in phases.items()}
+            for g, phases in plan.profiles.items()
+        },
         "memory_per_rank": [{**dataclasses.asdict(m), "total": m.total} for m in plan.memory],
         "notes": plan.notes,
     }

@@ -60,15 +60,17 @@ def _profiles(source: str, value: Any) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for name, opts in value.items():
         if name not in PHASES:
-            raise UserError(f"{source}: field 'profiles' has unknown profile '{name}'; known profiles: "
-                            f"{', '.join(PHASES)}")
+            raise UserError(
+                f"{source}: field 'profiles' has unknown profile '{name}'; known profiles: {', '.join(PHASES)}"
+            )
         opts = opts or {}
         if not isinstance(opts, dict):
             raise UserError(f"{source}: field 'profiles.{name}' is {opts!r}; expected a mapping of {PROFILE_KEYS}")
         for key in opts:
             if key not in PROFILE_KEYS:
-                raise UserError(f"{source}: field 'profiles.{name}' has unknown key '{key}'; known keys: "
-                                f"{', '.join(PROFILE_KEYS)}")
+                raise UserError(
+                    f"{source}: field 'profiles.{name}' has unknown key '{key}'; known keys: {', '.join(PROFILE_KEYS)}"
+                )
         out[name] = {k: _int(source, f"profiles.{name}.{k}", v, 1) for k, v in opts.items()}
     if "step" not in out:
         raise UserError(f"{source}: field 'profiles' lacks 'step'; every engine needs the draft/verify step profile")
@@ -87,8 +89,10 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> BuildRecipe
         elif name == "block_size":
             values[name] = _int(source, name, value, 0)
             if values[name] == 1:
-                raise UserError(f"{source}: field 'block_size' is 1; a block needs the anchor and at least one mask "
-                                "position (use 2 or more, or 0 for the drafter's)")
+                raise UserError(
+                    f"{source}: field 'block_size' is 1; a block needs the anchor and at least one mask "
+                    "position (use 2 or more, or 0 for the drafter's)"
+                )
         elif name == "dtype":
             if value not in CLI_NAMES:
                 raise UserError(f"{source}: field 'dtype' is {value!r}; use one of {', '.join(CLI_NAMES)}")
@@ -106,8 +110,10 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> BuildRecipe
             values[name] = _profiles(source, value)
     recipe = BuildRecipe(**values)
     if recipe.max_input_len >= recipe.max_seq_len:
-        raise UserError(f"{source}: field 'max_input_len' {recipe.max_input_len} must be below 'max_seq_len' "
-                        f"{recipe.max_seq_len} (room for the output and one block)")
+        raise UserError(
+            f"{source}: field 'max_input_len' {recipe.max_input_len} must be below 'max_seq_len' "
+            f"{recipe.max_seq_len} (room for the output and one block)"
+        )
     return recipe
 
 

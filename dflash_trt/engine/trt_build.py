@@ -36,8 +36,10 @@ from typing import Any
 from dflash_trt.errors import UserError
 
 FUSED_KERNEL = re.compile(r"mha|flash", re.IGNORECASE)  # fused attention kernels: _gemm_mha_v2, fmha_v2, flash
-LAYER_LINE = re.compile(r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]*), .*TacticName: (?P<tactic>[^,]*), "
-                        r"StreamId: \d+, Metadata: (?P<meta>.*)$")
+LAYER_LINE = re.compile(
+    r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]*), .*TacticName: (?P<tactic>[^,]*), "
+    r"StreamId: \d+, Metadata: (?P<meta>.*)$"
+)
 ONNX_LAYER = re.compile(r"ONNX Layer: ([^\]]+)")
 ATTENTION_SUFFIX = "_AttentionInput"
 
@@ -113,8 +115,9 @@ def build_graph(trt: ModuleType, spec: GraphSpec) -> GraphReport:
     from dflash_trt.plugins.library import configure_builder, register_plugins
 
     name = "tensorrt_rtx" if trt.__name__.startswith("tensorrt_rtx") else "tensorrt"
-    report = GraphReport(spec.graph, spec.rank, f"{name} {trt.__version__}",
-                         decomposable_attention=spec.decomposable_attention)
+    report = GraphReport(
+        spec.graph, spec.rank, f"{name} {trt.__version__}", decomposable_attention=spec.decomposable_attention
+    )
     logger = _logger(trt)
     if spec.plugin_lib:
         register_plugins(trt, Path(spec.plugin_lib))
@@ -136,8 +139,14 @@ def build_graph(trt: ModuleType, spec: GraphSpec) -> GraphReport:
         elif layer.type == trt.LayerType.PLUGIN_V3:
             layer.__class__ = trt.IPluginV3Layer
             core = layer.plugin.get_capability_interface(trt.PluginCapabilityType.CORE)
-            report.plugin_layers.append({"name": layer.name, "plugin": core.plugin_name,
-                                         "version": core.plugin_version, "namespace": core.plugin_namespace})
+            report.plugin_layers.append(
+                {
+                    "name": layer.name,
+                    "plugin": core.plugin_name,
+                    "version": core.plugin_version,
+                    "namespace": core.plugin_namespace,
+                }
+            )
     config = builder.create_builder_config()
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the builder then logs kernels per layer
     configure_builder(trt, config)
@@ -182,8 +191,9 @@ def build_with_rtx(spec: GraphSpec, *, timeout: float = 1800.0) -> GraphReport:
     """`build_graph` with TensorRT-RTX in a child interpreter (see the module docstring for why)."""
     libs = importlib.util.find_spec("tensorrt_rtx_libs")
     if libs is None or importlib.util.find_spec("tensorrt_rtx") is None:
-        raise UserError("tensorrt_rtx is not installed (the CPU verification build needs it): "
-                        "pip install 'dflash-trt[tensorrt]'")
+        raise UserError(
+            "tensorrt_rtx is not installed (the CPU verification build needs it): pip install 'dflash-trt[tensorrt]'"
+        )
     lib_dir = Path(next(iter(libs.submodule_search_locations)))
     with tempfile.TemporaryDirectory(prefix="dflash_trt_build_") as tmp:
         (Path(tmp) / "libtensorrt_rtx.so").symlink_to(lib_dir / "libtensorrt_rtx.so.1")
@@ -191,15 +201,21 @@ def build_with_rtx(spec: GraphSpec, *, timeout: float = 1800.0) -> GraphReport:
         spec_path.write_text(json.dumps(asdict(spec)))
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [tmp, env.get("LD_LIBRARY_PATH")]))
-        proc = subprocess.run([sys.executable, "-m", "dflash_trt.engine.trt_build", str(spec_path), str(report_path)],
-                              env=env, capture_output=True, text=True, timeout=timeout,
-                              cwd=Path(__file__).resolve().parents[2])
+        proc = subprocess.run(
+            [sys.executable, "-m", "dflash_trt.engine.trt_build", str(spec_path), str(report_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
         if proc.returncode == 2 and last.startswith("error: "):
             raise UserError(last.removeprefix("error: "))
         if not report_path.is_file():
-            raise RuntimeError(f"TensorRT-RTX build of {spec.onnx} died (exit {proc.returncode}):\n"
-                               f"{proc.stderr[-4000:]}")
+            raise RuntimeError(
+                f"TensorRT-RTX build of {spec.onnx} died (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+            )
         return GraphReport(**json.loads(report_path.read_text()))
 
 

@@ -40,8 +40,9 @@ class TargetGraph(nn.Module):
 
     def forward(self, input_ids: Tensor, cache_lens: Tensor, logits_index: Tensor, *past: Tensor):
         cache = list(zip(past[0::2], past[1::2]))
-        hidden, features, new_kv = self.model(input_ids, cache, cache_lens, Rope(self.rope_cos, self.rope_sin),
-                                              self.capture)
+        hidden, features, new_kv = self.model(
+            input_ids, cache, cache_lens, Rope(self.rope_cos, self.rope_sin), self.capture
+        )
         picked = torch.gather(hidden, 1, logits_index[:, :, None].expand(-1, -1, hidden.shape[-1]))
         logits = self.model.lm_head(picked)
         return (logits, features, *[t for kv in new_kv for t in kv])
@@ -68,8 +69,10 @@ class DrafterGraph(nn.Module):
         positions = cache_lens[:, None] + steps
         valid = steps[None, :] < feature_lens[:, None]
         new_kv = self.model.context_kv(features, positions, rope)
-        context = [Keys.cached(k, v, cache_lens) + Keys.new(nk, nv, positions, valid)
-                   for k, v, (nk, nv) in zip(past[0::2], past[1::2], new_kv)]
+        context = [
+            Keys.cached(k, v, cache_lens) + Keys.new(nk, nv, positions, valid)
+            for k, v, (nk, nv) in zip(past[0::2], past[1::2], new_kv)
+        ]
         block_pos = (cache_lens + feature_lens)[:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.embed(input_ids)
         scale = getattr(self.model.cfg, "input_embedding_scale", 1.0)
@@ -103,8 +106,20 @@ class DrafterPluginGraph(DrafterGraph):
             q_dim = attn.n_heads * attn.head_dim
             bias = attn.wqkv.bias[q_dim:] if attn.wqkv.bias is not None else None
             kv = nn.functional.linear(c, attn.wqkv.weight[q_dim:], bias)  # k heads then v heads, raw
-            k, v = context_kv_append(kv, attn.k_norm.weight, self.rope_cos, self.rope_sin, k_cache, v_cache,
-                                     ctx_lens, new_lens, attn.n_kv, attn.head_dim, 1, attn.k_norm.eps)
+            k, v = context_kv_append(
+                kv,
+                attn.k_norm.weight,
+                self.rope_cos,
+                self.rope_sin,
+                k_cache,
+                v_cache,
+                ctx_lens,
+                new_lens,
+                attn.n_kv,
+                attn.head_dim,
+                1,
+                attn.k_norm.eps,
+            )
             context.append(Keys.cached(k, v, context_len))
             caches += [k, v]
         block_pos = context_len[:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)
@@ -122,8 +137,13 @@ class DrafterPluginGraph(DrafterGraph):
 
 def _dims():
     D = torch.export.Dim
-    return dict(batch=D("batch", min=1, max=4096), tokens=D("tokens", min=1, max=1 << 20),
-                past=D("past", min=1, max=1 << 20), n=D("n", min=1, max=1 << 20), block=D("block", min=2, max=1024))
+    return dict(
+        batch=D("batch", min=1, max=4096),
+        tokens=D("tokens", min=1, max=1 << 20),
+        past=D("past", min=1, max=1 << 20),
+        n=D("n", min=1, max=1 << 20),
+        block=D("block", min=2, max=1024),
+    )
 
 
 def _save(program, path: Path, input_names: list[str], output_names: list[str]) -> None:
@@ -136,13 +156,27 @@ def _save(program, path: Path, input_names: list[str], output_names: list[str]) 
     data = path.with_suffix(".onnx.data")
     for p in (path, data):
         p.unlink(missing_ok=True)
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=EXTERNAL_DATA_THRESHOLD)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=EXTERNAL_DATA_THRESHOLD,
+    )
     onnx.checker.check_model(str(path), full_check=False)
 
 
-def _export(module: nn.Module, example: tuple, input_names: list[str], output_names: list[str],
-            dynamic: dict[str, dict[int, object]], path: Path, n_fixed: int, plugins: bool = False) -> None:
+def _export(
+    module: nn.Module,
+    example: tuple,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic: dict[str, dict[int, object]],
+    path: Path,
+    n_fixed: int,
+    plugins: bool = False,
+) -> None:
     """Export `module(*fixed, *past)`; dynamic_shapes follow the signature (the past tensors as one tuple)."""
     shapes = [dynamic.get(name) for name in input_names]
     shapes = (*shapes[:n_fixed], tuple(shapes[n_fixed:]))
@@ -152,60 +186,105 @@ def _export(module: nn.Module, example: tuple, input_names: list[str], output_na
 
         table |= plugin_ops.onnx_translations()
     with torch.no_grad():
-        program = torch.onnx.export(module, example, dynamo=True, opset_version=OPSET, input_names=input_names,
-                                    output_names=output_names, dynamic_shapes=shapes,
-                                    custom_translation_table=table, optimize=True, verbose=False)
+        program = torch.onnx.export(
+            module,
+            example,
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=shapes,
+            custom_translation_table=table,
+            optimize=True,
+            verbose=False,
+        )
     _save(program, path, input_names, output_names)
 
 
-def export_target(target: Transformer, capture: tuple[int, ...], path: Path, *, dtype: torch.dtype,
-                  max_seq_len: int) -> Path:
+def export_target(
+    target: Transformer, capture: tuple[int, ...], path: Path, *, dtype: torch.dtype, max_seq_len: int
+) -> Path:
     cfg = target.cfg
     layers = cfg.num_layers
     module = TargetGraph(target, capture, max_seq_len).eval()
     b, t, s = 2, 3, 4
     weight = target.embed.weight
-    example = (torch.zeros(b, t, dtype=torch.long), torch.tensor([1, 2]), torch.zeros(b, t, dtype=torch.long),
-               *[torch.zeros(b, cfg.num_kv_heads, s, cfg.head_dim, dtype=dtype) for _ in range(2 * layers)])
+    example = (
+        torch.zeros(b, t, dtype=torch.long),
+        torch.tensor([1, 2]),
+        torch.zeros(b, t, dtype=torch.long),
+        *[torch.zeros(b, cfg.num_kv_heads, s, cfg.head_dim, dtype=dtype) for _ in range(2 * layers)],
+    )
     assert weight.dtype == dtype, f"target weights are {weight.dtype}, export asked for {dtype}"
     d = _dims()
     inputs = ["input_ids", "cache_lens", "logits_index", *past_names(layers)]
     outputs = ["logits", "features", *present_names(layers)]
-    dynamic = {"input_ids": {0: d["batch"], 1: d["tokens"]}, "cache_lens": {0: d["batch"]},
-               "logits_index": {0: d["batch"], 1: d["n"]}}
+    dynamic = {
+        "input_ids": {0: d["batch"], 1: d["tokens"]},
+        "cache_lens": {0: d["batch"]},
+        "logits_index": {0: d["batch"], 1: d["n"]},
+    }
     dynamic |= {name: {0: d["batch"], 2: d["past"]} for name in past_names(layers)}
     _export(module, example, inputs, outputs, dynamic, path, 3)
     return path
 
 
-def export_drafter(drafter: DFlashDrafter, embed: nn.Module, lm_head: nn.Module, path: Path, *,
-                   dtype: torch.dtype, max_seq_len: int, block_size: int, plugin_kv: bool = False) -> Path:
+def export_drafter(
+    drafter: DFlashDrafter,
+    embed: nn.Module,
+    lm_head: nn.Module,
+    path: Path,
+    *,
+    dtype: torch.dtype,
+    max_seq_len: int,
+    block_size: int,
+    plugin_kv: bool = False,
+) -> Path:
     cfg = drafter.cfg
     layers = cfg.num_layers
     if plugin_kv:  # the plugin's own rules (head_dim 64 or 128, ...) refuse a drafter it cannot serve
         from dflash_trt.plugins.contracts import CONTEXT_KV_APPEND
 
-        CONTEXT_KV_APPEND.resolve_attrs(num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, qk_norm=1,
-                                        eps=cfg.rms_norm_eps)
+        CONTEXT_KV_APPEND.resolve_attrs(
+            num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, qk_norm=1, eps=cfg.rms_norm_eps
+        )
     module = (DrafterPluginGraph if plugin_kv else DrafterGraph)(drafter, embed, lm_head, max_seq_len).eval()
     b, t, s = 2, 3, 4
     width = drafter.fc.in_features
-    example = (torch.zeros(b, block_size, dtype=torch.long), torch.zeros(b, t, width, dtype=dtype),
-               torch.tensor([3, 1]), torch.tensor([1, 2]),
-               *[torch.zeros(b, cfg.num_kv_heads, s, cfg.head_dim, dtype=dtype) for _ in range(2 * layers)])
+    example = (
+        torch.zeros(b, block_size, dtype=torch.long),
+        torch.zeros(b, t, width, dtype=dtype),
+        torch.tensor([3, 1]),
+        torch.tensor([1, 2]),
+        *[torch.zeros(b, cfg.num_kv_heads, s, cfg.head_dim, dtype=dtype) for _ in range(2 * layers)],
+    )
     d = _dims()
     inputs = ["input_ids", "features", "feature_lens", "cache_lens", *past_names(layers)]
     outputs = ["logits", *present_names(layers)]
-    dynamic = {"input_ids": {0: d["batch"], 1: d["block"]}, "features": {0: d["batch"], 1: d["tokens"]},
-               "feature_lens": {0: d["batch"]}, "cache_lens": {0: d["batch"]}}
+    dynamic = {
+        "input_ids": {0: d["batch"], 1: d["block"]},
+        "features": {0: d["batch"], 1: d["tokens"]},
+        "feature_lens": {0: d["batch"]},
+        "cache_lens": {0: d["batch"]},
+    }
     dynamic |= {name: {0: d["batch"], 2: d["past"]} for name in past_names(layers)}
     _export(module, example, inputs, outputs, dynamic, path, 4, plugin_kv)
     return path
 
 
-def export_pair(target: Transformer, drafter: DFlashDrafter, out_dir: Path, *, dtype: torch.dtype, max_batch: int,
-                max_seq_len: int, block_size: int, rank: int = 0, tp_size: int = 1,
-                plugin_kv: bool = False) -> dict[str, Path]:
+def export_pair(
+    target: Transformer,
+    drafter: DFlashDrafter,
+    out_dir: Path,
+    *,
+    dtype: torch.dtype,
+    max_batch: int,
+    max_seq_len: int,
+    block_size: int,
+    rank: int = 0,
+    tp_size: int = 1,
+    plugin_kv: bool = False,
+) -> dict[str, Path]:
     """Write `out_dir/target.onnx` and `out_dir/drafter.onnx` (+ `.onnx.data` external weights) for one rank
     from already loaded rank-local models (TP ranks: built by `parallel.tensor_parallel`). Returns
     {"target": path, "drafter": path}. `max_batch` and `rank`/`tp_size` are recorded in `out_dir/export.json`;
@@ -221,17 +300,41 @@ def export_pair(target: Transformer, drafter: DFlashDrafter, out_dir: Path, *, d
     times = {}
     with exporting(tp_size):
         start = time.perf_counter()
-        paths = {TARGET: export_target(target, tuple(drafter.cfg.target_layer_ids), out_dir / f"{TARGET}.onnx",
-                                       dtype=dtype, max_seq_len=max_seq_len)}
+        paths = {
+            TARGET: export_target(
+                target,
+                tuple(drafter.cfg.target_layer_ids),
+                out_dir / f"{TARGET}.onnx",
+                dtype=dtype,
+                max_seq_len=max_seq_len,
+            )
+        }
         times[TARGET] = time.perf_counter() - start
         start = time.perf_counter()
-        paths[DRAFTER] = export_drafter(drafter, target.embed, target.lm_head, out_dir / f"{DRAFTER}.onnx",
-                                        dtype=dtype, max_seq_len=max_seq_len, block_size=block_size,
-                                        plugin_kv=plugin_kv)
+        paths[DRAFTER] = export_drafter(
+            drafter,
+            target.embed,
+            target.lm_head,
+            out_dir / f"{DRAFTER}.onnx",
+            dtype=dtype,
+            max_seq_len=max_seq_len,
+            block_size=block_size,
+            plugin_kv=plugin_kv,
+        )
         times[DRAFTER] = time.perf_counter() - start
-    info = dict(rank=rank, tp_size=tp_size, dtype=str(dtype).removeprefix("torch."), max_batch=max_batch,
-                max_seq_len=max_seq_len, block_size=block_size, opset=OPSET, plugin_kv=plugin_kv,
-                target_layers=target.cfg.num_layers, drafter_layers=drafter.cfg.num_layers,
-                target_layer_ids=list(drafter.cfg.target_layer_ids), export_seconds=times)
+    info = dict(
+        rank=rank,
+        tp_size=tp_size,
+        dtype=str(dtype).removeprefix("torch."),
+        max_batch=max_batch,
+        max_seq_len=max_seq_len,
+        block_size=block_size,
+        opset=OPSET,
+        plugin_kv=plugin_kv,
+        target_layers=target.cfg.num_layers,
+        drafter_layers=drafter.cfg.num_layers,
+        target_layer_ids=list(drafter.cfg.target_layer_ids),
+        export_seconds=times,
+    )
     (out_dir / "export.json").write_text(json.dumps(info, indent=2) + "\n")
     return paths

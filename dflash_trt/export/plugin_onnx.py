@@ -14,11 +14,34 @@ _T = TypeVar("_T", bound=Union[FLOAT, FLOAT16, BFLOAT16])
 
 
 @onnxscript.script(onnxscript.values.Opset("dflash_trt.export", 1))
-def context_kv_append_onnx(kv: _T, k_norm_weight: _T, rope_cos: FLOAT, rope_sin: FLOAT, k_cache: _T, v_cache: _T,
-                           ctx_lens: INT32, new_lens: INT32, num_kv_heads: int, head_dim: int, qk_norm: int,
-                           eps: float) -> Tuple[_T, _T]:
+def context_kv_append_onnx(
+    kv: _T,
+    k_norm_weight: _T,
+    rope_cos: FLOAT,
+    rope_sin: FLOAT,
+    k_cache: _T,
+    v_cache: _T,
+    ctx_lens: INT32,
+    new_lens: INT32,
+    num_kv_heads: int,
+    head_dim: int,
+    qk_norm: int,
+    eps: float,
+) -> Tuple[_T, _T]:
     k_out, v_out = _OP.DFlashContextKVAppend(
-        kv, k_norm_weight, rope_cos, rope_sin, k_cache, v_cache, ctx_lens, new_lens,
-        num_kv_heads=num_kv_heads, head_dim=head_dim, qk_norm=qk_norm, eps=eps,
-        plugin_namespace="dflash_trt", plugin_version="1")
+        kv,
+        k_norm_weight,
+        rope_cos,
+        rope_sin,
+        k_cache,
+        v_cache,
+        ctx_lens,
+        new_lens,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        qk_norm=qk_norm,
+        eps=eps,
+        plugin_namespace="dflash_trt",
+        plugin_version="1",
+    )
     return k_out, v_out

@@ -16,9 +16,20 @@ from dflash_trt.models.layers import apply_rope, rms_norm
 
 
 @torch.library.custom_op("dflash_trt::context_kv_append", mutates_args=())
-def context_kv_append(kv: Tensor, k_norm_weight: Tensor, rope_cos: Tensor, rope_sin: Tensor, k_cache: Tensor,
-                      v_cache: Tensor, ctx_lens: Tensor, new_lens: Tensor, num_kv_heads: int, head_dim: int,
-                      qk_norm: int, eps: float) -> tuple[Tensor, Tensor]:
+def context_kv_append(
+    kv: Tensor,
+    k_norm_weight: Tensor,
+    rope_cos: Tensor,
+    rope_sin: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    ctx_lens: Tensor,
+    new_lens: Tensor,
+    num_kv_heads: int,
+    head_dim: int,
+    qk_norm: int,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
     b, n, _ = kv.shape
     k, v = kv.view(b, n, 2, num_kv_heads, head_dim).unbind(2)
     if qk_norm:
@@ -37,8 +48,9 @@ def context_kv_append(kv: Tensor, k_norm_weight: Tensor, rope_cos: Tensor, rope_
 
 
 @context_kv_append.register_fake
-def _(kv, k_norm_weight, rope_cos, rope_sin, k_cache, v_cache, ctx_lens, new_lens, num_kv_heads, head_dim, qk_norm,
-      eps):
+def _(
+    kv, k_norm_weight, rope_cos, rope_sin, k_cache, v_cache, ctx_lens, new_lens, num_kv_heads, head_dim, qk_norm, eps
+):
     return torch.empty_like(k_cache), torch.empty_like(v_cache)
 
 

@@ -51,8 +51,9 @@ class DraftAttention(nn.Module):
     def forward(self, x: Tensor, context: Keys, positions: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         b, t, _ = x.shape
         q, k, v = self.block_qkv(x, cos, sin)
-        out = attend(q.transpose(1, 2), positions, context + Keys.new(k, v, positions), causal=self.causal,
-                     window=self.window)
+        out = attend(
+            q.transpose(1, 2), positions, context + Keys.new(k, v, positions), causal=self.causal, window=self.window
+        )
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
 
 

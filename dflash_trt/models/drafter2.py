@@ -134,8 +134,9 @@ class CandidateSelector(nn.Module):
         self.proj = nn.Linear(cfg.hidden_size, cfg.selector_rank, bias=False)
 
 
-def selector_scores(selector: CandidateSelector, hidden: Tensor, logits: Tensor,
-                    predecessors: Tensor) -> tuple[Tensor, Tensor]:
+def selector_scores(
+    selector: CandidateSelector, hidden: Tensor, logits: Tensor, predecessors: Tensor
+) -> tuple[Tensor, Tensor]:
     """(scores [b, n, k] fp32, candidates [b, n, k]): score_i(c | predecessors[:, i]) for the top-k of logits_i.
 
     hidden [b, n, H] and logits [b, n, V] of the n mask positions; predecessors [b, n] token ids.
@@ -146,8 +147,9 @@ def selector_scores(selector: CandidateSelector, hidden: Tensor, logits: Tensor,
     return unary.float() + edges.float(), candidates
 
 
-def greedy_walk(selector: CandidateSelector, hidden: Tensor, logits: Tensor,
-                anchors: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def greedy_walk(
+    selector: CandidateSelector, hidden: Tensor, logits: Tensor, anchors: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """The selector's greedy walk from anchors [b]: (path [b, n], scores [b, n, k] along it, candidates)."""
     unary, candidates = logits.topk(selector.top_k, dim=-1)
     query = selector.proj(hidden.to(selector.proj.weight.dtype))  # [b, n, r]

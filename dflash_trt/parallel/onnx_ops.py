@@ -14,8 +14,7 @@ _T = TypeVar("_T", bound=Union[FLOAT, FLOAT16, BFLOAT16])
 
 @onnxscript.script(onnxscript.values.Opset("dflash_trt.export", 1))
 def all_reduce_onnx(x: _T, group_size: int) -> _T:
-    return _OP.AllReduce(x, group_size=group_size, reduce_op="sum", plugin_namespace="dflash_trt",
-                         plugin_version="1")
+    return _OP.AllReduce(x, group_size=group_size, reduce_op="sum", plugin_namespace="dflash_trt", plugin_version="1")
 
 
 @onnxscript.script(onnxscript.values.Opset("dflash_trt.export", 1))

@@ -77,5 +77,7 @@ def onnx_translations() -> dict:
     """custom_translation_table entries for torch.onnx.export (dynamo) emitting the collective nodes."""
     from dflash_trt.parallel.onnx_ops import all_gather_onnx, all_reduce_onnx
 
-    return {torch.ops.dflash_trt.all_reduce.default: all_reduce_onnx,
-            torch.ops.dflash_trt.all_gather.default: all_gather_onnx}
+    return {
+        torch.ops.dflash_trt.all_reduce.default: all_reduce_onnx,
+        torch.ops.dflash_trt.all_gather.default: all_gather_onnx,
+    }

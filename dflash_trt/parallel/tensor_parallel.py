@@ -28,8 +28,11 @@ def local_config(cfg: TargetConfig | DrafterConfig, tp: int) -> TargetConfig | D
     """The config of one rank's shard: its heads (kv heads duplicated when tp > kv heads) and FFN slice."""
     if tp == 1:
         return cfg
-    sizes = dict(num_heads=cfg.num_heads // tp, num_kv_heads=max(1, cfg.num_kv_heads // tp),
-                 intermediate_size=cfg.intermediate_size // tp)
+    sizes = dict(
+        num_heads=cfg.num_heads // tp,
+        num_kv_heads=max(1, cfg.num_kv_heads // tp),
+        intermediate_size=cfg.intermediate_size // tp,
+    )
     if isinstance(cfg, TargetConfig):
         sizes |= dict(vocab_size=pad_to_multiple(cfg.vocab_size, tp) // tp, tie_word_embeddings=False)
     return replace(cfg, **sizes)

@@ -88,14 +88,11 @@ class OpContract:
             if spec.dtype in self.type_params:
                 if dtype not in self.type_params[spec.dtype]:
                     raise ValueError(
-                        f"{self.name}: input '{spec.name}' has dtype {dtype}, "
-                        f"allowed {self.type_params[spec.dtype]}"
+                        f"{self.name}: input '{spec.name}' has dtype {dtype}, allowed {self.type_params[spec.dtype]}"
                     )
                 bound = types.setdefault(spec.dtype, dtype)
                 if bound != dtype:
-                    raise ValueError(
-                        f"{self.name}: input '{spec.name}' has dtype {dtype} but {spec.dtype}={bound}"
-                    )
+                    raise ValueError(f"{self.name}: input '{spec.name}' has dtype {dtype} but {spec.dtype}={bound}")
             elif dtype != spec.dtype:
                 raise ValueError(f"{self.name}: input '{spec.name}' has dtype {dtype}, expected {spec.dtype}")
             if len(shape) != len(spec.shape):
@@ -121,7 +118,7 @@ class OpContract:
 
     def to_markdown(self) -> str:
         """Human-readable contract (the plugins README embeds this text verbatim)."""
-        title = f"### `{self.name}` (version \"{self.version}\", namespace `{self.namespace}`)"
+        title = f'### `{self.name}` (version "{self.version}", namespace `{self.namespace}`)'
         lines = [title, "", self.semantics, ""]
         if self.type_params:
             types = ", ".join(f"{k} in {{{', '.join(v)}}}" for k, v in self.type_params.items())
@@ -131,11 +128,7 @@ class OpContract:
         else:
             lines.append("No attributes.")
         for a in self.attrs:
-            allowed = (
-                ", ".join(map(str, a.choices)) if a.choices
-                else f">= {a.ge}" if a.ge is not None
-                else "any"
-            )
+            allowed = ", ".join(map(str, a.choices)) if a.choices else f">= {a.ge}" if a.ge is not None else "any"
             default = "required" if a.default is None else repr(a.default)
             lines.append(f"| `{a.name}` | {a.type} | {default} | {allowed} | {a.doc} |")
         if self.constraints:
@@ -163,10 +156,21 @@ def _check_attr(op: str, a: AttrSpec, value: int | float) -> int | float:
     return value
 
 
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
-_CMPOPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
-           ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}
+_BINOPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+}
+_CMPOPS = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}
 
 
 def _eval(expr: str, env: Mapping[str, int | float]) -> int | float | bool:
@@ -198,26 +202,33 @@ BLOCK_ATTENTION = OpContract(
     namespace="dflash_trt",
     type_params={"T": ("float32", "float16", "bfloat16")},
     inputs=(
-        TensorSpec("qkv", ("b", "B", "(num_heads + 2*num_kv_heads)*head_dim"), "T",
-                   "block's fused projection, q then k then v, before norm and RoPE"),
+        TensorSpec(
+            "qkv",
+            ("b", "B", "(num_heads + 2*num_kv_heads)*head_dim"),
+            "T",
+            "block's fused projection, q then k then v, before norm and RoPE",
+        ),
         TensorSpec("q_norm_weight", ("head_dim",), "T", "per-head RMSNorm weight for q"),
         TensorSpec("k_norm_weight", ("head_dim",), "T", "per-head RMSNorm weight for k (ignored when qk_norm=0)"),
         TensorSpec("rope_cos", ("max_pos", "head_dim // 2"), "float32", "RoPE cos table (rotate-half layout)"),
         TensorSpec("rope_sin", ("max_pos", "head_dim // 2"), "float32", "RoPE sin table (rotate-half layout)"),
-        TensorSpec("k_cache", ("b", "num_kv_heads", "S", "head_dim"), "T",
-                   "context keys, already normed and roped; first ctx_lens[s] positions valid"),
+        TensorSpec(
+            "k_cache",
+            ("b", "num_kv_heads", "S", "head_dim"),
+            "T",
+            "context keys, already normed and roped; first ctx_lens[s] positions valid",
+        ),
         TensorSpec("v_cache", ("b", "num_kv_heads", "S", "head_dim"), "T", "context values"),
         TensorSpec("ctx_lens", ("b",), "int32", "valid context length per sequence (0 <= ctx_lens <= S)"),
     ),
-    outputs=(
-        TensorSpec("out", ("b", "B", "num_heads*head_dim"), "T", "attention output, heads concatenated"),
-    ),
+    outputs=(TensorSpec("out", ("b", "B", "num_heads*head_dim"), "T", "attention output, heads concatenated"),),
     attrs=(
         AttrSpec("num_heads", "int32", "query heads", ge=1),
         AttrSpec("num_kv_heads", "int32", "key/value heads (GQA groups)", ge=1),
         AttrSpec("head_dim", "int32", "head dimension", choices=(64, 128)),
-        AttrSpec("window", "int32", "sliding window: key visible iff abs(p_q - p_k) < window; 0 = none",
-                 default=0, ge=0),
+        AttrSpec(
+            "window", "int32", "sliding window: key visible iff abs(p_q - p_k) < window; 0 = none", default=0, ge=0
+        ),
         AttrSpec("qk_norm", "int32", "1: RMSNorm q and k per head before RoPE", default=1, choices=(0, 1)),
         AttrSpec("eps", "float32", "RMSNorm epsilon", default=1e-6, ge=0.0),
     ),
@@ -238,8 +249,12 @@ CONTEXT_KV_APPEND = OpContract(
     namespace="dflash_trt",
     type_params={"T": ("float32", "float16", "bfloat16")},
     inputs=(
-        TensorSpec("kv", ("b", "N", "2*num_kv_heads*head_dim"), "T",
-                   "new context tokens' k heads then v heads, before norm and RoPE"),
+        TensorSpec(
+            "kv",
+            ("b", "N", "2*num_kv_heads*head_dim"),
+            "T",
+            "new context tokens' k heads then v heads, before norm and RoPE",
+        ),
         TensorSpec("k_norm_weight", ("head_dim",), "T", "per-head RMSNorm weight for k (ignored when qk_norm=0)"),
         TensorSpec("rope_cos", ("max_pos", "head_dim // 2"), "float32", "RoPE cos table (rotate-half layout)"),
         TensorSpec("rope_sin", ("max_pos", "head_dim // 2"), "float32", "RoPE sin table (rotate-half layout)"),
@@ -277,17 +292,23 @@ PAGED_CACHE_DOC = (
     "p % tokens_per_page]; a sequence's capacity is S = max_pages * tokens_per_page, and a page id outside "
     "[0, pages) marks a position unusable."
 )
-KV_POOL = TensorSpec("kv_pool", ("2", "pages", "tokens_per_page", "num_kv_heads", "head_dim"), "T",
-                     "paged K/V pool of the layer: [0] key pages, [1] value pages")
-PAGE_TABLE = TensorSpec("page_table", ("b", "2", "max_pages"), "int32",
-                        "page ids per sequence: [s, 0] key pages, [s, 1] value pages")
+KV_POOL = TensorSpec(
+    "kv_pool",
+    ("2", "pages", "tokens_per_page", "num_kv_heads", "head_dim"),
+    "T",
+    "paged K/V pool of the layer: [0] key pages, [1] value pages",
+)
+PAGE_TABLE = TensorSpec(
+    "page_table", ("b", "2", "max_pages"), "int32", "page ids per sequence: [s, 0] key pages, [s, 1] value pages"
+)
 
 PAGED_BLOCK_ATTENTION = OpContract(
     name="DFlashPagedBlockAttention",
     version="1",
     namespace="dflash_trt",
     type_params=BLOCK_ATTENTION.type_params,
-    inputs=BLOCK_ATTENTION.inputs[:5] + (
+    inputs=BLOCK_ATTENTION.inputs[:5]
+    + (
         dataclasses.replace(KV_POOL, doc="paged K/V pool (context keys already normed and roped)"),
         PAGE_TABLE,
         TensorSpec("ctx_lens", ("b",), "int32", "valid context length per sequence (0 <= ctx_lens <= S)"),
@@ -296,7 +317,8 @@ PAGED_BLOCK_ATTENTION = OpContract(
     attrs=BLOCK_ATTENTION.attrs,
     constraints=BLOCK_ATTENTION.constraints,
     semantics=(
-        "DFlashBlockAttention with the context keys and values read from a paged pool. " + PAGED_CACHE_DOC
+        "DFlashBlockAttention with the context keys and values read from a paged pool. "
+        + PAGED_CACHE_DOC
         + " A sequence whose context uses an unusable position gets NaN outputs."
     ),
 )
@@ -306,21 +328,27 @@ PAGED_KV_APPEND = OpContract(
     version="1",
     namespace="dflash_trt",
     type_params=CONTEXT_KV_APPEND.type_params,
-    inputs=CONTEXT_KV_APPEND.inputs[:4] + (
+    inputs=CONTEXT_KV_APPEND.inputs[:4]
+    + (
         KV_POOL,
         PAGE_TABLE,
         CONTEXT_KV_APPEND.inputs[6],
         CONTEXT_KV_APPEND.inputs[7],
     ),
     outputs=(
-        TensorSpec("kv_pool_out", ("2", "pages", "tokens_per_page", "num_kv_heads", "head_dim"), "T",
-                   "updated pool; aliases kv_pool"),
+        TensorSpec(
+            "kv_pool_out",
+            ("2", "pages", "tokens_per_page", "num_kv_heads", "head_dim"),
+            "T",
+            "updated pool; aliases kv_pool",
+        ),
     ),
     attrs=CONTEXT_KV_APPEND.attrs,
     constraints=(),
     semantics=(
         "DFlashContextKVAppend into a paged pool, in place (kv_pool_out aliases kv_pool; same aliasing rule). "
-        + PAGED_CACHE_DOC + " A row whose position is unusable is not written."
+        + PAGED_CACHE_DOC
+        + " A row whose position is unusable is not written."
     ),
 )
 

@@ -17,8 +17,12 @@ from onnx import TensorProto, helper
 
 from dflash_trt.plugins.contracts import OpContract, TensorSpec, _eval
 
-ELEM_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16,
-              "int32": TensorProto.INT32}
+ELEM_TYPES = {
+    "float32": TensorProto.FLOAT,
+    "float16": TensorProto.FLOAT16,
+    "bfloat16": TensorProto.BFLOAT16,
+    "int32": TensorProto.INT32,
+}
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("dflash_trt", 1)]
 
 
@@ -29,28 +33,46 @@ def _dim(expr: str, attrs: Mapping[str, int | float]) -> int | str:
         return expr
 
 
-def value_info(spec: TensorSpec, attrs: Mapping[str, int | float], dtype: str,
-               name: str | None = None) -> onnx.ValueInfoProto:
+def value_info(
+    spec: TensorSpec, attrs: Mapping[str, int | float], dtype: str, name: str | None = None
+) -> onnx.ValueInfoProto:
     """The tensor of ``spec`` (type parameter T = ``dtype``) as a graph input/output."""
     elem = ELEM_TYPES[dtype if spec.dtype == "T" else spec.dtype]
     return helper.make_tensor_value_info(name or spec.name, elem, [_dim(d, attrs) for d in spec.shape])
 
 
-def plugin_node(op: OpContract, attrs: Mapping[str, int | float], inputs: Sequence[str], outputs: Sequence[str],
-                name: str | None = None) -> onnx.NodeProto:
+def plugin_node(
+    op: OpContract,
+    attrs: Mapping[str, int | float],
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    name: str | None = None,
+) -> onnx.NodeProto:
     """A node TensorRT imports as plugin ``op`` with fields ``attrs``."""
-    return helper.make_node(op.name, list(inputs), list(outputs), name=name or f"{op.name}_node", domain=op.namespace,
-                            plugin_namespace=op.namespace, plugin_version=op.version, **dict(attrs))
+    return helper.make_node(
+        op.name,
+        list(inputs),
+        list(outputs),
+        name=name or f"{op.name}_node",
+        domain=op.namespace,
+        plugin_namespace=op.namespace,
+        plugin_version=op.version,
+        **dict(attrs),
+    )
 
 
-def plugin_graph(op: OpContract, attrs: Mapping[str, int | float], dtype: str = "float16",
-                 path: str | Path | None = None) -> onnx.ModelProto:
+def plugin_graph(
+    op: OpContract, attrs: Mapping[str, int | float], dtype: str = "float16", path: str | Path | None = None
+) -> onnx.ModelProto:
     """A graph of one ``op`` node: the contract's inputs in, its outputs out. ``attrs`` are resolved
     (defaults filled, validated) first; the model is saved to ``path`` when given."""
     attrs = op.resolve_attrs(**attrs)
     graph = helper.make_graph(
-        [plugin_node(op, attrs, [t.name for t in op.inputs], [t.name for t in op.outputs])], op.name,
-        [value_info(t, attrs, dtype) for t in op.inputs], [value_info(t, attrs, dtype) for t in op.outputs])
+        [plugin_node(op, attrs, [t.name for t in op.inputs], [t.name for t in op.outputs])],
+        op.name,
+        [value_info(t, attrs, dtype) for t in op.inputs],
+        [value_info(t, attrs, dtype) for t in op.outputs],
+    )
     model = helper.make_model(graph, opset_imports=OPSETS)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

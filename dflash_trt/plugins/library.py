@@ -47,7 +47,7 @@ def find_plugin_library(backend: str | None = None) -> Path:
 
 
 def plugin_backend(path: Path) -> str:
-    """"cuda" if the library's enqueue launches CUDA kernels, "host" if it runs the math on host memory."""
+    """ "cuda" if the library's enqueue launches CUDA kernels, "host" if it runs the math on host memory."""
     fn = getattr(load_plugin_library(path), "dflashTrtPluginsBackend", None)
     if fn is None:
         raise UserError(f"{path}: exports no 'dflashTrtPluginsBackend'; rebuild it with '{BUILD_COMMAND}'")
@@ -79,16 +79,16 @@ def register_plugins(trt: ModuleType, path: Path | None = None) -> Path:
     registry = trt.get_plugin_registry()
 
     def missing() -> list[str]:
-        return [f"{op.namespace}::{op.name} v{op.version}" for op in CONTRACTS.values()
-                if registry.get_creator(op.name, op.version, op.namespace) is None]
+        return [
+            f"{op.namespace}::{op.name} v{op.version}"
+            for op in CONTRACTS.values()
+            if registry.get_creator(op.name, op.version, op.namespace) is None
+        ]
 
     if missing() and registry.load_library(str(path)) is None:
         raise UserError(f"{path}: TensorRT's plugin registry could not load it; rebuild it with '{BUILD_COMMAND}'")
     if absent := missing():
-        raise UserError(
-            f"{path}: does not provide {', '.join(absent)}; "
-            f"rebuild it with '{BUILD_COMMAND}'"
-        )
+        raise UserError(f"{path}: does not provide {', '.join(absent)}; rebuild it with '{BUILD_COMMAND}'")
     return path
 
 

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from dflash_trt.errors import UserError
-from dflash_trt.plugins.contracts import BLOCK_ATTENTION
 from dflash_trt.models.layers import Rope
+from dflash_trt.plugins.contracts import BLOCK_ATTENTION
 from dflash_trt.plugins.reference import dflash_block_attention
 
 try:
@@ -57,10 +57,22 @@ def _block_attention_onnx(
 ) -> _T:
     # plugin_namespace/plugin_version must equal BLOCK_ATTENTION.namespace/.version (tested)
     return _CONTRIB.DFlashBlockAttention(
-        qkv, q_norm_weight, k_norm_weight, rope_cos, rope_sin, k_cache, v_cache, ctx_lens,
-        num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-        window=window, qk_norm=qk_norm, eps=eps,
-        plugin_namespace="dflash_trt", plugin_version="1",
+        qkv,
+        q_norm_weight,
+        k_norm_weight,
+        rope_cos,
+        rope_sin,
+        k_cache,
+        v_cache,
+        ctx_lens,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        window=window,
+        qk_norm=qk_norm,
+        eps=eps,
+        plugin_namespace="dflash_trt",
+        plugin_version="1",
     )
 
 
@@ -72,8 +84,15 @@ class BlockAttention(torch.nn.Module):
         self.attrs = BLOCK_ATTENTION.resolve_attrs(**attrs)
 
     def forward(
-        self, qkv: Tensor, q_norm_weight: Tensor, k_norm_weight: Tensor, rope_cos: Tensor, rope_sin: Tensor,
-        k_cache: Tensor, v_cache: Tensor, ctx_lens: Tensor,
+        self,
+        qkv: Tensor,
+        q_norm_weight: Tensor,
+        k_norm_weight: Tensor,
+        rope_cos: Tensor,
+        rope_sin: Tensor,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        ctx_lens: Tensor,
     ) -> Tensor:
         return dflash_block_attention(
             qkv, q_norm_weight, k_norm_weight, rope_cos, rope_sin, k_cache, v_cache, ctx_lens, **self.attrs
@@ -81,8 +100,14 @@ class BlockAttention(torch.nn.Module):
 
 
 def example_inputs(
-    attrs: Mapping[str, int | float], *, batch: int, block: int, ctx: int, max_pos: int,
-    dtype: torch.dtype = torch.float16, seed: int = 0,
+    attrs: Mapping[str, int | float],
+    *,
+    batch: int,
+    block: int,
+    ctx: int,
+    max_pos: int,
+    dtype: torch.dtype = torch.float16,
+    seed: int = 0,
 ) -> tuple[Tensor, ...]:
     """Random valid inputs in contract order (ragged ctx_lens in [0, ctx], norm weights near 1)."""
     g = torch.Generator().manual_seed(seed)

@@ -76,14 +76,24 @@ def build_engine(
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [tmp, env.get("LD_LIBRARY_PATH")]))
         report_path = Path(tmp) / "report.json"
-        cmd = [sys.executable, "-m", "dflash_trt.plugins.trt_rtx", str(onnx_path), str(plan_path),
-               "--plugin-lib", str(lib), "--report", str(report_path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dflash_trt.plugins.trt_rtx",
+            str(onnx_path),
+            str(plan_path),
+            "--plugin-lib",
+            str(lib),
+            "--report",
+            str(report_path),
+        ]
         for name, shapes in profile.items():
             cmd += ["--profile", f"{name}=" + ":".join("x".join(map(str, s)) for s in shapes)]
         if not aliased_plugin_io:
             cmd.append("--no-aliased-plugin-io")
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                              cwd=Path(__file__).resolve().parents[2])
+        proc = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[2]
+        )
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
         if proc.returncode == 2 and last.startswith("error: "):
             raise UserError(last.removeprefix("error: "))
@@ -100,9 +110,15 @@ def _desc(tensor) -> list:
         return [str(tensor.dtype), None]
 
 
-def build_in_process(trt: ModuleType, onnx_path: Path, plan_path: Path, plugin_lib: Path,
-                     profile: Mapping[str, tuple[Shape, Shape, Shape]], *,
-                     aliased_plugin_io: bool = True) -> BuildReport:
+def build_in_process(
+    trt: ModuleType,
+    onnx_path: Path,
+    plan_path: Path,
+    plugin_lib: Path,
+    profile: Mapping[str, tuple[Shape, Shape, Shape]],
+    *,
+    aliased_plugin_io: bool = True,
+) -> BuildReport:
     """The build itself, with ``trt`` = ``tensorrt_rtx`` (in the child) or datacenter ``tensorrt`` (on a
     GPU host, where it needs no child process)."""
 
@@ -140,14 +156,19 @@ def build_in_process(trt: ModuleType, onnx_path: Path, plan_path: Path, plugin_l
             continue
         layer.__class__ = trt.IPluginV3Layer  # the bindings return the base ILayer; this is TRT's downcast idiom
         core = layer.plugin.get_capability_interface(trt.PluginCapabilityType.CORE)
-        plugin_layers.append({
-            "name": layer.name,
-            "plugin": [core.plugin_name, core.plugin_version, core.plugin_namespace],
-            "inputs": [_desc(t) for t in map(layer.get_input, range(layer.num_inputs))],
-            "outputs": [_desc(t) for t in map(layer.get_output, range(layer.num_outputs))],
-        })
-    outputs = [{"name": t.name, "dtype": d[0], "shape": d[1]}
-               for t in map(network.get_output, range(network.num_outputs)) for d in [_desc(t)]]
+        plugin_layers.append(
+            {
+                "name": layer.name,
+                "plugin": [core.plugin_name, core.plugin_version, core.plugin_namespace],
+                "inputs": [_desc(t) for t in map(layer.get_input, range(layer.num_inputs))],
+                "outputs": [_desc(t) for t in map(layer.get_output, range(layer.num_outputs))],
+            }
+        )
+    outputs = [
+        {"name": t.name, "dtype": d[0], "shape": d[1]}
+        for t in map(network.get_output, range(network.num_outputs))
+        for d in [_desc(t)]
+    ]
 
     plan_bytes = 0
     if parsed:
@@ -162,8 +183,18 @@ def build_in_process(trt: ModuleType, onnx_path: Path, plan_path: Path, plugin_l
             data = bytes(plan)
             plan_path.write_bytes(data)
             plan_bytes = len(data)
-    return BuildReport(parsed, parser_errors, plugin_layers, outputs, plan_bytes, logger.errors, aliased_plugin_io,
-                       logger.layers, logger.copies, logger.activation)
+    return BuildReport(
+        parsed,
+        parser_errors,
+        plugin_layers,
+        outputs,
+        plan_bytes,
+        logger.errors,
+        aliased_plugin_io,
+        logger.layers,
+        logger.copies,
+        logger.activation,
+    )
 
 
 def _parse_profile(items: Sequence[str]) -> dict[str, tuple[Shape, Shape, Shape]]:
@@ -186,8 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("plan", type=Path)
     ap.add_argument("--plugin-lib", type=Path, help="default: DFLASH_TRT_PLUGIN_LIB or plugins/build")
     ap.add_argument("--profile", action="append", default=[], help="NAME=MIN:OPT:MAX, shapes as AxBxC")
-    ap.add_argument("--no-aliased-plugin-io", action="store_true",
-                    help="build without PreviewFeature.ALIASED_PLUGIN_IO_10_03 (the KV-append plugins then fail)")
+    ap.add_argument(
+        "--no-aliased-plugin-io",
+        action="store_true",
+        help="build without PreviewFeature.ALIASED_PLUGIN_IO_10_03 (the KV-append plugins then fail)",
+    )
     ap.add_argument("--report", type=Path, help=argparse.SUPPRESS)  # set by build_engine for its child
     args = ap.parse_args(argv)
     try:
@@ -195,12 +229,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.report:  # the child: LD_LIBRARY_PATH is already fixed
             import tensorrt_rtx
 
-            report = build_in_process(tensorrt_rtx, args.onnx, args.plan, args.plugin_lib or find_plugin_library(),
-                                      profile, aliased_plugin_io=not args.no_aliased_plugin_io)
+            report = build_in_process(
+                tensorrt_rtx,
+                args.onnx,
+                args.plan,
+                args.plugin_lib or find_plugin_library(),
+                profile,
+                aliased_plugin_io=not args.no_aliased_plugin_io,
+            )
             args.report.write_text(json.dumps(asdict(report)))
         else:
-            report = build_engine(args.onnx, args.plan, profile, plugin_lib=args.plugin_lib,
-                                  aliased_plugin_io=not args.no_aliased_plugin_io)
+            report = build_engine(
+                args.onnx,
+                args.plan,
+                profile,
+                plugin_lib=args.plugin_lib,
+                aliased_plugin_io=not args.no_aliased_plugin_io,
+            )
             print(json.dumps(asdict(report), indent=1))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

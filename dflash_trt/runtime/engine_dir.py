@@ -91,20 +91,27 @@ def read_engine_dir(root: Path) -> EngineDir:
     path = root / CONFIG
     config = read_json(path)
     if config.get("format") != FORMAT:
-        raise UserError(f"{path}: field 'format' is {config.get('format')!r}, not {FORMAT!r}; pass a directory "
-                        "written by `dflash-trt build`")
+        raise UserError(
+            f"{path}: field 'format' is {config.get('format')!r}, not {FORMAT!r}; pass a directory "
+            "written by `dflash-trt build`"
+        )
     if config.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{path}: field 'format_version' is {config.get('format_version')!r}; this dflash-trt reads "
-                        f"{FORMAT_VERSION}: rebuild the engine directory")
+        raise UserError(
+            f"{path}: field 'format_version' is {config.get('format_version')!r}; this dflash-trt reads "
+            f"{FORMAT_VERSION}: rebuild the engine directory"
+        )
     for key in ("pretrained_config", "build_config", "dflash", "plugin"):
         if not isinstance(config.get(key), dict):
             raise UserError(f"{path}: missing section '{key}'; rebuild the engine directory")
     pre = config["pretrained_config"]
     try:
         target = TargetConfig.from_hf(pre["dflash_trt"]["hf_config"], f"{path} (pretrained_config)")
-        drafter = DrafterConfig.from_hf(pre["drafter"]["dflash_trt"]["hf_config"],
-                                        f"{path} (pretrained_config.drafter)")
+        drafter = DrafterConfig.from_hf(
+            pre["drafter"]["dflash_trt"]["hf_config"], f"{path} (pretrained_config.drafter)"
+        )
     except (KeyError, TypeError):
-        raise UserError(f"{path}: missing field 'pretrained_config.dflash_trt.hf_config' or "
-                        "'pretrained_config.drafter'; rebuild the engine directory") from None
+        raise UserError(
+            f"{path}: missing field 'pretrained_config.dflash_trt.hf_config' or "
+            "'pretrained_config.drafter'; rebuild the engine directory"
+        ) from None
     return EngineDir(root, config, target, drafter)

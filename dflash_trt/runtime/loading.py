@@ -70,8 +70,9 @@ def load_target(directory: Path, dtype: torch.dtype = torch.float32) -> Transfor
     directory = Path(directory)
     cfg = TargetConfig.from_dir(directory)
     model = Transformer(cfg)
-    model.load_state_dict(internal_from_hf(target_weights(cfg), read_tensors(directory).__getitem__, directory),
-                          strict=True)
+    model.load_state_dict(
+        internal_from_hf(target_weights(cfg), read_tensors(directory).__getitem__, directory), strict=True
+    )
     return model.to(dtype).eval()
 
 
@@ -99,8 +100,10 @@ def load_converted(
     target_json, drafter_json, target_cfg, drafter_cfg = read_converted(directory)
     tp = int(target_json["mapping"]["tp_size"])
     if tp != mapping.tp_size:
-        raise UserError(f"{directory / 'target' / 'config.json'}: converted for tp_size {tp} but running on "
-                        f"{mapping.tp_size} rank(s); launch with `mpirun -n {tp} dflash-trt ...`")
+        raise UserError(
+            f"{directory / 'target' / 'config.json'}: converted for tp_size {tp} but running on "
+            f"{mapping.tp_size} rank(s); launch with `mpirun -n {tp} dflash-trt ...`"
+        )
     check_pair(target_cfg, drafter_cfg, str(directory / "drafter" / "config.json"))
     stored = dtype_named(str(target_json.get("dtype")))
     if stored is None:
@@ -114,9 +117,12 @@ def load_converted(
             return {name: f.get_tensor(name) for name in f.keys()}
 
     target = build_target(target_cfg, mapping)
-    target.load_state_dict(internal_from_trtllm(target_weights(target_cfg), read("target"),
-                                                directory / "target" / rank_file), strict=True)
+    target.load_state_dict(
+        internal_from_trtllm(target_weights(target_cfg), read("target"), directory / "target" / rank_file), strict=True
+    )
     drafter = build_drafter(drafter_cfg, mapping)
-    drafter.load_state_dict(internal_from_trtllm(drafter_weights(drafter_cfg), read("drafter"),
-                                                 directory / "drafter" / rank_file), strict=True)
+    drafter.load_state_dict(
+        internal_from_trtllm(drafter_weights(drafter_cfg), read("drafter"), directory / "drafter" / rank_file),
+        strict=True,
+    )
     return target.to(dtype).eval(), drafter.to(dtype).eval(), target_cfg

@@ -108,8 +108,10 @@ class _Collective:
 
         comm = MPI.COMM_WORLD
         if comm.Get_size() != self.group_size:
-            raise UserError(f"graph collective {self.op} spans {self.group_size} ranks but {comm.Get_size()} run; "
-                            f"launch with `mpirun -n {self.group_size}`")
+            raise UserError(
+                f"graph collective {self.op} spans {self.group_size} ranks but {comm.Get_size()} run; "
+                f"launch with `mpirun -n {self.group_size}`"
+            )
         x = np.ascontiguousarray(values[self.input])
         if self.op == "AllReduce":
             out = x.copy()
@@ -154,18 +156,21 @@ def _segments(model) -> list:
         members = [n for n, s in zip(nodes, seg_of) if s == seg]
         if members:
             produced = {out for n in members for out in n.output}
-            needed = list(dict.fromkeys(x for n in members for x in n.input
-                                        if x and x not in produced and x not in initializers))
+            needed = list(
+                dict.fromkeys(x for n in members for x in n.input if x and x not in produced and x not in initializers)
+            )
             outputs = [o for n in members for o in n.output if consumer_segs.get(o, set()) - {seg}]
             inits = list(dict.fromkeys(x for n in members for x in n.input if x in initializers))
             seg_graph = helper.make_graph(
-                members, f"segment{seg}", [helper.make_tensor_value_info(x, types[x], None) for x in needed],
+                members,
+                f"segment{seg}",
+                [helper.make_tensor_value_info(x, types[x], None) for x in needed],
                 [helper.make_tensor_value_info(x, types[x], None) for x in outputs],
-                [initializers[x] for x in inits])
+                [initializers[x] for x in inits],
+            )
             seg_model = helper.make_model(seg_graph, opset_imports=opsets, ir_version=model.ir_version)
             steps.append(_Segment(seg_model.SerializeToString(), needed, outputs))
-        steps += [_Collective(n) for n, lvl in zip(nodes, node_level)
-                  if n.domain == COLLECTIVE_DOMAIN and lvl == seg]
+        steps += [_Collective(n) for n, lvl in zip(nodes, node_level) if n.domain == COLLECTIVE_DOMAIN and lvl == seg]
     return steps
 
 
@@ -231,7 +236,8 @@ class OrtTarget(TargetRunner):
         _, self.kv_heads, _, self.head_dim = graph.input_shape("past_key_values.0.key")
         self.np_dtype = graph.input_dtype("past_key_values.0.key")
         self.dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}.get(
-            self.np_dtype, torch.float32)
+            self.np_dtype, torch.float32
+        )
         self.device = torch.device("cpu")
         self.vocab_size = vocab_size
         self.capacity = Capacity(max_batch, max_seq_len, "max_seq_len")
@@ -242,8 +248,9 @@ class OrtTarget(TargetRunner):
     def reset(self, batch: int, max_len: int) -> None:
         self.caches = _Caches(self.layers, batch, self.kv_heads, self.head_dim, max_len, self.np_dtype)
 
-    def _run(self, tokens: np.ndarray, cache_lens: np.ndarray, logits_index: np.ndarray,
-             past: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    def _run(
+        self, tokens: np.ndarray, cache_lens: np.ndarray, logits_index: np.ndarray, past: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         feeds = {"input_ids": tokens, "cache_lens": cache_lens, "logits_index": logits_index}
         feeds |= dict(zip(self.past, past))
         out = self.graph.run(feeds)
@@ -259,8 +266,9 @@ class OrtTarget(TargetRunner):
         for i, prompt in enumerate(prompts):
             tokens[i, : len(prompt)] = prompt
         empty = np.zeros((n, self.kv_heads, 0, self.head_dim), self.np_dtype)
-        logits, features, present = self._run(tokens, np.zeros(n, np.int64), (lens - 1)[:, None],
-                                              [empty] * (2 * self.layers))
+        logits, features, present = self._run(
+            tokens, np.zeros(n, np.int64), (lens - 1)[:, None], [empty] * (2 * self.layers)
+        )
         c.ensure(tokens.shape[1])
         c.store(present, rows, np.zeros(n, np.int64))
         c.lens[rows] = lens
@@ -325,8 +333,12 @@ class OrtDrafter:
             if x is not None:
                 features[i, : len(x)] = x
         c.ensure(int(c.lens.max()) + t)
-        feeds = {"input_ids": block.numpy(), "features": features, "feature_lens": feature_lens,
-                 "cache_lens": c.lens} | dict(zip(self.past, c.kv))
+        feeds = {
+            "input_ids": block.numpy(),
+            "features": features,
+            "feature_lens": feature_lens,
+            "cache_lens": c.lens,
+        } | dict(zip(self.past, c.kv))
         out = self.graph.run(feeds)
         c.store(out[1:], np.arange(b), c.lens)
         c.lens += feature_lens
@@ -367,17 +379,25 @@ def read_engine_config(engine_dir: Path) -> dict:
         raise UserError(f"{engine_dir}: engine directory not found; build one with `dflash-trt build`")
     path = engine_dir / "config.json"
     cfg = read_json(path)
-    for field in ("pretrained_config.vocab_size", "pretrained_config.num_hidden_layers",
-                  "pretrained_config.mapping.tp_size", "build_config.max_batch_size", "build_config.max_seq_len",
-                  "dflash.mask_token_id", "dflash.block_size", "dflash.target_layer_ids"):
+    for field in (
+        "pretrained_config.vocab_size",
+        "pretrained_config.num_hidden_layers",
+        "pretrained_config.mapping.tp_size",
+        "build_config.max_batch_size",
+        "build_config.max_seq_len",
+        "dflash.mask_token_id",
+        "dflash.block_size",
+        "dflash.target_layer_ids",
+    ):
         value = _get(cfg, field, path)
         if field != "dflash.target_layer_ids" and (isinstance(value, bool) or not isinstance(value, int)):
             raise UserError(f"{path}: field '{field}' must be an integer, got {value!r}")
     return cfg
 
 
-def load_engine(engine_dir: Path, rank: int = 0, world: int = 1, use_drafter: bool = True
-                ) -> tuple[OrtTarget, OrtDrafter | None, dict]:
+def load_engine(
+    engine_dir: Path, rank: int = 0, world: int = 1, use_drafter: bool = True
+) -> tuple[OrtTarget, OrtDrafter | None, dict]:
     """The onnxruntime runners of this rank of an engine directory, checked against its config.json."""
     engine_dir = Path(engine_dir)
     cfg = read_engine_config(engine_dir)
@@ -385,14 +405,18 @@ def load_engine(engine_dir: Path, rank: int = 0, world: int = 1, use_drafter: bo
     pre, build, dflash = cfg["pretrained_config"], cfg["build_config"], cfg["dflash"]
     tp = pre["mapping"]["tp_size"]
     if tp != world:
-        raise UserError(f"{path}: mapping.tp_size is {tp} but {world} rank(s) run; "
-                        f"launch with `mpirun -n {tp} dflash-trt ...`" if tp > 1 else
-                        f"{path}: mapping.tp_size is 1; run without mpirun")
+        raise UserError(
+            f"{path}: mapping.tp_size is {tp} but {world} rank(s) run; launch with `mpirun -n {tp} dflash-trt ...`"
+            if tp > 1
+            else f"{path}: mapping.tp_size is 1; run without mpirun"
+        )
     graphs = load_graphs(engine_dir, rank, use_drafter)
     target = OrtTarget(graphs[TARGET], build["max_batch_size"], build["max_seq_len"], pre["vocab_size"])
     if target.layers != pre["num_hidden_layers"]:
-        raise UserError(f"{graphs[TARGET].path}: {target.layers} layers but {path} says num_hidden_layers "
-                        f"{pre['num_hidden_layers']}; the graphs do not belong to this config: rebuild")
+        raise UserError(
+            f"{graphs[TARGET].path}: {target.layers} layers but {path} says num_hidden_layers "
+            f"{pre['num_hidden_layers']}; the graphs do not belong to this config: rebuild"
+        )
     drafter = None
     if use_drafter:
         drafter = OrtDrafter(graphs[DRAFTER], dflash["block_size"], dflash["mask_token_id"])

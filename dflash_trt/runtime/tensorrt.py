@@ -42,11 +42,17 @@ from dflash_trt.errors import UserError
 from dflash_trt.export.graphs import DRAFTER, GRAPHS, TARGET, past_names, present_names
 from dflash_trt.runtime.engine_dir import EngineDir, read_engine_dir
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
-                "int32": torch.int32}
+TORCH_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+}
 
 
 # --- what binds where (CPU-testable) ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Binding:
@@ -93,17 +99,26 @@ def plan_bindings(eng: EngineDir, graph: str, phase: str) -> dict[str, Binding]:
     vocab = eng.target.vocab_size
     t_max = profile_max(eng, graph, phase, "input_ids" if graph == TARGET else "features")[1]
     out: dict[str, Binding] = {}
-    inputs = ["input_ids", "cache_lens", "logits_index"] if graph == TARGET else [
-        "input_ids", "features", "feature_lens", "cache_lens"]
+    inputs = (
+        ["input_ids", "cache_lens", "logits_index"]
+        if graph == TARGET
+        else ["input_ids", "features", "feature_lens", "cache_lens"]
+    )
     for name in inputs:
-        out[name] = Binding(name, "input", f"{graph}.{phase}.{name}", profile_max(eng, graph, phase, name),
-                            dtype if name == "features" else "int64")
+        out[name] = Binding(
+            name,
+            "input",
+            f"{graph}.{phase}.{name}",
+            profile_max(eng, graph, phase, name),
+            dtype if name == "features" else "int64",
+        )
     for name in past_names(layers):
         if phase == "prefill" and graph == TARGET:  # a target prefill starts rows from empty caches
             out[name] = Binding(name, "scratch", f"{graph}.scratch", (b, kv, 1, hd), dtype)
         else:
-            out[name] = Binding(name, "cache", f"{graph}.cache.{name.removeprefix('past_key_values.')}",
-                                (b, kv, ms, hd), dtype)
+            out[name] = Binding(
+                name, "cache", f"{graph}.cache.{name.removeprefix('past_key_values.')}", (b, kv, ms, hd), dtype
+            )
     if graph == TARGET:
         n = profile_max(eng, graph, phase, "logits_index")[1]
         features = len(eng.drafter.target_layer_ids) * eng.target.hidden_size
@@ -136,8 +151,10 @@ def choose_phase(eng: EngineDir, graph: str, tokens: int) -> str:
     if tokens <= step_max:
         return "step"
     if "prefill" not in [p["name"] for p in eng.profiles] or tokens > profile_max(eng, graph, "prefill", name)[1]:
-        raise UserError(f"{eng.root / 'config.json'}: {tokens} tokens exceed the engine's profiles (max_input_len "
-                        f"{eng.build['max_input_len']}); rebuild with a larger max_input_len")
+        raise UserError(
+            f"{eng.root / 'config.json'}: {tokens} tokens exceed the engine's profiles (max_input_len "
+            f"{eng.build['max_input_len']}); rebuild with a larger max_input_len"
+        )
     return "prefill"
 
 
@@ -152,6 +169,7 @@ def available() -> bool:
 
 # --- the GPU side (written, not executed) ----------------------------------------------------------------------------
 
+
 def _check(result: Any) -> Any:
     """cuda-python returns (cudaError_t, *values): raise on an error, return the values."""
     err, *values = result if isinstance(result, tuple) else (result,)
@@ -165,17 +183,22 @@ def _check(result: Any) -> Any:
 class _Engine:
     """One deserialized engine with an execution context per profile, bound buffers and captured CUDA graphs."""
 
-    def __init__(self, trt, runtime, eng: EngineDir, graph: str, rank: int, stream: torch.cuda.Stream,
-                 buffers: dict[str, Tensor]) -> None:
+    def __init__(
+        self, trt, runtime, eng: EngineDir, graph: str, rank: int, stream: torch.cuda.Stream, buffers: dict[str, Tensor]
+    ) -> None:
         path = eng.engine(graph, rank)
         if path is None or not path.is_file():
-            raise UserError(f"{eng.root}: no {graph}/rank{rank}.engine (built without datacenter TensorRT); run "
-                            "`dflash-trt build` on a GPU host with TensorRT, or use the onnxruntime backend")
+            raise UserError(
+                f"{eng.root}: no {graph}/rank{rank}.engine (built without datacenter TensorRT); run "
+                "`dflash-trt build` on a GPU host with TensorRT, or use the onnxruntime backend"
+            )
         self.trt, self.eng, self.graph, self.stream = trt, eng, graph, stream
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise UserError(f"{path}: TensorRT could not deserialize it (built by another TensorRT version or GPU); "
-                            "rebuild it on this host")
+            raise UserError(
+                f"{path}: TensorRT could not deserialize it (built by another TensorRT version or GPU); "
+                "rebuild it on this host"
+            )
         self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.contexts: dict[str, Any] = {}
         self.bindings: dict[str, dict[str, Binding]] = {}
@@ -187,14 +210,18 @@ class _Engine:
             plan = plan_bindings(eng, graph, phase)
             missing = sorted(set(self.names) ^ set(plan))
             if missing:
-                raise UserError(f"{path}: tensors {missing[:3]} differ from the engine directory's contract; "
-                                "rebuild the engine directory")
+                raise UserError(
+                    f"{path}: tensors {missing[:3]} differ from the engine directory's contract; "
+                    "rebuild the engine directory"
+                )
             for name in self.names:
                 found = str(self.engine.get_tensor_dtype(name)).removeprefix("DataType.").lower()
                 want = {"float": "float32", "half": "float16", "bf16": "bfloat16"}.get(found, found)
                 if want != plan[name].dtype:
-                    raise UserError(f"{path}: tensor {name} is {want}, the engine directory says {plan[name].dtype}; "
-                                    "rebuild the engine directory")
+                    raise UserError(
+                        f"{path}: tensor {name} is {want}, the engine directory says {plan[name].dtype}; "
+                        "rebuild the engine directory"
+                    )
             for name in self.names:
                 ctx.set_tensor_address(name, buffers[plan[name].buffer].data_ptr())
             self.contexts[phase], self.bindings[phase] = ctx, plan
@@ -243,13 +270,17 @@ class _Session:
         torch.cuda.set_device(self.device)
         lib = Path(os.environ.get(ENV_VAR) or self.eng.config["plugin"]["built_from"])
         if not lib.is_file():
-            raise UserError(f"{lib}: the plugin library recorded in {self.eng.root / 'config.json'} is missing; set "
-                            f"{ENV_VAR} to the cuda build of libdflash_trt_plugins.so")
+            raise UserError(
+                f"{lib}: the plugin library recorded in {self.eng.root / 'config.json'} is missing; set "
+                f"{ENV_VAR} to the cuda build of libdflash_trt_plugins.so"
+            )
         digest = hashlib.sha256(lib.read_bytes()).hexdigest()
         if digest != self.eng.config["plugin"]["sha256"]:
-            raise UserError(f"{lib}: sha256 differs from the plugin library the engines were built with "
-                            f"({self.eng.root / 'config.json'} 'plugin.sha256'); rebuild the engines or point "
-                            f"{ENV_VAR} at that library")
+            raise UserError(
+                f"{lib}: sha256 differs from the plugin library the engines were built with "
+                f"({self.eng.root / 'config.json'} 'plugin.sha256'); rebuild the engines or point "
+                f"{ENV_VAR} at that library"
+            )
         self.logger = trt.Logger(trt.Logger.WARNING)
         register_plugins(trt, lib)
         self.runtime = trt.Runtime(self.logger)
@@ -262,17 +293,20 @@ class _Session:
                         self.buffers[b.buffer] = torch.zeros(b.shape, dtype=TORCH_DTYPES[b.dtype], device=self.device)
         self.engines = {g: _Engine(trt, self.runtime, self.eng, g, rank, self.stream, self.buffers) for g in GRAPHS}
         self.use_cuda_graphs = True
-        self.accept_engine = _AcceptEngine(trt, self.runtime, self.logger, self.eng, self.buffers, self.stream,
-                                           self.device)
+        self.accept_engine = _AcceptEngine(
+            trt, self.runtime, self.logger, self.eng, self.buffers, self.stream, self.device
+        )
 
     def caches(self, graph: str) -> list[tuple[Tensor, Tensor]]:
         layers = (self.eng.target if graph == TARGET else self.eng.drafter).num_layers
-        return [(self.buffers[f"{graph}.cache.{i}.key"], self.buffers[f"{graph}.cache.{i}.value"])
-                for i in range(layers)]
+        return [
+            (self.buffers[f"{graph}.cache.{i}.key"], self.buffers[f"{graph}.cache.{i}.value"]) for i in range(layers)
+        ]
 
 
-def _store(caches: list[tuple[Tensor, Tensor]], present: list[Tensor], rows: Tensor, start: Tensor,
-           count: Tensor) -> None:
+def _store(
+    caches: list[tuple[Tensor, Tensor]], present: list[Tensor], rows: Tensor, start: Tensor, count: Tensor
+) -> None:
     """Write present K/V [n, t, kv, hd] of `rows` into caches [B, kv, S, hd] at start[i] + j for j < count[i]."""
     t = present[0].shape[1]
     steps = torch.arange(t, device=rows.device)
@@ -291,8 +325,9 @@ class TensorRTTarget(TargetRunner):
         self.s, eng = session, session.eng
         self.device, self.dtype = session.device, TORCH_DTYPES[eng.dtype]
         self.vocab_size = eng.target.vocab_size
-        self.capacity = Capacity(eng.build["max_batch_size"], eng.build["max_seq_len"],
-                                 f"max_seq_len of {eng.root / 'config.json'}")
+        self.capacity = Capacity(
+            eng.build["max_batch_size"], eng.build["max_seq_len"], f"max_seq_len of {eng.root / 'config.json'}"
+        )
         self.layers = eng.target.num_layers
         self.lens = torch.zeros(self.capacity.max_batch, dtype=torch.long, device=self.device)
         self.batch = 0
@@ -300,8 +335,10 @@ class TensorRTTarget(TargetRunner):
 
     def reset(self, batch: int, max_len: int) -> None:
         if batch > self.capacity.max_batch or max_len > self.capacity.max_len:
-            raise UserError(f"{self.s.eng.root / 'config.json'}: batch {batch} x {max_len} positions exceed the "
-                            f"engines' max_batch_size {self.capacity.max_batch} / max_seq_len {self.capacity.max_len}")
+            raise UserError(
+                f"{self.s.eng.root / 'config.json'}: batch {batch} x {max_len} positions exceed the "
+                f"engines' max_batch_size {self.capacity.max_batch} / max_seq_len {self.capacity.max_len}"
+            )
         self.batch = batch
         self.lens.zero_()
 
@@ -350,8 +387,13 @@ class TensorRTTarget(TargetRunner):
             shapes.update({name: past for name in past_names(self.layers)})
             self.s.engines[TARGET].run("step", shapes, (b, bs) if self.s.use_cuda_graphs else None)
             logits, features, present = self._outputs("step", b, bs)
-            _store(self.s.caches(TARGET), [p[:b, :bs] for p in present], torch.arange(b, device=self.device),
-                   self.lens[:b], torch.full((b,), bs, device=self.device))
+            _store(
+                self.s.caches(TARGET),
+                [p[:b, :bs] for p in present],
+                torch.arange(b, device=self.device),
+                self.lens[:b],
+                torch.full((b,), bs, device=self.device),
+            )
         return logits[:b, :bs], features[:b, :bs]
 
     @torch.inference_mode()
@@ -362,8 +404,9 @@ class TensorRTTarget(TargetRunner):
         return out
 
     @torch.inference_mode()
-    def verify_and_accept(self, block: Tensor, q: Tensor | None, params: SamplingParams,
-                          generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    def verify_and_accept(
+        self, block: Tensor, q: Tensor | None, params: SamplingParams, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         logits, features = self._verify(block)
         if params.temperature == 0 and self.s.accept_engine.ready:
             accepted, next_token = self.s.accept_engine.run(block[:, 1:], logits.argmax(-1))
@@ -409,7 +452,7 @@ class TensorRTDrafter:
         with torch.cuda.stream(self.s.stream):
             for i, row in enumerate(rows):  # a few rows per step; offsets differ per row
                 k, start = int(n[i]), int(self.pending_lens[row])
-                self.pending[row, start: start + k] = features[i, :k]
+                self.pending[row, start : start + k] = features[i, :k]
                 self.pending_lens[row] += k
 
     @torch.inference_mode()
@@ -425,16 +468,26 @@ class TensorRTDrafter:
             buf[f"drafter.{phase}.features"][:b, :t] = self.pending[:b, :t]
             buf[f"drafter.{phase}.feature_lens"][:b] = self.pending_lens[:b]
             buf[f"drafter.{phase}.cache_lens"][:b] = self.lens[:b]
-            shapes = {"input_ids": (b, bs), "features": (b, t, self.pending.shape[-1]), "feature_lens": (b,),
-                      "cache_lens": (b,)}
+            shapes = {
+                "input_ids": (b, bs),
+                "features": (b, t, self.pending.shape[-1]),
+                "feature_lens": (b,),
+                "cache_lens": (b,),
+            }
             past = (b, *plan_bindings(eng, DRAFTER, "step")[past_names(1)[0]].shape[1:])
             shapes.update({name: past for name in past_names(self.layers)})
             # both profiles read the persistent caches here: the drafter's context is never empty after a prefill
-            self.s.engines[DRAFTER].run(phase, shapes, (b, bs, t) if phase == "step" and self.s.use_cuda_graphs
-                                        else None)
+            self.s.engines[DRAFTER].run(
+                phase, shapes, (b, bs, t) if phase == "step" and self.s.use_cuda_graphs else None
+            )
             present = [buf[f"drafter.{phase}.{name}"][:b, :t] for name in present_names(self.layers)]
-            _store(self.s.caches(DRAFTER), present, torch.arange(b, device=self.device), self.lens[:b],
-                   self.pending_lens[:b])
+            _store(
+                self.s.caches(DRAFTER),
+                present,
+                torch.arange(b, device=self.device),
+                self.lens[:b],
+                self.pending_lens[:b],
+            )
             self.lens[:b] += self.pending_lens[:b]
             self.pending_lens[:b] = 0
             logits = buf[f"drafter.{phase}.logits"][:b, : bs - 1].float().clone()
@@ -451,8 +504,9 @@ class _AcceptEngine:
 
         self.ready, self.stream = False, stream
         mb, block = eng.build["max_batch_size"], eng.block_size
-        creator = trt.get_plugin_registry().get_creator(ACCEPT_TOKENS.name, ACCEPT_TOKENS.version,
-                                                        ACCEPT_TOKENS.namespace)
+        creator = trt.get_plugin_registry().get_creator(
+            ACCEPT_TOKENS.name, ACCEPT_TOKENS.version, ACCEPT_TOKENS.namespace
+        )
         if creator is None or not hasattr(trt.INetworkDefinition, "add_plugin_v3"):
             return  # the default acceptance (sampling.accept on the device) serves
         builder = trt.Builder(logger)
@@ -474,10 +528,12 @@ class _AcceptEngine:
             return
         self.engine = runtime.deserialize_cuda_engine(plan)
         self.context = self.engine.create_execution_context()
-        self.bufs = {"draft_tokens": torch.zeros(mb, block - 1, dtype=torch.int32, device=device),
-                     "target_tokens": torch.zeros(mb, block, dtype=torch.int32, device=device),
-                     "accepted_len": torch.zeros(mb, dtype=torch.int32, device=device),
-                     "bonus_token": torch.zeros(mb, dtype=torch.int32, device=device)}
+        self.bufs = {
+            "draft_tokens": torch.zeros(mb, block - 1, dtype=torch.int32, device=device),
+            "target_tokens": torch.zeros(mb, block, dtype=torch.int32, device=device),
+            "accepted_len": torch.zeros(mb, dtype=torch.int32, device=device),
+            "bonus_token": torch.zeros(mb, dtype=torch.int32, device=device),
+        }
         for name, t in self.bufs.items():
             self.context.set_tensor_address(name, t.data_ptr())
         self.ready = True
@@ -496,7 +552,9 @@ class _AcceptEngine:
 def load_runners(engine_dir: Path, rank: int = 0) -> tuple[TensorRTTarget, TensorRTDrafter]:
     """The TensorRT target and drafter runners of ENGINE_DIR for TP rank `rank` (a GPU and TensorRT needed)."""
     if not available():
-        raise UserError(f"{engine_dir}: the TensorRT backend needs datacenter TensorRT (`import tensorrt`) and a "
-                        "CUDA GPU; use the onnxruntime backend on this host")
+        raise UserError(
+            f"{engine_dir}: the TensorRT backend needs datacenter TensorRT (`import tensorrt`) and a "
+            "CUDA GPU; use the onnxruntime backend on this host"
+        )
     session = _Session(Path(engine_dir), rank)
     return TensorRTTarget(session), TensorRTDrafter(session)

@@ -58,8 +58,13 @@ def buffers(cfg: TargetConfig | DrafterConfig, batch: int, max_len: int, weight:
 class TorchTarget(TargetRunner):
     """Reference target runner. `capture` = the drafter's target_layer_ids (features it returns)."""
 
-    def __init__(self, model: Transformer, capture: Sequence[int] = (), vocab_size: int | None = None,
-                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(
+        self,
+        model: Transformer,
+        capture: Sequence[int] = (),
+        vocab_size: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
         self.model, self.capture = model, tuple(capture)
         weight = model.embed.weight
         self.device, self.dtype = weight.device, weight.dtype
@@ -85,8 +90,9 @@ class TorchTarget(TargetRunner):
         for i, prompt in enumerate(prompts):
             tokens[i, : len(prompt)] = torch.tensor(prompt)
         self.caches.lens[rows] = 0
-        hidden, features, new_kv = self.model(tokens, self.caches.empty(n), self.caches.lens[rows], self.rope,
-                                              self.capture)
+        hidden, features, new_kv = self.model(
+            tokens, self.caches.empty(n), self.caches.lens[rows], self.rope, self.capture
+        )
         self.caches.store(new_kv, rows)
         self.caches.lens[rows] = lens
         last = hidden[torch.arange(n, device=self.device), lens - 1]
@@ -110,8 +116,9 @@ class TorchDrafter:
     the largest part of a drafter pass (SmolLM2: 49152 x 576).
     """
 
-    def __init__(self, model: DFlashDrafter, embed: nn.Module, lm_head: nn.Module,
-                 head_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, model: DFlashDrafter, embed: nn.Module, lm_head: nn.Module, head_dtype: torch.dtype | None = None
+    ) -> None:
         self.model, self.embed, self.head = model, embed, lm_head
         self.block_size = model.cfg.block_size
         self.mask_token_id = model.cfg.mask_token_id
@@ -130,8 +137,11 @@ class TorchDrafter:
 
     @torch.inference_mode()
     def append_context(self, features: Tensor, n: Tensor, rows: list[int] | None = None) -> None:
-        rows = torch.arange(len(self.caches.lens), device=self.device) if rows is None else torch.tensor(
-            rows, device=self.device)
+        rows = (
+            torch.arange(len(self.caches.lens), device=self.device)
+            if rows is None
+            else torch.tensor(rows, device=self.device)
+        )
         positions = self.caches.lens[rows, None] + torch.arange(features.shape[1], device=self.device)
         self.caches.store(self.model.context_kv(features, positions, self.rope), rows)
         self.caches.lens[rows] += n

@@ -54,15 +54,22 @@ class RecordingTarget(TorchTarget):
         return torch.cat([f, f.new_zeros(length - len(f), f.shape[1])])
 
 
-def generate_shard(target: Transformer, layer_ids: tuple[int, ...], prompts: list[list[int]], max_new_tokens: int,
-                   stop_ids: tuple[int, ...], params: SamplingParams, batch_size: int) -> list[Sequence]:
+def generate_shard(
+    target: Transformer,
+    layer_ids: tuple[int, ...],
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    stop_ids: tuple[int, ...],
+    params: SamplingParams,
+    batch_size: int,
+) -> list[Sequence]:
     """Let the target answer `prompts` in batches; one Sequence (prompt + response) per prompt, with the
     features of `layer_ids`."""
     runner = RecordingTarget(target, layer_ids)
     seqs = []
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
     for lo in range(0, len(order), batch_size):
-        idx = order[lo: lo + batch_size]
+        idx = order[lo : lo + batch_size]
         requests = [Request(prompts[i], max_new_tokens, stop_ids) for i in idx]
         gens = generate(runner, None, requests, params)
         for row, (i, gen) in enumerate(zip(idx, gens)):
@@ -72,13 +79,14 @@ def generate_shard(target: Transformer, layer_ids: tuple[int, ...], prompts: lis
 
 
 @torch.inference_mode()
-def teacher_force(target: Transformer, layer_ids: tuple[int, ...], windows: list[list[int]], batch_size: int,
-                  first_anchor: int) -> list[Sequence]:
+def teacher_force(
+    target: Transformer, layer_ids: tuple[int, ...], windows: list[list[int]], batch_size: int, first_anchor: int
+) -> list[Sequence]:
     """Features of `layer_ids` and the target's greedy next-token labels over real-text windows."""
     runner = TorchTarget(target, layer_ids)
     seqs = []
     for lo in range(0, len(windows), batch_size):
-        chunk = windows[lo: lo + batch_size]
+        chunk = windows[lo : lo + batch_size]
         width = max(len(w) for w in chunk)
         tokens = torch.zeros(len(chunk), width, dtype=torch.long)
         for row, w in enumerate(chunk):
@@ -98,7 +106,7 @@ def text_windows(texts: list[str], tokenizer, window: int, min_len: int) -> list
     out = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False).input_ids
-        out += [ids[i: i + window] for i in range(0, len(ids), window) if len(ids[i: i + window]) >= min_len]
+        out += [ids[i : i + window] for i in range(0, len(ids), window) if len(ids[i : i + window]) >= min_len]
     return out
 
 
@@ -107,8 +115,9 @@ def encode_prompts(tokenizer, prompts: list[tuple[str, bool]], max_len: int) -> 
     out = []
     for text, chat in prompts:
         if chat:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                 add_generation_prompt=True)
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
         out.append(tokenizer(text, add_special_tokens=False).input_ids[-max_len:])
     return out
 
@@ -122,7 +131,7 @@ def write_shards(out_dir: Path, kind: str, items: list, shard_size: int, layer_i
         path = out_dir / f"shard-{kind}-{k:05d}.safetensors"
         if path.exists():
             continue
-        write_shard(path, make(items[k * shard_size: (k + 1) * shard_size]), layer_ids, kind)
+        write_shard(path, make(items[k * shard_size : (k + 1) * shard_size]), layer_ids, kind)
         written += 1
     return written
 

@@ -12,8 +12,9 @@ from dflash_trt.train.forward import Batch
 from dflash_trt.train.shards import Sequence, read_shard, shard_files
 
 
-def load_sequences(dirs: list[Path], split: str, layer_ids: tuple[int, ...], min_len: int,
-                   generated_repeat: int = 1) -> list[Sequence]:
+def load_sequences(
+    dirs: list[Path], split: str, layer_ids: tuple[int, ...], min_len: int, generated_repeat: int = 1
+) -> list[Sequence]:
     """All sequences of `<dir>/<split>/shard-*.safetensors` over `dirs`, dropping ones too short to anchor a
     block; target-generated ones are listed `generated_repeat` times (oversampled within each epoch)."""
     seqs: list[Sequence] = []
@@ -27,8 +28,9 @@ def load_sequences(dirs: list[Path], split: str, layer_ids: tuple[int, ...], min
     return seqs
 
 
-def make_batch(seqs: list[Sequence], block: int, anchors_per_seq: int, max_len: int, mask_id: int,
-               generator: torch.Generator) -> Batch:
+def make_batch(
+    seqs: list[Sequence], block: int, anchors_per_seq: int, max_len: int, mask_id: int, generator: torch.Generator
+) -> Batch:
     """Crop each sequence to its last `max_len` tokens, sample anchors, and pad everything into a Batch."""
     cropped, picks = [], []
     for s in seqs:

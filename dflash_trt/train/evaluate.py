@@ -32,11 +32,17 @@ def read_prompts(path: Path) -> list[tuple[str, bool]]:
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
         return [(r["prompt"], bool(r.get("chat", True))) for r in rows]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"{path}: expected JSONL lines like {{\"prompt\": \"...\", \"chat\": true}}") from None
+        raise UserError(f'{path}: expected JSONL lines like {{"prompt": "...", "chat": true}}') from None
 
 
-def measure_tau(target: str, drafter_dir: Path, prompts: list[tuple[str, bool]], block_sizes: list[int],
-                max_new_tokens: int, batch_size: int) -> dict:
+def measure_tau(
+    target: str,
+    drafter_dir: Path,
+    prompts: list[tuple[str, bool]],
+    block_sizes: list[int],
+    max_new_tokens: int,
+    batch_size: int,
+) -> dict:
     """Greedy tau and per-position acceptance per block size (fp32 target, macro average over prompts)."""
     from transformers import AutoTokenizer
 
@@ -51,19 +57,27 @@ def measure_tau(target: str, drafter_dir: Path, prompts: list[tuple[str, bool]],
     for block in block_sizes:
         start, gens = time.perf_counter(), []
         for lo in range(0, len(requests), batch_size):
-            gens += generate(target_runner, drafter_runner, requests[lo: lo + batch_size],
-                             SamplingParams(), block_size=block)
+            gens += generate(
+                target_runner, drafter_runner, requests[lo : lo + batch_size], SamplingParams(), block_size=block
+            )
         summary = summarize(gens, time.perf_counter() - start)
-        results[str(block)] = {k: summary[k] for k in ("requests", "output_tokens", "tau", "position_acceptance",
-                                                        "histogram", "wall_s")}
-        print(f"block {block}: tau {summary['tau']:.3f} accept@pos "
-              + ",".join(f"{a:.2f}" for a in summary["position_acceptance"]), file=sys.stderr)
+        results[str(block)] = {
+            k: summary[k] for k in ("requests", "output_tokens", "tau", "position_acceptance", "histogram", "wall_s")
+        }
+        print(
+            f"block {block}: tau {summary['tau']:.3f} accept@pos "
+            + ",".join(f"{a:.2f}" for a in summary["position_acceptance"]),
+            file=sys.stderr,
+        )
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dflash_trt.train.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dflash_trt.train.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--drafter", type=Path, required=True)
     p.add_argument("--prompts", type=Path, required=True)
     p.add_argument("--target", default="embedded")
@@ -77,13 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         prompts = read_prompts(args.prompts)[: args.limit or None]
-        results = measure_tau(args.target, args.drafter, prompts, args.block_sizes, args.max_new_tokens,
-                              args.batch_size)
+        results = measure_tau(
+            args.target, args.drafter, prompts, args.block_sizes, args.max_new_tokens, args.batch_size
+        )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    doc = {"drafter": str(args.drafter), "prompts": str(args.prompts), "num_prompts": len(prompts),
-           "max_new_tokens": args.max_new_tokens, "temperature": 0.0, "results": results}
+    doc = {
+        "drafter": str(args.drafter),
+        "prompts": str(args.prompts),
+        "num_prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": 0.0,
+        "results": results,
+    }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=1) + "\n")

@@ -18,8 +18,12 @@ from dflash_trt.dtypes import of_torch
 from dflash_trt.models.drafter import DFlashDrafter
 
 
-def save_zlab(drafter: DFlashDrafter, directory: Path, dtype: torch.dtype = torch.bfloat16,
-              extra_files: dict[str, str] | None = None) -> Path:
+def save_zlab(
+    drafter: DFlashDrafter,
+    directory: Path,
+    dtype: torch.dtype = torch.bfloat16,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
     """Write the checkpoint into `directory` atomically: a sibling temp dir renamed into place."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,9 @@ def block_hidden(drafter: DFlashDrafter, embed: nn.Module, batch: Batch, rope: R
     cols = torch.arange(batch.features.shape[1])
     valid = (cols < ctx_lens[:, :, None]).view(b * n, -1)
     pos = ctx_pos[:, None].expand(b, n, -1).reshape(b * n, -1)
-    context = [Keys(per_block(k), per_block(v), pos, valid) for k, v in drafter.context_kv(batch.features, ctx_pos, rope)]
+    context = [
+        Keys(per_block(k), per_block(v), pos, valid) for k, v in drafter.context_kv(batch.features, ctx_pos, rope)
+    ]
     positions = (batch.pos_offset[:, None, None] + batch.anchors[:, :, None] + torch.arange(block)).view(b * n, block)
     return drafter(embed(batch.block_ids.view(b * n, block)), positions, context, rope)
 
@@ -115,8 +117,9 @@ def init_dflash2(drafter: DFlash2Drafter) -> None:
         drafter.selector.proj.weight.zero_()
 
 
-def selector_loss_and_accuracy(drafter: DFlash2Drafter, hidden: Tensor, logits: Tensor, batch: Batch,
-                               weights: Tensor) -> tuple[Tensor, Tensor]:
+def selector_loss_and_accuracy(
+    drafter: DFlash2Drafter, hidden: Tensor, logits: Tensor, batch: Batch, weights: Tensor
+) -> tuple[Tensor, Tensor]:
     """DFlash2 loss: decayed CE of the drafter's own logits plus decayed CE of the selector's full-vocab scores
     with teacher-forced predecessors (position k's predecessor is the true token at k-1, the anchor for k=1:
     exactly the walk's state whenever position k can still be accepted). Accuracy per position is the

@@ -28,7 +28,9 @@ the speed of light; habits; libraries; the Moon's phases; coral reefs; airplanes
 open source software; video games; the Nile; first aid; elephants; batteries; the scientific method;
 glaciers; online privacy; mathematics education; the human skeleton; composting; smartphones; weather forecasts;
 the Titanic; linear algebra; sorting algorithms; databases; operating systems; version control with git;
-unit testing; recursion; hash tables; computer networks; the Python programming language; regular expressions""".split(";")
+unit testing; recursion; hash tables; computer networks; the Python programming language; regular expressions""".split(
+    ";"
+)
 TOPICS = [t.strip() for t in TOPICS]
 
 CHAT_TEMPLATES = [
@@ -60,17 +62,36 @@ MATH_TEMPLATES = [
 ]
 
 CODE_TASKS = [
-    "reverses a string", "checks whether a number is prime", "returns the n-th Fibonacci number",
-    "counts the vowels in a string", "merges two sorted lists", "removes duplicates from a list while keeping order",
-    "computes the factorial of n", "flattens a nested list", "finds the most common word in a text",
-    "checks whether a string is a palindrome", "converts Celsius to Fahrenheit", "computes the median of a list",
-    "returns the greatest common divisor of two integers", "transposes a matrix given as a list of lists",
-    "parses a CSV line into fields", "groups words by their first letter", "implements binary search",
-    "rotates a list by k positions", "validates an email address with a simple rule",
-    "computes the running sum of a list", "counts the words in a file", "returns all permutations of a string",
-    "implements bubble sort", "checks if two strings are anagrams", "converts a Roman numeral to an integer",
-    "finds the second largest number in a list", "sums the digits of an integer", "chunks a list into pieces of size n",
-    "returns the intersection of two lists", "implements a stack class with push and pop",
+    "reverses a string",
+    "checks whether a number is prime",
+    "returns the n-th Fibonacci number",
+    "counts the vowels in a string",
+    "merges two sorted lists",
+    "removes duplicates from a list while keeping order",
+    "computes the factorial of n",
+    "flattens a nested list",
+    "finds the most common word in a text",
+    "checks whether a string is a palindrome",
+    "converts Celsius to Fahrenheit",
+    "computes the median of a list",
+    "returns the greatest common divisor of two integers",
+    "transposes a matrix given as a list of lists",
+    "parses a CSV line into fields",
+    "groups words by their first letter",
+    "implements binary search",
+    "rotates a list by k positions",
+    "validates an email address with a simple rule",
+    "computes the running sum of a list",
+    "counts the words in a file",
+    "returns all permutations of a string",
+    "implements bubble sort",
+    "checks if two strings are anagrams",
+    "converts a Roman numeral to an integer",
+    "finds the second largest number in a list",
+    "sums the digits of an integer",
+    "chunks a list into pieces of size n",
+    "returns the intersection of two lists",
+    "implements a stack class with push and pop",
 ]
 CODE_TEMPLATES = [
     "Write a Python function that {task}.",

@@ -63,15 +63,19 @@ class Recipe:
         if self.block_size < 2:
             raise UserError(f"recipe field 'block_size' is {self.block_size}; use 2 or more")
         if min(self.steps, self.batch_size, self.anchors_per_seq, self.generated_repeat) < 1:
-            raise UserError("recipe fields 'steps', 'batch_size', 'anchors_per_seq' and 'generated_repeat' must be positive")
+            raise UserError(
+                "recipe fields 'steps', 'batch_size', 'anchors_per_seq' and 'generated_repeat' must be positive"
+            )
         if self.architecture not in ("dflash", "dflash2"):
             raise UserError(f"recipe field 'architecture' is {self.architecture!r}; use 'dflash' or 'dflash2'")
         for name in ("conv_kernel_size", "conv_group_size", "selector_rank", "selector_top_k"):
             if getattr(self, name) < 1:
                 raise UserError(f"recipe field '{name}' is {getattr(self, name)}; use a positive integer")
         if self.init_from_target_layers and len(self.init_from_target_layers) != self.num_layers:
-            raise UserError(f"recipe field 'init_from_target_layers' has {len(self.init_from_target_layers)} ids; "
-                            f"give one per draft layer ({self.num_layers}) or none")
+            raise UserError(
+                f"recipe field 'init_from_target_layers' has {len(self.init_from_target_layers)} ids; "
+                f"give one per draft layer ({self.num_layers}) or none"
+            )
 
     @property
     def decay_gamma(self) -> float:

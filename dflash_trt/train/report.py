@@ -1,6 +1,6 @@
 """Loss-curve PNG and a summary JSON from a training run's train_log.json (and optional tau results).
 
-    python -m dflash_trt.train.report --log OUT/train_log.json [--tau tau.json] --out results/train_x
+python -m dflash_trt.train.report --log OUT/train_log.json [--tau tau.json] --out results/train_x
 """
 
 from __future__ import annotations
@@ -52,8 +52,11 @@ def plot(log: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dflash_trt.train.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dflash_trt.train.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--log", type=Path, required=True)
     p.add_argument("--tau", type=Path)
     p.add_argument("--out", type=Path, required=True)
@@ -69,10 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     plot(log, args.out / "loss_curve.png")
     best = max(log["val"], key=lambda r: r["tau_est"])
-    summary = {"steps": log["step"], "train_minutes": round(log["elapsed_s"] / 60, 1),
-               "train_tokens": log["train_tokens"], "train_sequences": log["train_sequences"],
-               "val_sequences": log["val_sequences"], "best_val": best, "last_val": log["val"][-1],
-               "recipe": log["recipe"], "drafter": log["drafter"], "tau": tau}
+    summary = {
+        "steps": log["step"],
+        "train_minutes": round(log["elapsed_s"] / 60, 1),
+        "train_tokens": log["train_tokens"],
+        "train_sequences": log["train_sequences"],
+        "val_sequences": log["val_sequences"],
+        "best_val": best,
+        "last_val": log["val"][-1],
+        "recipe": log["recipe"],
+        "drafter": log["drafter"],
+        "tau": tau,
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (args.out / "train_log.json").write_text(json.dumps(log) + "\n")
     print(args.out / "summary.json")

@@ -57,15 +57,21 @@ def read_shard(path: Path, layer_ids: tuple[int, ...]) -> list[Sequence]:
             meta = f.metadata() or {}
             t = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError) as exc:
-        raise UserError(f"{path}: unreadable data shard ({exc}); regenerate it with scripts/make_train_data.py") from None
+        raise UserError(
+            f"{path}: unreadable data shard ({exc}); regenerate it with scripts/make_train_data.py"
+        ) from None
     ids = tuple(json.loads(meta.get("target_layer_ids", "[]")))
     if ids != tuple(layer_ids):
-        raise UserError(f"{path}: features were cached for target_layer_ids {list(ids)}, the recipe asks for "
-                        f"{list(layer_ids)}; regenerate the data or fix 'target_layer_ids'")
+        raise UserError(
+            f"{path}: features were cached for target_layer_ids {list(ids)}, the recipe asks for "
+            f"{list(layer_ids)}; regenerate the data or fix 'target_layer_ids'"
+        )
     off = t["offsets"].tolist()
     kind = meta.get("kind", "")
-    return [Sequence(t["tokens"][a:b].long(), t["labels"][a:b].long(), t["features"][a:b], int(s), kind)
-            for a, b, s in zip(off[:-1], off[1:], t["starts"].tolist())]
+    return [
+        Sequence(t["tokens"][a:b].long(), t["labels"][a:b].long(), t["features"][a:b], int(s), kind)
+        for a, b, s in zip(off[:-1], off[1:], t["starts"].tolist())
+    ]
 
 
 def shard_files(directory: Path) -> list[Path]:

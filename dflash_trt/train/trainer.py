@@ -47,31 +47,54 @@ def drafter_config(recipe: Recipe, target: TargetConfig, embedded: bool) -> Draf
     mask = recipe.mask_token_id
     if mask < 0:
         if not embedded:
-            raise UserError("recipe field 'mask_token_id' is required for a non-embedded target; "
-                            "pick a token id the target never produces (a reserved or unused special token)")
+            raise UserError(
+                "recipe field 'mask_token_id' is required for a non-embedded target; "
+                "pick a token id the target never produces (a reserved or unused special token)"
+            )
         mask = EMBEDDED_MASK_TOKEN
     if not 0 <= mask < target.vocab_size:
         raise UserError(f"recipe field 'mask_token_id' is {mask}; it must be in 0..{target.vocab_size - 1}")
     layer_ids = tuple(recipe.target_layer_ids) or tuple(default_target_layer_ids(target.num_layers, 5))
     if any(not 0 <= i < target.num_layers for i in layer_ids):
-        raise UserError(f"recipe field 'target_layer_ids' is {list(layer_ids)}; the target has {target.num_layers} layers")
+        raise UserError(
+            f"recipe field 'target_layer_ids' is {list(layer_ids)}; the target has {target.num_layers} layers"
+        )
     v2 = {}
     if recipe.architecture == "dflash2":
         if target.hidden_size % recipe.conv_group_size:
-            raise UserError(f"recipe field 'conv_group_size' is {recipe.conv_group_size}; it must divide the target's "
-                            f"hidden_size {target.hidden_size}")
+            raise UserError(
+                f"recipe field 'conv_group_size' is {recipe.conv_group_size}; it must divide the target's "
+                f"hidden_size {target.hidden_size}"
+            )
         if recipe.selector_top_k > target.vocab_size:
-            raise UserError(f"recipe field 'selector_top_k' is {recipe.selector_top_k}; at most the target's vocab "
-                            f"{target.vocab_size}")
-        v2 = dict(arch="dflash2", conv_kernel_size=recipe.conv_kernel_size, conv_group_size=recipe.conv_group_size,
-                  selector_rank=recipe.selector_rank, selector_top_k=recipe.selector_top_k)
+            raise UserError(
+                f"recipe field 'selector_top_k' is {recipe.selector_top_k}; at most the target's vocab "
+                f"{target.vocab_size}"
+            )
+        v2 = dict(
+            arch="dflash2",
+            conv_kernel_size=recipe.conv_kernel_size,
+            conv_group_size=recipe.conv_group_size,
+            selector_rank=recipe.selector_rank,
+            selector_top_k=recipe.selector_top_k,
+        )
     return DrafterConfig(
-        hidden_size=target.hidden_size, intermediate_size=recipe.intermediate_size, num_layers=recipe.num_layers,
-        num_heads=recipe.num_heads or target.num_heads, num_kv_heads=recipe.num_kv_heads or target.num_kv_heads,
-        head_dim=recipe.head_dim or target.head_dim, block_size=recipe.block_size, mask_token_id=mask,
-        target_layer_ids=layer_ids, num_target_layers=target.num_layers, rms_norm_eps=target.rms_norm_eps,
-        rope_theta=target.rope_theta, rope_scaling=target.rope_scaling,
-        max_position_embeddings=target.max_position_embeddings, vocab_size=target.vocab_size, **v2,
+        hidden_size=target.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_layers=recipe.num_layers,
+        num_heads=recipe.num_heads or target.num_heads,
+        num_kv_heads=recipe.num_kv_heads or target.num_kv_heads,
+        head_dim=recipe.head_dim or target.head_dim,
+        block_size=recipe.block_size,
+        mask_token_id=mask,
+        target_layer_ids=layer_ids,
+        num_target_layers=target.num_layers,
+        rms_norm_eps=target.rms_norm_eps,
+        rope_theta=target.rope_theta,
+        rope_scaling=target.rope_scaling,
+        max_position_embeddings=target.max_position_embeddings,
+        vocab_size=target.vocab_size,
+        **v2,
     )
 
 
@@ -88,15 +111,18 @@ def init_drafter(cfg: DrafterConfig, target: Transformer, from_layers: list[int]
         with torch.no_grad():
             for layer, src in zip(drafter.layers, from_layers):
                 if not 0 <= src < len(target.layers):
-                    raise UserError(f"recipe field 'init_from_target_layers' has {src}; the target has "
-                                    f"{len(target.layers)} layers")
+                    raise UserError(
+                        f"recipe field 'init_from_target_layers' has {src}; the target has {len(target.layers)} layers"
+                    )
                 t = target.layers[src]
                 for name in ("attn_norm", "mlp_norm", "attn.wqkv", "attn.wo", "mlp.w13", "mlp.w2"):
                     dst, s = layer.get_submodule(name), t.get_submodule(name)
                     if dst.weight.shape != s.weight.shape:
-                        raise UserError(f"recipe field 'init_from_target_layers': draft {name} is "
-                                        f"{list(dst.weight.shape)}, target's is {list(s.weight.shape)}; match "
-                                        "intermediate_size/heads to the target or drop the warm start")
+                        raise UserError(
+                            f"recipe field 'init_from_target_layers': draft {name} is "
+                            f"{list(dst.weight.shape)}, target's is {list(s.weight.shape)}; match "
+                            "intermediate_size/heads to the target or drop the warm start"
+                        )
                     dst.load_state_dict(s.state_dict())
             drafter.norm.weight.copy_(target.norm.weight)
     return drafter
@@ -113,15 +139,19 @@ class Trainer:
         self.drafter = init_drafter(self.cfg, target, recipe.init_from_target_layers)
         self.embed, self.lm_head = target.embed, target.lm_head  # frozen, shared with the target
         min_len = recipe.block_size
-        self.train_seqs = load_sequences(recipe.data, "train", self.cfg.target_layer_ids, min_len,
-                                         recipe.generated_repeat)
+        self.train_seqs = load_sequences(
+            recipe.data, "train", self.cfg.target_layer_ids, min_len, recipe.generated_repeat
+        )
         unique = {id(s): s for s in self.train_seqs}.values()
         self.data_tokens = {kind: sum(len(s.tokens) for s in unique if s.kind == kind) for kind in ("gen", "tf")}
         self.val_seqs = load_sequences(recipe.data, "val", self.cfg.target_layer_ids, min_len)[: recipe.eval_sequences]
         decay = [p for n, p in self.drafter.named_parameters() if p.ndim >= 2]
         other = [p for n, p in self.drafter.named_parameters() if p.ndim < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                      {"params": other, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": other, "weight_decay": 0.0}],
+            lr=recipe.lr,
+            betas=(0.9, 0.95),
+        )
         self.weights = decay_weights(recipe.block_size, recipe.decay_gamma)
         self.rope = drafter_rope(self.drafter)
         self.step, self.elapsed, self.log = 0, 0.0, {"train": [], "val": []}
@@ -130,8 +160,15 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------------------
     def save_state(self) -> None:
         out = self.recipe.output
-        state = {"drafter": self.drafter.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
-                 "elapsed": self.elapsed, "log": self.log, "best_tau": self.best_tau, "recipe": self.recipe.to_dict()}
+        state = {
+            "drafter": self.drafter.state_dict(),
+            "opt": self.opt.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "log": self.log,
+            "best_tau": self.best_tau,
+            "recipe": self.recipe.to_dict(),
+        }
         tmp = out / f".{STATE}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, out / STATE)
@@ -141,12 +178,25 @@ class Trainer:
         state = torch.load(path, weights_only=False)
         self.drafter.load_state_dict(state["drafter"])
         self.opt.load_state_dict(state["opt"])
-        self.step, self.elapsed, self.log, self.best_tau = state["step"], state["elapsed"], state["log"], state["best_tau"]
+        self.step, self.elapsed, self.log, self.best_tau = (
+            state["step"],
+            state["elapsed"],
+            state["log"],
+            state["best_tau"],
+        )
 
     def write_log(self) -> None:
-        doc = {"recipe": self.recipe.to_dict(), "drafter": self.cfg.to_hf(), "step": self.step,
-               "elapsed_s": round(self.elapsed, 1), "train_tokens": sum(self.data_tokens.values()),
-               "train_tokens_by_source": self.data_tokens, "train_sequences": len(self.train_seqs), "val_sequences": len(self.val_seqs), **self.log}
+        doc = {
+            "recipe": self.recipe.to_dict(),
+            "drafter": self.cfg.to_hf(),
+            "step": self.step,
+            "elapsed_s": round(self.elapsed, 1),
+            "train_tokens": sum(self.data_tokens.values()),
+            "train_tokens_by_source": self.data_tokens,
+            "train_sequences": len(self.train_seqs),
+            "val_sequences": len(self.val_seqs),
+            **self.log,
+        }
         (self.recipe.output / "train_log.json").write_text(json.dumps(doc, indent=1) + "\n")
 
     def checkpoint(self, val_tau: float | None) -> None:
@@ -191,12 +241,17 @@ class Trainer:
         generator = torch.Generator().manual_seed(12345)
         losses, accs = [], []
         for lo in range(0, len(self.val_seqs), self.recipe.batch_size):
-            loss, acc = self.forward(self.val_seqs[lo: lo + self.recipe.batch_size], generator)
+            loss, acc = self.forward(self.val_seqs[lo : lo + self.recipe.batch_size], generator)
             losses.append(float(loss))
             accs.append(acc)
         acc = torch.stack(accs).mean(0).tolist()
-        return {"step": self.step, "loss": sum(losses) / len(losses), "acc": [round(a, 4) for a in acc],
-                "tau_est": round(expected_tau(acc), 3), "elapsed_s": round(self.elapsed, 1)}
+        return {
+            "step": self.step,
+            "loss": sum(losses) / len(losses),
+            "acc": [round(a, 4) for a in acc],
+            "tau_est": round(expected_tau(acc), 3),
+            "elapsed_s": round(self.elapsed, 1),
+        }
 
     def run(self, time_limit_s: float = 0.0, stop_at: int = 0) -> Path:
         """Train to `recipe.steps`, or until `time_limit_s` of this run or step `stop_at` (then checkpoint,
@@ -211,8 +266,14 @@ class Trainer:
             loss, acc = self.train_step()
             self.elapsed += time.monotonic() - t0
             ema = acc if ema is None else [0.9 * e + 0.1 * a for e, a in zip(ema, acc)]
-            self.log["train"].append({"step": self.step, "loss": round(loss, 4), "lr": r.lr_at(self.step - 1),
-                                      "acc": [round(a, 4) for a in acc]})
+            self.log["train"].append(
+                {
+                    "step": self.step,
+                    "loss": round(loss, 4),
+                    "lr": r.lr_at(self.step - 1),
+                    "acc": [round(a, 4) for a in acc],
+                }
+            )
             bar.set_postfix(loss=f"{loss:.3f}", acc1=f"{ema[0]:.2f}", tau_est=f"{expected_tau(ema):.2f}")
             bar.update()
             stopping = self.step == end or (time_limit_s and time.monotonic() - started > time_limit_s)

@@ -48,8 +48,9 @@ def parse_log(text: str) -> list[tuple[str, Entry]]:
         if m := re.search(r"Compiling entry function '(\w+)' for '(sm_\d+\w*)'", line):
             current = Entry(kernel=m.group(1), arch=m.group(2))
             entries.append((m.group(1), current))
-        elif current is not None and (m := re.search(
-                r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)):
+        elif current is not None and (
+            m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        ):
             current.stack, current.spill_stores, current.spill_loads = map(int, m.groups())
         elif current is not None and (m := re.search(r"Used (\d+) registers", line)):
             current.registers = int(m.group(1))
@@ -68,7 +69,7 @@ def demangle(names: list[str]) -> list[str]:
 def describe(demangled: str) -> tuple[str, str, str, str]:
     """(kernel, element type, head_dim, cache layout) of a demangled kernel name."""
     name = re.search(r"(\w+Kernel)", demangled).group(1)
-    args = demangled[demangled.index("<") + 1:] if "<" in demangled else ""
+    args = demangled[demangled.index("<") + 1 :] if "<" in demangled else ""
     elem = next((short for long, short in TYPES.items() if args.startswith(long)), "int32")
     dim = m.group(1) if (m := re.match(r"[\w:]+, (\d+)", args)) else "-"
     layout = "paged" if "PagedKv" in demangled else ("contiguous" if "ContiguousKv" in demangled else "-")
@@ -90,18 +91,25 @@ def markdown(entries: list[Entry]) -> str:
     rows: dict[tuple[str, str, str, str], dict[str, Entry]] = {}
     for e in entries:
         rows.setdefault(describe(e.kernel), {})[e.arch] = e
-    lines = ["| kernel | T | head_dim | cache | static smem (B) | "
-             + " | ".join(f"{a} regs" for a in archs) + " |",
-             "|---|---|---:|---|---:|" + "---:|" * len(archs)]
+    lines = [
+        "| kernel | T | head_dim | cache | static smem (B) | " + " | ".join(f"{a} regs" for a in archs) + " |",
+        "|---|---|---:|---|---:|" + "---:|" * len(archs),
+    ]
     for key in sorted(rows, key=lambda k: (k[0], k[3], k[2], k[1])):
         by_arch = rows[key]
         smem = sorted({e.smem for e in by_arch.values()})
-        lines.append(f"| `{key[0]}` | {key[1]} | {key[2]} | {key[3]} | {'/'.join(map(str, smem))} | "
-                     + " | ".join(str(by_arch[a].registers) if a in by_arch else "-" for a in archs) + " |")
+        lines.append(
+            f"| `{key[0]}` | {key[1]} | {key[2]} | {key[3]} | {'/'.join(map(str, smem))} | "
+            + " | ".join(str(by_arch[a].registers) if a in by_arch else "-" for a in archs)
+            + " |"
+        )
     spills = sum(e.spill_stores + e.spill_loads for e in entries)
     stack = max(e.stack for e in entries)
-    lines += ["", f"{len(entries)} kernel builds ({len(rows)} instantiations x {len(archs)} architectures): "
-              f"{spills} bytes of spill stores and loads, largest stack frame {stack} bytes."]
+    lines += [
+        "",
+        f"{len(entries)} kernel builds ({len(rows)} instantiations x {len(archs)} architectures): "
+        f"{spills} bytes of spill stores and loads, largest stack frame {stack} bytes.",
+    ]
     return "\n".join(lines)
 
 
@@ -129,8 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.check:
         text = args.check.read_text()
         if replace_section(text, table) != text:
-            print(f"error: the ptxas table in {args.check} is out of date; regenerate it with "
-                  f"python plugins/tools/ptxas_resources.py {args.build_dir} --write {args.check}", file=sys.stderr)
+            print(
+                f"error: the ptxas table in {args.check} is out of date; regenerate it with "
+                f"python plugins/tools/ptxas_resources.py {args.build_dir} --write {args.check}",
+                file=sys.stderr,
+            )
             status = 1
     else:
         print(table)

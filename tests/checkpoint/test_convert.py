@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 
-from dflash_trt.cli import main
 from dflash_trt.checkpoint.layout import drafter_entries, target_entries
 from dflash_trt.checkpoint.safetensors_io import sha256_file
+from dflash_trt.cli import main
 from dflash_trt.config import DrafterConfig, TargetConfig
 
 from .conftest import expected_tensors, read_source, read_unsharded

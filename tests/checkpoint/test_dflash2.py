@@ -25,8 +25,7 @@ from .conftest import TINY, read_source
 # DFlash2's tensors beyond v1's: TensorRT-LLM name -> z-lab name, written out by hand.
 DFLASH2_LAYER = {
     "transformer.layers.{i}.attention_conv.base_kernel": "layers.{i}.attention_conv.base_kernel",
-    "transformer.layers.{i}.attention_conv.kernel_projection.weight":
-        "layers.{i}.attention_conv.kernel_projection.weight",
+    "transformer.layers.{i}.attention_conv.kernel_projection.weight": "layers.{i}.attention_conv.kernel_projection.weight",  # noqa: E501
     "transformer.layers.{i}.mlp_conv.base_kernel": "layers.{i}.mlp_conv.base_kernel",
     "transformer.layers.{i}.mlp_conv.kernel_projection.weight": "layers.{i}.mlp_conv.kernel_projection.weight",
 }
@@ -40,8 +39,19 @@ SELECTOR = {
 @pytest.fixture(scope="module")
 def drafter2(tmp_path_factory):
     """A DFlash2 drafter for the tiny Qwen3 source (vocab 250, hidden 64), written by z-lab's class."""
-    return save_zlab_drafter2(tmp_path_factory.mktemp("dflash2") / "d", TINY, heads=8, kv_heads=2, block_size=4,
-                              kernel=3, group=8, top_k=6, rank=8, mask_token_id=249, softcap=4.0)
+    return save_zlab_drafter2(
+        tmp_path_factory.mktemp("dflash2") / "d",
+        TINY,
+        heads=8,
+        kv_heads=2,
+        block_size=4,
+        kernel=3,
+        group=8,
+        top_k=6,
+        rank=8,
+        mask_token_id=249,
+        softcap=4.0,
+    )
 
 
 def _read(path):
@@ -52,8 +62,24 @@ def _read(path):
 @pytest.mark.parametrize("tp", [1, 2])
 def test_convert_writes_replicated_conv_and_selector(tiny_sources, drafter2, tmp_path, tp):
     out = tmp_path / "ckpt"
-    assert main(["convert", "--target", str(tiny_sources["qwen3"]), "--drafter", str(drafter2), "--output", str(out),
-                 "--tp", str(tp), "--dtype", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--target",
+                str(tiny_sources["qwen3"]),
+                "--drafter",
+                str(drafter2),
+                "--output",
+                str(out),
+                "--tp",
+                str(tp),
+                "--dtype",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "drafter" / "config.json").read_text())
     assert cfg["architecture"] == "DFlash2DraftModel"
     assert (cfg["dflash"]["conv_kernel_size"], cfg["dflash"]["selector_top_k"]) == (3, 6)
@@ -72,8 +98,22 @@ def test_convert_writes_replicated_conv_and_selector(tiny_sources, drafter2, tmp
 
 def test_converted_dflash2_drafts_like_the_hf_directory(tiny_sources, drafter2, tmp_path):
     out = tmp_path / "ckpt"
-    assert main(["convert", "--target", str(tiny_sources["qwen3"]), "--drafter", str(drafter2), "--output", str(out),
-                 "--dtype", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--target",
+                str(tiny_sources["qwen3"]),
+                "--drafter",
+                str(drafter2),
+                "--output",
+                str(out),
+                "--dtype",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     target = load_target(tiny_sources["qwen3"])
     pairs = [torch_runners(target, load_drafter(drafter2, target.cfg))]
     c_target, c_drafter, _ = load_converted(out)
@@ -101,8 +141,10 @@ def test_dflash2_export_round_trip_and_codebook_alias(drafter2, tmp_path):
     aliased = tmp_path / "aliased"
     aliased.mkdir()
     (aliased / "config.json").write_text((drafter2 / "config.json").read_text())
-    save_file({k.removesuffix(".weight") if "codebook" in k else k: v for k, v in src.items()},
-              str(aliased / "model.safetensors"))
+    save_file(
+        {k.removesuffix(".weight") if "codebook" in k else k: v for k, v in src.items()},
+        str(aliased / "model.safetensors"),
+    )
     target_cfg = TargetConfig.from_hf({**TINY, "architectures": ["Qwen3ForCausalLM"]})
     loaded = load_drafter(aliased, target_cfg)
     assert torch.equal(loaded.selector.pred.weight, src["candidate_selector.predecessor_codebook.weight"])

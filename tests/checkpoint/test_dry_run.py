@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dflash_trt.cli import main
 from dflash_trt.checkpoint.plan import make_plan
+from dflash_trt.cli import main
 
 CONFIGS = Path(__file__).parents[1] / "fixtures" / "configs"
 QWEN3 = (CONFIGS / "qwen3-8b", CONFIGS / "qwen3-8b-dflash-b16")

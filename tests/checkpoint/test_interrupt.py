@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dflash_trt.atomic import remove_stale
 from dflash_trt.checkpoint import convert as convert_module
 from dflash_trt.checkpoint.convert import (
     CONVERT_MMAP_THRESHOLD,
@@ -22,7 +23,6 @@ from dflash_trt.checkpoint.convert import (
     M_MMAP_THRESHOLD,
     convert,
 )
-from dflash_trt.atomic import remove_stale
 from dflash_trt.checkpoint.plan import make_plan
 from dflash_trt.checkpoint.safetensors_io import RankWriter
 from dflash_trt.cli import main

@@ -121,7 +121,8 @@ def test_converted_tensors_come_from_the_hand_written_hf_sources(tiny_sources, z
     cmd = ["convert", "--target", str(tiny_sources[family]), "--drafter", str(zlab_drafter), "--output", str(out)]
     assert main([*cmd, "--tp", "1"]) == 0
     layers = json.loads((tiny_sources[family] / "config.json").read_text())["num_hidden_layers"]
-    _check(_read(out / "target" / "rank0.safetensors"), read_source(tiny_sources[family]), expected_target(family, layers))
+    _check(
+        _read(out / "target" / "rank0.safetensors"), read_source(tiny_sources[family]), expected_target(family, layers)
+    )
     drafter_layers = json.loads((zlab_drafter / "config.json").read_text())["num_hidden_layers"]
     _check(_read(out / "drafter" / "rank0.safetensors"), read_source(zlab_drafter), expected_drafter(drafter_layers))
-

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dflash_trt.checkpoint.safetensors_io import RankWriter, RankTensor, read_header, sha256_file
+from dflash_trt.checkpoint.safetensors_io import RankTensor, RankWriter, read_header, sha256_file
 from dflash_trt.errors import UserError
 
 

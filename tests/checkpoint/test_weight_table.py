@@ -41,7 +41,9 @@ def hand_layer(src: dict, hf: str, out: str, *, bias: bool, qk_norm: bool) -> di
     """One decoder layer of the reference model from HF tensors, written out by hand."""
     a = f"{hf}self_attn."
     state = {
-        f"{out}attn.wqkv.weight": torch.cat([src[a + "q_proj.weight"], src[a + "k_proj.weight"], src[a + "v_proj.weight"]]),
+        f"{out}attn.wqkv.weight": torch.cat(
+            [src[a + "q_proj.weight"], src[a + "k_proj.weight"], src[a + "v_proj.weight"]]
+        ),
         f"{out}attn.wo.weight": src[a + "o_proj.weight"],
         f"{out}attn_norm.weight": src[f"{hf}input_layernorm.weight"],
         f"{out}mlp_norm.weight": src[f"{hf}post_attention_layernorm.weight"],
@@ -49,7 +51,9 @@ def hand_layer(src: dict, hf: str, out: str, *, bias: bool, qk_norm: bool) -> di
         f"{out}mlp.w2.weight": src[f"{hf}mlp.down_proj.weight"],
     }
     if bias:
-        state[f"{out}attn.wqkv.bias"] = torch.cat([src[a + "q_proj.bias"], src[a + "k_proj.bias"], src[a + "v_proj.bias"]])
+        state[f"{out}attn.wqkv.bias"] = torch.cat(
+            [src[a + "q_proj.bias"], src[a + "k_proj.bias"], src[a + "v_proj.bias"]]
+        )
     if qk_norm:
         state[f"{out}attn.q_norm.weight"] = src[a + "q_norm.weight"]
         state[f"{out}attn.k_norm.weight"] = src[a + "k_norm.weight"]
@@ -68,7 +72,11 @@ def hand_target(cfg: TargetConfig, src: dict) -> dict[str, torch.Tensor]:
 
 
 def hand_drafter(cfg: DrafterConfig, src: dict) -> dict[str, torch.Tensor]:
-    state = {"fc.weight": src["fc.weight"], "hidden_norm.weight": src["hidden_norm.weight"], "norm.weight": src["norm.weight"]}
+    state = {
+        "fc.weight": src["fc.weight"],
+        "hidden_norm.weight": src["hidden_norm.weight"],
+        "norm.weight": src["norm.weight"],
+    }
     for i in range(cfg.num_layers):
         state |= hand_layer(src, f"layers.{i}.", f"layers.{i}.", bias=cfg.qkv_bias, qk_norm=True)
     return state
@@ -144,16 +152,23 @@ def test_hf_from_internal_splits_a_drafter_by_hand(bias):
     state = model.state_dict()
     hf = hf_from_internal(drafter_weights(cfg), state)
     q, kv, ffn = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
-    want = {"fc.weight": state["fc.weight"], "hidden_norm.weight": state["hidden_norm.weight"],
-            "norm.weight": state["norm.weight"]}
+    want = {
+        "fc.weight": state["fc.weight"],
+        "hidden_norm.weight": state["hidden_norm.weight"],
+        "norm.weight": state["norm.weight"],
+    }
     for i in range(cfg.num_layers):
         s, a = f"layers.{i}.", f"layers.{i}.self_attn."
         wqkv, w13 = state[s + "attn.wqkv.weight"], state[s + "mlp.w13.weight"]
         want |= {
-            a + "q_proj.weight": wqkv[:q], a + "k_proj.weight": wqkv[q : q + kv], a + "v_proj.weight": wqkv[q + kv :],
+            a + "q_proj.weight": wqkv[:q],
+            a + "k_proj.weight": wqkv[q : q + kv],
+            a + "v_proj.weight": wqkv[q + kv :],
             a + "o_proj.weight": state[s + "attn.wo.weight"],
-            a + "q_norm.weight": state[s + "attn.q_norm.weight"], a + "k_norm.weight": state[s + "attn.k_norm.weight"],
-            s + "mlp.gate_proj.weight": w13[:ffn], s + "mlp.up_proj.weight": w13[ffn:],
+            a + "q_norm.weight": state[s + "attn.q_norm.weight"],
+            a + "k_norm.weight": state[s + "attn.k_norm.weight"],
+            s + "mlp.gate_proj.weight": w13[:ffn],
+            s + "mlp.up_proj.weight": w13[ffn:],
             s + "mlp.down_proj.weight": state[s + "mlp.w2.weight"],
             s + "input_layernorm.weight": state[s + "attn_norm.weight"],
             s + "post_attention_layernorm.weight": state[s + "mlp_norm.weight"],
@@ -228,8 +243,12 @@ def test_internal_from_trtllm_is_the_hand_sharded_rank(tiny_sources, tmp_path, f
 
 def test_internal_from_trtllm_names_a_missing_tensor(tiny_sources):
     cfg = replace(TargetConfig.from_dir(tiny_sources["llama"]), num_layers=1)
-    tensors = {e.name: torch.zeros(e.shape) for e in target_entries(cfg) if e.name != "transformer.layers.0.mlp.gate.weight"}
-    with pytest.raises(UserError, match=r"^ckpt/target/rank0.safetensors: tensor 'transformer.layers.0.mlp.gate.weight'"):
+    tensors = {
+        e.name: torch.zeros(e.shape) for e in target_entries(cfg) if e.name != "transformer.layers.0.mlp.gate.weight"
+    }
+    with pytest.raises(
+        UserError, match=r"^ckpt/target/rank0.safetensors: tensor 'transformer.layers.0.mlp.gate.weight'"
+    ):
         internal_from_trtllm(target_weights(cfg), tensors, "ckpt/target/rank0.safetensors")
 
 
@@ -239,12 +258,22 @@ def test_entries_keep_the_file_order(tiny_sources):
     w13 = next(w for w in target_weights(t_cfg) if w.internal == "layers.0.mlp.w13.weight")
     assert [p.name for p in w13.parts] == ["transformer.layers.0.mlp.fc.weight", "transformer.layers.0.mlp.gate.weight"]
     names = [e.name for e in target_entries(t_cfg)]
-    assert names[:3] == ["transformer.vocab_embedding.weight", "transformer.layers.0.attention.qkv.weight",
-                         "transformer.layers.0.attention.qkv.bias"]
+    assert names[:3] == [
+        "transformer.vocab_embedding.weight",
+        "transformer.layers.0.attention.qkv.weight",
+        "transformer.layers.0.attention.qkv.bias",
+    ]
     assert names[-2:] == ["transformer.ln_f.weight", "lm_head.weight"]
     assert [n.removeprefix("transformer.layers.2.") for n in names if ".layers.2." in n] == [
-        "attention.qkv.weight", "attention.qkv.bias", "attention.dense.weight", "mlp.fc.weight", "mlp.gate.weight",
-        "mlp.proj.weight", "input_layernorm.weight", "post_layernorm.weight"]
+        "attention.qkv.weight",
+        "attention.qkv.bias",
+        "attention.dense.weight",
+        "mlp.fc.weight",
+        "mlp.gate.weight",
+        "mlp.proj.weight",
+        "input_layernorm.weight",
+        "post_layernorm.weight",
+    ]
     d_names = [e.name for e in drafter_entries(DrafterConfig.from_dir(tiny_sources["drafter"]))]
     assert d_names[:3] == ["dflash.fc.weight", "dflash.hidden_norm.weight", "transformer.layers.0.attention.qkv.weight"]
     assert d_names[-1] == "transformer.ln_f.weight"

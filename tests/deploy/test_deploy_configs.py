@@ -54,8 +54,23 @@ def _copy(src: Path, dst: Path, **changes) -> Path:
 # -- trtllm-serve ----------------------------------------------------------------------------------------------------
 def test_qwen3_8b_yaml(capsys, tmp_path):
     out = tmp_path / "dflash.yaml"
-    code, stdout, err = run(capsys, "deploy", "trtllm-serve", "--target", QWEN, "--drafter", QWEN_DRAFT,
-                            "--gpu", "h200", "--max-batch", "16", "--max-seq-len", "8192", "--output", out)
+    code, stdout, err = run(
+        capsys,
+        "deploy",
+        "trtllm-serve",
+        "--target",
+        QWEN,
+        "--drafter",
+        QWEN_DRAFT,
+        "--gpu",
+        "h200",
+        "--max-batch",
+        "16",
+        "--max-seq-len",
+        "8192",
+        "--output",
+        out,
+    )
     assert code == 0, err
     doc = yaml.safe_load(out.read_text())
     spec = doc["speculative_config"]
@@ -82,27 +97,67 @@ def test_drafter_context_buffer_follows_issue_16005():
 
 def test_unset_limits_shrink_to_fit_and_say_so(capsys, tmp_path):
     out = tmp_path / "h100.yaml"
-    code, _, err = run(capsys, "deploy", "trtllm-serve", "--target", QWEN, "--drafter", QWEN_DRAFT, "--gpu", "h100",
-                       "--output", out)
+    code, _, err = run(
+        capsys, "deploy", "trtllm-serve", "--target", QWEN, "--drafter", QWEN_DRAFT, "--gpu", "h100", "--output", out
+    )
     assert code == 0 and "max batch shrunk from 64" in err
     h100 = yaml.safe_load(out.read_text())["max_batch_size"]
-    code, _, _ = run(capsys, "deploy", "trtllm-serve", "--target", QWEN, "--drafter", QWEN_DRAFT, "--gpu", "b300",
-                     "--output", tmp_path / "b300.yaml")
+    code, _, _ = run(
+        capsys,
+        "deploy",
+        "trtllm-serve",
+        "--target",
+        QWEN,
+        "--drafter",
+        QWEN_DRAFT,
+        "--gpu",
+        "b300",
+        "--output",
+        tmp_path / "b300.yaml",
+    )
     assert code == 0 and yaml.safe_load((tmp_path / "b300.yaml").read_text())["max_batch_size"] > h100
 
 
 def test_explicit_limits_that_do_not_fit_are_refused(capsys, tmp_path):
     out = tmp_path / "big.yaml"
-    code, _, err = run(capsys, "deploy", "trtllm-serve", "--target", QWEN, "--drafter", QWEN_DRAFT, "--gpu", "h100",
-                       "--max-batch", "64", "--max-seq-len", "32768", "--output", out)
+    code, _, err = run(
+        capsys,
+        "deploy",
+        "trtllm-serve",
+        "--target",
+        QWEN,
+        "--drafter",
+        QWEN_DRAFT,
+        "--gpu",
+        "h100",
+        "--max-batch",
+        "64",
+        "--max-seq-len",
+        "32768",
+        "--output",
+        out,
+    )
     assert code == 2 and err.count("\n") == 1 and "--max-batch 64" in err and "drafter context buffer" in err
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
 def test_embedded_pair_yaml_and_both_repositories(capsys, tmp_path, embedded):
     target, drafter = embedded
-    code, _, err = run(capsys, "deploy", "trtllm-serve", "--target", target, "--drafter", drafter, "--max-batch", "4",
-                       "--max-seq-len", "2048", "--output", tmp_path / "smol.yaml")
+    code, _, err = run(
+        capsys,
+        "deploy",
+        "trtllm-serve",
+        "--target",
+        target,
+        "--drafter",
+        drafter,
+        "--max-batch",
+        "4",
+        "--max-seq-len",
+        "2048",
+        "--output",
+        tmp_path / "smol.yaml",
+    )
     assert code == 0, err
     spec = yaml.safe_load((tmp_path / "smol.yaml").read_text())["speculative_config"]
     from dflash_trt.config import DrafterConfig
@@ -111,8 +166,23 @@ def test_embedded_pair_yaml_and_both_repositories(capsys, tmp_path, embedded):
     assert spec["max_draft_len"] == d.block_size - 1 and spec["target_layer_ids"] == list(d.target_layer_ids)
     for kind in ("llmapi", "python"):
         repo = tmp_path / kind
-        code, _, err = run(capsys, "deploy", "triton", "--kind", kind, "--target", target, "--drafter", drafter,
-                           "--max-batch", "4", "--max-seq-len", "2048", "--output", repo)
+        code, _, err = run(
+            capsys,
+            "deploy",
+            "triton",
+            "--kind",
+            kind,
+            "--target",
+            target,
+            "--drafter",
+            drafter,
+            "--max-batch",
+            "4",
+            "--max-seq-len",
+            "2048",
+            "--output",
+            repo,
+        )
         assert code == 0, err
     _check_llmapi(tmp_path / "llmapi", spec)
     cfg = parse_pbtxt(tmp_path / "python" / PYTHON_MODEL / "config.pbtxt")
@@ -130,8 +200,12 @@ def _check_llmapi(repo: Path, spec: dict) -> None:
     assert cfg.name == LLMAPI_MODEL and cfg.backend == "python"
     names = {i.name for i in cfg.input}
     assert {"text_input", "streaming", "sampling_param_max_tokens", "sampling_param_temperature"} <= names
-    assert {o.name for o in cfg.output} >= {"text_output", "acceptance_rate", "total_accepted_draft_tokens",
-                                            "total_draft_tokens"}
+    assert {o.name for o in cfg.output} >= {
+        "text_output",
+        "acceptance_rate",
+        "total_accepted_draft_tokens",
+        "total_draft_tokens",
+    }
     model = yaml.safe_load((repo / LLMAPI_MODEL / "1" / "model.yaml").read_text())
     assert model["backend"] == "pytorch" and model["triton_config"]["decoupled"] is True
     assert model["speculative_config"] == spec and model["kv_cache_config"]["enable_block_reuse"] is False
@@ -139,14 +213,42 @@ def _check_llmapi(repo: Path, spec: dict) -> None:
 
 
 def test_qwen3_8b_repositories(capsys, tmp_path):
-    code, _, err = run(capsys, "deploy", "triton", "--kind", "llmapi", "--target", QWEN, "--drafter", QWEN_DRAFT,
-                       "--gpu", "b200", "--max-batch", "8", "--max-seq-len", "8192", "--output", tmp_path / "llmapi")
+    code, _, err = run(
+        capsys,
+        "deploy",
+        "triton",
+        "--kind",
+        "llmapi",
+        "--target",
+        QWEN,
+        "--drafter",
+        QWEN_DRAFT,
+        "--gpu",
+        "b200",
+        "--max-batch",
+        "8",
+        "--max-seq-len",
+        "8192",
+        "--output",
+        tmp_path / "llmapi",
+    )
     assert code == 0, err
     model = yaml.safe_load((tmp_path / "llmapi" / LLMAPI_MODEL / "1" / "model.yaml").read_text())
     assert model["model"] == str(QWEN.resolve()) and model["speculative_config"]["max_draft_len"] == 15
     _check_llmapi(tmp_path / "llmapi", model["speculative_config"])
-    code, _, err = run(capsys, "deploy", "triton", "--kind", "python", "--target", QWEN, "--drafter", QWEN_DRAFT,
-                       "--output", tmp_path / "python")
+    code, _, err = run(
+        capsys,
+        "deploy",
+        "triton",
+        "--kind",
+        "python",
+        "--target",
+        QWEN,
+        "--drafter",
+        QWEN_DRAFT,
+        "--output",
+        tmp_path / "python",
+    )
     assert code == 0, err
     cfg = parse_pbtxt(tmp_path / "python" / PYTHON_MODEL / "config.pbtxt")
     assert Path(cfg.parameters["drafter_dir"].string_value) == QWEN_DRAFT.resolve()
@@ -192,31 +294,47 @@ def _sliding_without_window(tmp):
     return _copy(QWEN_DRAFT, tmp / "d", layer_types=["sliding_attention"] + ["full_attention"] * 4), "sliding_window"
 
 
-@pytest.mark.parametrize("make", [_layer_ids_shifted, _layer_ids_out_of_range, _mask_outside_vocab, _hidden_mismatch,
-                                  _vocab_mismatch, _sliding_without_window])
+@pytest.mark.parametrize(
+    "make",
+    [
+        _layer_ids_shifted,
+        _layer_ids_out_of_range,
+        _mask_outside_vocab,
+        _hidden_mismatch,
+        _vocab_mismatch,
+        _sliding_without_window,
+    ],
+)
 @pytest.mark.parametrize("command", ["trtllm-serve", "llmapi", "python"])
 def test_bad_pair_exits_2_with_one_line_and_no_output(capsys, tmp_path, make, command):
     drafter, expected = make(tmp_path)
     out = tmp_path / "out"
-    args = (["deploy", "trtllm-serve", "--output", out] if command == "trtllm-serve"
-            else ["deploy", "triton", "--kind", command, "--output", out])
+    args = (
+        ["deploy", "trtllm-serve", "--output", out]
+        if command == "trtllm-serve"
+        else ["deploy", "triton", "--kind", command, "--output", out]
+    )
     code, _, err = run(capsys, *args, "--target", QWEN, "--drafter", drafter)
     assert code == 2 and err.count("\n") == 1 and expected in err, err
     assert "Traceback" not in err and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporary left behind
 
 
-@pytest.mark.parametrize("extra, expected", [
-    (["--max-draft-len", "16"], "max_draft_len <= block_size - 1"),
-    (["--max-draft-len", "0"], "1..15"),
-    (["--tp", "3"], "tp_size"),
-    (["--max-seq-len", "50000"], "max_position_embeddings"),
-    (["--attention-backend", "FLASH"], "VANILLA, TRTLLM, FA4"),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--max-draft-len", "16"], "max_draft_len <= block_size - 1"),
+        (["--max-draft-len", "0"], "1..15"),
+        (["--tp", "3"], "tp_size"),
+        (["--max-seq-len", "50000"], "max_position_embeddings"),
+        (["--attention-backend", "FLASH"], "VANILLA, TRTLLM, FA4"),
+    ],
+)
 def test_bad_trtllm_options_exit_2(capsys, tmp_path, extra, expected):
     out = tmp_path / "x.yaml"
-    code, _, err = run(capsys, "deploy", "trtllm-serve", "--target", QWEN, "--drafter", QWEN_DRAFT, "--output", out,
-                       *extra)
+    code, _, err = run(
+        capsys, "deploy", "trtllm-serve", "--target", QWEN, "--drafter", QWEN_DRAFT, "--output", out, *extra
+    )
     assert code == 2 and err.count("\n") == 1 and expected in err, err
     assert not list(tmp_path.iterdir())
 
@@ -224,13 +342,40 @@ def test_bad_trtllm_options_exit_2(capsys, tmp_path, extra, expected):
 def test_sliding_window_target_is_refused_for_our_runtime_only(capsys, tmp_path):
     """gpt-oss alternates sliding-window layers: TensorRT-LLM honours them (noted), our runtime would not
     (refused)."""
-    code, _, err = run(capsys, "deploy", "trtllm-serve", "--target", GPT_OSS, "--drafter", GPT_OSS_DRAFT,
-                       "--gpu", "b300", "--tp", "8", "--max-batch", "8", "--max-seq-len", "8192",
-                       "--output", tmp_path / "g.yaml")
+    code, _, err = run(
+        capsys,
+        "deploy",
+        "trtllm-serve",
+        "--target",
+        GPT_OSS,
+        "--drafter",
+        GPT_OSS_DRAFT,
+        "--gpu",
+        "b300",
+        "--tp",
+        "8",
+        "--max-batch",
+        "8",
+        "--max-seq-len",
+        "8192",
+        "--output",
+        tmp_path / "g.yaml",
+    )
     assert code == 0, err
     assert "sliding-window layers (window 128)" in (tmp_path / "g.yaml").read_text()
-    code, _, err = run(capsys, "deploy", "triton", "--kind", "python", "--target", GPT_OSS, "--drafter",
-                       GPT_OSS_DRAFT, "--output", tmp_path / "repo")
+    code, _, err = run(
+        capsys,
+        "deploy",
+        "triton",
+        "--kind",
+        "python",
+        "--target",
+        GPT_OSS,
+        "--drafter",
+        GPT_OSS_DRAFT,
+        "--output",
+        tmp_path / "repo",
+    )
     assert code == 2 and err.count("\n") == 1 and not (tmp_path / "repo").exists()
 
 
@@ -238,8 +383,9 @@ def test_existing_output_is_kept(capsys, tmp_path):
     out = tmp_path / "repo"
     out.mkdir()
     (out / "mine").write_text("keep")
-    code, _, err = run(capsys, "deploy", "triton", "--kind", "llmapi", "--target", QWEN, "--drafter", QWEN_DRAFT,
-                       "--output", out)
+    code, _, err = run(
+        capsys, "deploy", "triton", "--kind", "llmapi", "--target", QWEN, "--drafter", QWEN_DRAFT, "--output", out
+    )
     assert code == 2 and "--overwrite" in err and (out / "mine").read_text() == "keep"
     missing = tmp_path / "no" / "dir"
     code, _, err = run(capsys, "deploy", "trtllm-serve", "--target", QWEN, "--drafter", QWEN_DRAFT, "--output", missing)
@@ -250,8 +396,22 @@ def test_existing_output_is_kept(capsys, tmp_path):
 def test_launch_prints_the_exact_command_without_trtllm_serve(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no trtllm-serve on PATH
     out = tmp_path / "d.yaml"
-    code, _, err = run(capsys, "deploy", "trtllm-serve", "--target", QWEN, "--drafter", QWEN_DRAFT, "--max-batch", "4",
-                       "--max-seq-len", "4096", "--output", out, "--launch")
+    code, _, err = run(
+        capsys,
+        "deploy",
+        "trtllm-serve",
+        "--target",
+        QWEN,
+        "--drafter",
+        QWEN_DRAFT,
+        "--max-batch",
+        "4",
+        "--max-seq-len",
+        "4096",
+        "--output",
+        out,
+        "--launch",
+    )
     assert code == 0
     assert f"trtllm-serve {QWEN.resolve()} --config {out.resolve()} --host 127.0.0.1 --port 8000" in err
 
@@ -263,7 +423,23 @@ def test_tensorrt_llm_builds_its_decoding_config(capsys, tmp_path):
     from dflash_trt.deploy.trtllm import decoding_config
 
     out = tmp_path / "d.yaml"
-    assert run(capsys, "deploy", "trtllm-serve", "--target", QWEN, "--drafter", QWEN_DRAFT, "--max-batch", "4",
-               "--max-seq-len", "4096", "--output", out)[0] == 0
+    assert (
+        run(
+            capsys,
+            "deploy",
+            "trtllm-serve",
+            "--target",
+            QWEN,
+            "--drafter",
+            QWEN_DRAFT,
+            "--max-batch",
+            "4",
+            "--max-seq-len",
+            "4096",
+            "--output",
+            out,
+        )[0]
+        == 0
+    )
     cfg = decoding_config(yaml.safe_load(out.read_text()))
     assert cfg.max_draft_len == 15

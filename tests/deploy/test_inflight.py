@@ -18,15 +18,18 @@ from tiny import hf_config, save_hf_target, save_zlab_drafter
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("inflight")
     target = load_target(save_hf_target(root / "t", "llama"))
-    drafter = load_drafter(save_zlab_drafter(root / "d", hf_config("llama"), block_size=8, layer_ids=(0, 2)),
-                           target.cfg)
+    drafter = load_drafter(
+        save_zlab_drafter(root / "d", hf_config("llama"), block_size=8, layer_ids=(0, 2)), target.cfg
+    )
     return torch_runners(target, drafter)
 
 
 def _requests(n: int, seed: int) -> list[Request]:
     g = torch.Generator().manual_seed(seed)
-    return [Request(torch.randint(0, 97, (int(k),), generator=g).tolist(), int(m))
-            for k, m in zip(torch.randint(1, 20, (n,), generator=g), torch.randint(5, 30, (n,), generator=g))]
+    return [
+        Request(torch.randint(0, 97, (int(k),), generator=g).tolist(), int(m))
+        for k, m in zip(torch.randint(1, 20, (n,), generator=g), torch.randint(5, 30, (n,), generator=g))
+    ]
 
 
 def _drive(batch: SpeculativeBatch, arrivals: dict[int, list[Request]], limit: int = 500) -> dict[int, list[int]]:
@@ -40,7 +43,7 @@ def _drive(batch: SpeculativeBatch, arrivals: dict[int, list[Request]], limit: i
             index += 1
         free = batch.free_rows()
         joining = queue[: len(free)]
-        queue = queue[len(joining):]
+        queue = queue[len(joining) :]
         if joining:
             rows = free[: len(joining)]
             for row, (i, _) in zip(rows, joining):

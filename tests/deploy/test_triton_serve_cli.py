@@ -20,19 +20,58 @@ pytestmark = pytest.mark.slow
 
 def test_triton_serve_starts_serves_and_stops_without_orphans(tmp_path):
     repo = tmp_path / "repo"
-    assert main(["deploy", "triton", "--kind", "python", "--no-drafter", "--output", str(repo), "--max-batch", "2",
-                 "--max-seq-len", "256", "--max-tokens-limit", "8"]) == 0
+    assert (
+        main(
+            [
+                "deploy",
+                "triton",
+                "--kind",
+                "python",
+                "--no-drafter",
+                "--output",
+                str(repo),
+                "--max-batch",
+                "2",
+                "--max-seq-len",
+                "256",
+                "--max-tokens-limit",
+                "8",
+            ]
+        )
+        == 0
+    )
     ports = [free_port() for _ in range(3)]
     log = tmp_path / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "dflash_trt.cli", "triton-serve", str(repo), "--http-port",
-                             str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
-                             "--log", str(log)], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dflash_trt.cli",
+            "triton-serve",
+            str(repo),
+            "--http-port",
+            str(ports[0]),
+            "--grpc-port",
+            str(ports[1]),
+            "--metrics-port",
+            str(ports[2]),
+            "--log",
+            str(log),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         ready = proc.stderr.readline()  # the launcher prints one line once the server is ready
         assert "tritonserver ready" in ready and f"127.0.0.1:{ports[0]}" in ready, ready + proc.stderr.read()
-        server_pids = [int(line.split()[0]) for line in subprocess.run(
-            ["ps", "-o", "pid=,pgid=,comm=", "-e"], capture_output=True, text=True).stdout.splitlines()
-            if "tritonserver" in line]
+        server_pids = [
+            int(line.split()[0])
+            for line in subprocess.run(
+                ["ps", "-o", "pid=,pgid=,comm=", "-e"], capture_output=True, text=True
+            ).stdout.splitlines()
+            if "tritonserver" in line
+        ]
         assert server_pids
         with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/models/dflash/ready", timeout=10) as r:
             assert r.status == 200

@@ -20,8 +20,14 @@ pytestmark = pytest.mark.slow
 
 MODEL = "dflash"
 PROMPTS = [  # (prompt, max_tokens): different lengths
-    ("The capital of France is", 12), ("def reverse(s):", 24), ("Once upon a time", 8), ("List three colors:", 20),
-    ("Water boils at", 16), ("The best way to learn Python is", 28), ("1, 2, 3, 4,", 10), ("Hello! My name is", 18),
+    ("The capital of France is", 12),
+    ("def reverse(s):", 24),
+    ("Once upon a time", 8),
+    ("List three colors:", 20),
+    ("Water boils at", 16),
+    ("The best way to learn Python is", 28),
+    ("1, 2, 3, 4,", 10),
+    ("Hello! My name is", 18),
 ]
 
 
@@ -31,8 +37,25 @@ def server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("triton")
     repo = root / "repo"
-    assert main(["deploy", "triton", "--kind", "python", "--output", str(repo), "--max-batch", "8",
-                 "--max-seq-len", "384", "--max-tokens-limit", "64"]) == 0
+    assert (
+        main(
+            [
+                "deploy",
+                "triton",
+                "--kind",
+                "python",
+                "--output",
+                str(repo),
+                "--max-batch",
+                "8",
+                "--max-seq-len",
+                "384",
+                "--max-tokens-limit",
+                "64",
+            ]
+        )
+        == 0
+    )
     srv = TritonServer(repo, log_path=root / "tritonserver.log")
     srv.start(timeout_s=300)
     yield srv
@@ -70,8 +93,9 @@ def test_greedy_over_grpc_and_generate_extension_equals_generate(server, referen
     streamed = grpc_generate(server.grpc_url, MODEL, grpc_inputs(prompt, n, streaming=True))
     whole = grpc_generate(server.grpc_url, MODEL, grpc_inputs(prompt, n, streaming=False))
     gen = http_generate(server.http_url, MODEL, {"text_input": prompt, "sampling_param_max_tokens": n})
-    sse = http_generate(server.http_url, MODEL, {"text_input": prompt, "sampling_param_max_tokens": n,
-                                                 "streaming": True}, stream=True)
+    sse = http_generate(
+        server.http_url, MODEL, {"text_input": prompt, "sampling_param_max_tokens": n, "streaming": True}, stream=True
+    )
     for reply in (streamed, whole, gen, sse):
         assert reply.error is None and reply.text == expected
     assert len(streamed.times) > 1 and len(whole.times) == 1  # streamed in pieces vs one response
@@ -106,8 +130,9 @@ def test_http_and_grpc_infer_through_the_non_streaming_companion(server, referen
     http = client.infer(MODEL + "_infer", inputs(httpclient), timeout=120)
     assert http.as_numpy("text_output")[0].decode() == reference[prompt]
     assert http.as_numpy("finish_reason")[0] == b"length" and float(http.as_numpy("tau")[0]) >= 1.0
-    grpc = grpcclient.InferenceServerClient(server.grpc_url).infer(MODEL + "_infer", inputs(grpcclient),
-                                                                   client_timeout=120)
+    grpc = grpcclient.InferenceServerClient(server.grpc_url).infer(
+        MODEL + "_infer", inputs(grpcclient), client_timeout=120
+    )
     assert grpc.as_numpy("text_output")[0].decode() == reference[prompt]
 
 
@@ -139,8 +164,14 @@ def test_eight_concurrent_streams_batch_in_flight(server, reference):
 
 BAD = [  # (case, text, max_tokens, temperature, extra inputs, expected in the error)
     ("missing text_input", None, 8, None, {}, "text_input"),
-    ("wrong dtype", "hi", None, None, {"sampling_param_max_tokens": (np.array([8.0], dtype=np.float32), "FP32")},
-     "data-type"),
+    (
+        "wrong dtype",
+        "hi",
+        None,
+        None,
+        {"sampling_param_max_tokens": (np.array([8.0], dtype=np.float32), "FP32")},
+        "data-type",
+    ),
     ("empty text", "   ", 8, None, {}, "empty"),
     ("longer than the context", "word " * 600, 8, None, {}, "max_len 384"),
     ("max_tokens 0", "hi", 0, None, {}, "sampling_param_max_tokens' is 0"),
@@ -153,12 +184,14 @@ BAD = [  # (case, text, max_tokens, temperature, extra inputs, expected in the e
 def test_bad_requests_get_errors_while_others_keep_running(server, reference):
     prompt, n = PROMPTS[5]
     good: list = []
-    running = threading.Thread(target=lambda: good.append(
-        grpc_generate(server.grpc_url, MODEL, grpc_inputs(prompt, n), timeout_s=180)))
+    running = threading.Thread(
+        target=lambda: good.append(grpc_generate(server.grpc_url, MODEL, grpc_inputs(prompt, n), timeout_s=180))
+    )
     running.start()
     for case, text, max_tokens, temperature, extra, message in BAD:
-        bad = grpc_generate(server.grpc_url, MODEL, grpc_inputs(text, max_tokens, temperature=temperature,
-                                                                extra=extra), timeout_s=60)
+        bad = grpc_generate(
+            server.grpc_url, MODEL, grpc_inputs(text, max_tokens, temperature=temperature, extra=extra), timeout_s=60
+        )
         assert bad.error is not None and message in bad.error, (case, bad.error)
         assert "\n" not in bad.error.strip(), case
     running.join(timeout=200)
@@ -171,8 +204,13 @@ def test_disconnected_streams_free_their_rows(server, reference):
     before = metrics(server.metrics_url)
     cancelled = grpc_generate(server.grpc_url, MODEL, grpc_inputs("Tell me a long story about", 64), cancel_after=2)
     assert cancelled.error is None and len(cancelled.times) == 2
-    gone = http_generate(server.http_url, MODEL, {"text_input": "Write a poem about the sea", "streaming": True,
-                                                  "sampling_param_max_tokens": 64}, stream=True, close_after=2)
+    gone = http_generate(
+        server.http_url,
+        MODEL,
+        {"text_input": "Write a poem about the sea", "streaming": True, "sampling_param_max_tokens": 64},
+        stream=True,
+        close_after=2,
+    )
     assert len(gone.times) == 2
     assert _wait_metric(server, "dflash_active_rows", lambda v: v == 0, timeout_s=120) == 0
     after = metrics(server.metrics_url)

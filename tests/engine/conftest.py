@@ -39,8 +39,14 @@ class Built:
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dflash_trt.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=1800)
+    return subprocess.run(
+        [sys.executable, "-m", "dflash_trt.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=1800,
+    )
 
 
 @pytest.fixture(scope="session")

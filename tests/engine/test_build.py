@@ -27,8 +27,11 @@ def test_embedded_recipe_builds_with_fused_attention(built, dtype):
         assert rep.builder.startswith("tensorrt_rtx 1.7.1") and rep.parsed and not rep.parser_errors
         assert rep.built and rep.plan_bytes > 0 and len(rep.plan_sha256) == 64
         assert rep.profiles == ["prefill", "step"] and not rep.decomposable_attention
-        onnx_nodes = [n.name for n in onnx.load(b.engine_dir / "onnx" / "rank0" / f"{name}.onnx",
-                                                load_external_data=False).graph.node if n.op_type == "Attention"]
+        onnx_nodes = [
+            n.name
+            for n in onnx.load(b.engine_dir / "onnx" / "rank0" / f"{name}.onnx", load_external_data=False).graph.node
+            if n.op_type == "Attention"
+        ]
         assert len(onnx_nodes) == LAYERS[name]  # one fused Attention node per layer in the exported graph
         assert sorted(rep.attention_nodes) == sorted(onnx_nodes)  # each became a TensorRT IAttention
         assert set(rep.fused_attention) == set(onnx_nodes) and rep.all_attention_fused
@@ -46,24 +49,42 @@ def test_engine_dir_layout(built):
     assert b.returncode == 0, b.stderr[-3000:]
     root = b.engine_dir
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    assert {"config.json", "build_report.json", "onnx/rank0/target.onnx", "onnx/rank0/target.onnx.data",
-            "onnx/rank0/drafter.onnx", "onnx/rank0/drafter.onnx.data", "onnx/rank0/export.json",
-            "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"} <= set(files), files
+    assert {
+        "config.json",
+        "build_report.json",
+        "onnx/rank0/target.onnx",
+        "onnx/rank0/target.onnx.data",
+        "onnx/rank0/drafter.onnx",
+        "onnx/rank0/drafter.onnx.data",
+        "onnx/rank0/export.json",
+        "tokenizer/tokenizer.json",
+        "tokenizer/tokenizer_config.json",
+    } <= set(files), files
     assert not (root / "target").exists() and not (root / "drafter").exists()  # no datacenter TensorRT here
     assert not [p for p in root.parent.iterdir() if ".dflash-partial-" in p.name]
     cfg = json.loads((root / "config.json").read_text())
     pre, bc = cfg["pretrained_config"], cfg["build_config"]
     assert pre["architecture"] == "LlamaForCausalLM" and pre["mapping"] == {"world_size": 1, "tp_size": 1, "pp_size": 1}
-    assert (pre["num_attention_heads"], pre["num_key_value_heads"], pre["hidden_size"], pre["vocab_size"],
-            pre["num_hidden_layers"], pre["head_size"]) == (9, 3, 576, 49152, 30, 64)
+    assert (
+        pre["num_attention_heads"],
+        pre["num_key_value_heads"],
+        pre["hidden_size"],
+        pre["vocab_size"],
+        pre["num_hidden_layers"],
+        pre["head_size"],
+    ) == (9, 3, 576, 49152, 30, 64)
     assert pre["drafter"]["architecture"] == "DFlashDraftModel" and pre["drafter"]["num_hidden_layers"] == 2
     assert (bc["max_batch_size"], bc["max_input_len"], bc["max_seq_len"], bc["max_draft_len"]) == (4, 512, 1024, 7)
     assert bc["speculative_decoding_mode"] == "dflash" and bc["attention"] == "native"
     assert bc["max_num_tokens"] == 4 * 512 and bc["gpu_archs"] == ["sm89", "sm120"]
     assert [p["name"] for p in bc["profiles"]] == ["prefill", "step"]
     assert bc["profiles"][1]["target"]["past_key_values.*"] == [[1, 3, 1, 64], [4, 3, 1024, 64], [4, 3, 1024, 64]]
-    assert cfg["dflash"] == {"target_layer_ids": [1, 8, 14, 20, 27], "mask_token_id": 16, "block_size": 8,
-                             "drafter_block_size": 8}
+    assert cfg["dflash"] == {
+        "target_layer_ids": [1, 8, 14, 20, 27],
+        "mask_token_id": 16,
+        "block_size": 8,
+        "drafter_block_size": 8,
+    }
     assert cfg["plugin"]["library"] == "libdflash_trt_plugins.so" and len(cfg["plugin"]["sha256"]) == 64
     assert cfg["tokenizer"] == "tokenizer" and cfg["engines"] == {"target": [], "drafter": []}
     assert cfg["onnx"] == {"target": ["onnx/rank0/target.onnx"], "drafter": ["onnx/rank0/drafter.onnx"]}
@@ -79,8 +100,9 @@ def test_graph_inputs_are_the_planned_profiles(built):
     root = built["bf16"].engine_dir
     cfg = json.loads((root / "config.json").read_text())
     for graph in ("target", "drafter"):
-        names = {i.name for i in onnx.load(root / "onnx" / "rank0" / f"{graph}.onnx",
-                                           load_external_data=False).graph.input}
+        names = {
+            i.name for i in onnx.load(root / "onnx" / "rank0" / f"{graph}.onnx", load_external_data=False).graph.input
+        }
         planned = set(cfg["build_config"]["profiles"][0][graph])
         assert {n for n in names if not n.startswith("past_key_values.")} | {"past_key_values.*"} == planned
 
@@ -93,8 +115,9 @@ def _one_attention(path, elem):
     v = helper.make_tensor_value_info("v", elem, ["b", 2, "s", 64])
     o = helper.make_tensor_value_info("o", elem, None)
     node = helper.make_node("Attention", ["q", "k", "v"], ["o"], name="attn", is_causal=0)
-    model = helper.make_model(helper.make_graph([node], "g", [q, k, v], [o]),
-                              opset_imports=[helper.make_opsetid("", 23)])
+    model = helper.make_model(
+        helper.make_graph([node], "g", [q, k, v], [o]), opset_imports=[helper.make_opsetid("", 23)]
+    )
     onnx.save(model, path)
     assert TensorProto.FLOAT  # (elem types come from TensorProto)
 
@@ -109,8 +132,9 @@ def test_fp32_attention_is_not_fused_and_the_check_says_so(tmp_path, plugin_lib)
     results = {}
     for elem, decomposable in ((TensorProto.FLOAT, False), (TensorProto.FLOAT, True), (TensorProto.FLOAT16, False)):
         _one_attention(path, elem)
-        spec = GraphSpec("attn", 0, str(path), {"step": shapes}, plugin_lib=str(plugin_lib),
-                         decomposable_attention=decomposable)
+        spec = GraphSpec(
+            "attn", 0, str(path), {"step": shapes}, plugin_lib=str(plugin_lib), decomposable_attention=decomposable
+        )
         results[(elem, decomposable)] = build_with_rtx(spec)
     strict = results[(TensorProto.FLOAT, False)]
     assert strict.attention_nodes == ["attn"] and not strict.built
@@ -145,8 +169,17 @@ def test_failed_build_leaves_nothing(tmp_path, capsys, monkeypatch, plugin_lib):
     monkeypatch.setattr(build, "_rank_models", lambda plan, rank: (None, None))
     monkeypatch.setattr(build, "build_with_rtx", failing_rtx)
     out = tmp_path / "engine"
-    code = main(["build", "--config", str(ROOT / "build_configs" / "build_smollm2_135m_cpu.yaml"), "--output",
-                 str(out), "--plugin-lib", str(plugin_lib)])
+    code = main(
+        [
+            "build",
+            "--config",
+            str(ROOT / "build_configs" / "build_smollm2_135m_cpu.yaml"),
+            "--output",
+            str(out),
+            "--plugin-lib",
+            str(plugin_lib),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "simulated TensorRT-RTX failure" in err
     assert exported and not exported[0].exists()

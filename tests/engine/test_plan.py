@@ -23,24 +23,48 @@ PAIRS = {
 
 def plan_of(recipe: str, **over):
     target, drafter = PAIRS[recipe]
-    return make_build_plan(read_pair(CONFIGS / target, CONFIGS / drafter),
-                           load_recipe(RECIPES / f"{recipe}.yaml", over))
+    return make_build_plan(
+        read_pair(CONFIGS / target, CONFIGS / drafter), load_recipe(RECIPES / f"{recipe}.yaml", over)
+    )
 
 
 @pytest.mark.parametrize("recipe", PAIRS)
 def test_dry_run_prints_the_plan_and_writes_nothing(recipe, tmp_path, capsys):
     target, drafter = PAIRS[recipe]
     out = tmp_path / "engine"
-    code = main(["build", "--target", str(CONFIGS / target), "--drafter", str(CONFIGS / drafter), "--config",
-                 str(RECIPES / f"{recipe}.yaml"), "--output", str(out), "--dry-run"])
+    code = main(
+        [
+            "build",
+            "--target",
+            str(CONFIGS / target),
+            "--drafter",
+            str(CONFIGS / drafter),
+            "--config",
+            str(RECIPES / f"{recipe}.yaml"),
+            "--output",
+            str(out),
+            "--dry-run",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
     assert not out.exists() and list(tmp_path.iterdir()) == []
     plan = plan_of(recipe)
     assert text.count("\n| ") == plan.tp + 1  # header + one row per rank
     assert f"tp {plan.tp}, dtype bfloat16" in text and "target/prefill:" in text and "drafter/step:" in text
-    code = main(["build", "--target", str(CONFIGS / target), "--drafter", str(CONFIGS / drafter), "--config",
-                 str(RECIPES / f"{recipe}.yaml"), "--dry-run", "--json"])
+    code = main(
+        [
+            "build",
+            "--target",
+            str(CONFIGS / target),
+            "--drafter",
+            str(CONFIGS / drafter),
+            "--config",
+            str(RECIPES / f"{recipe}.yaml"),
+            "--dry-run",
+            "--json",
+        ]
+    )
     data = json.loads(capsys.readouterr().out)
     assert len(data["memory_per_rank"]) == plan.tp and data["block_size"] == plan.block_size
 

@@ -19,8 +19,17 @@ TRTLLM_NAMES = {"max_batch_size", "max_input_len", "max_seq_len", "tp_size"}  # 
 def test_defaults_need_no_recipe():
     recipe = load_recipe(None)
     assert recipe == BuildRecipe()
-    assert set(FIELDS) == {"max_batch_size", "max_input_len", "max_seq_len", "block_size", "dtype", "profiles",
-                           "gpu_archs", "tp_size", "attention"}
+    assert set(FIELDS) == {
+        "max_batch_size",
+        "max_input_len",
+        "max_seq_len",
+        "block_size",
+        "dtype",
+        "profiles",
+        "gpu_archs",
+        "tp_size",
+        "attention",
+    }
     assert TRTLLM_NAMES <= set(FIELDS)
     assert (recipe.attention, recipe.block_size, recipe.tp_size) == ("native", 0, 1)
     assert set(recipe.profiles) == {"prefill", "step"}
@@ -49,14 +58,16 @@ BAD = {  # name: (recipe text, extra CLI args, words the one-line error must con
     "unknown profile": ("profiles: [prefill, decode]\n", [], ["unknown profile 'decode'"]),
     "profile key": ("profiles: {step: {opt_batch: 2}}\n", [], ["profiles.step", "unknown key 'opt_batch'"]),
     "no step profile": ("profiles: [prefill]\n", [], ["lacks 'step'"]),
-    "opt above max": ("max_batch_size: 2\nprofiles: {step: {opt_batch_size: 3}}\n", [],
-                      ["profiles.step.opt_batch_size", "above its maximum 2"]),
+    "opt above max": (
+        "max_batch_size: 2\nprofiles: {step: {opt_batch_size: 3}}\n",
+        [],
+        ["profiles.step.opt_batch_size", "above its maximum 2"],
+    ),
     "gpu arch": ("gpu_archs: [sm91]\n", [], ["field 'gpu_archs'", "sm90"]),
     "attention": ("attention: flash\n", [], ["field 'attention'", "native, plugin"]),
     "block one": ("block_size: 1\n", [], ["field 'block_size' is 1"]),
     "block above drafter": ("block_size: 17\n", [], ["field 'block_size' is 17", "trained with block_size 16"]),
-    "tp not dividing heads": ("tp_size: 3\n", [], ["field 'tp_size'", "'num_attention_heads' 32",
-                                                     "not divisible"]),
+    "tp not dividing heads": ("tp_size: 3\n", [], ["field 'tp_size'", "'num_attention_heads' 32", "not divisible"]),
     "--tp not dividing heads": ("", ["--tp", "5"], ["field 'tp_size'", "not divisible"]),
     "seq above model": ("max_seq_len: 65536\n", [], ["field 'max_seq_len' 65536", "max_position_embeddings 40960"]),
     "input above seq": ("max_input_len: 2048\nmax_seq_len: 2048\n", [], ["'max_input_len' 2048", "'max_seq_len'"]),
@@ -88,8 +99,7 @@ def test_bad_recipe_exits_2_and_leaves_nothing(name, tmp_path, capsys):
     if name == "plugin head_dim":  # gpt-oss + its drafter: head_dim 64 is allowed; make the drafter's 96
         drafter = tmp_path / "drafter"
         drafter.mkdir()
-        cfg = (CONFIGS / "qwen3-8b-dflash-b16" / "config.json").read_text().replace('"head_dim": 128',
-                                                                                    '"head_dim": 96')
+        cfg = (CONFIGS / "qwen3-8b-dflash-b16" / "config.json").read_text().replace('"head_dim": 128', '"head_dim": 96')
         (drafter / "config.json").write_text(cfg)
         argv = ["build", *QWEN[:2], "--drafter", str(drafter), "--config", str(recipe), "--output", str(out)]
         words = ["field 'attention' is plugin", "head_dim (64, 128)", "the drafter's is 96"]
@@ -103,8 +113,7 @@ def test_bad_recipe_exits_2_and_leaves_nothing(name, tmp_path, capsys):
 
 
 def test_missing_recipe_file(tmp_path, capsys):
-    code, err = _run(["build", *QWEN, "--config", str(tmp_path / "none.yaml"), "--output", str(tmp_path / "e")],
-                     capsys)
+    code, err = _run(["build", *QWEN, "--config", str(tmp_path / "none.yaml"), "--output", str(tmp_path / "e")], capsys)
     assert code == 2 and "recipe file not found" in err
     _assert_nothing_left(tmp_path / "e")
 
@@ -127,8 +136,10 @@ def test_plugin_dtype_the_contract_lacks(tmp_path, capsys, monkeypatch):
 def test_plugin_library_missing_or_not_a_plugin(tmp_path, capsys):
     import torch
 
-    cases = {tmp_path / "missing.so": "no such file",
-             Path(torch.__file__).parent / "lib" / "libc10.so": "exports no 'getCreators'"}
+    cases = {
+        tmp_path / "missing.so": "no such file",
+        Path(torch.__file__).parent / "lib" / "libc10.so": "exports no 'getCreators'",
+    }
     for lib, words in cases.items():
         code, err = _run(["build", *QWEN, "--output", str(tmp_path / "e"), "--plugin-lib", str(lib)], capsys)
         assert code == 2 and words in err and len(err.splitlines()) == 1, err
@@ -157,9 +168,20 @@ def test_output_exists_and_both_sources(tmp_path, capsys):
 
 def test_gpt_oss_is_planned_but_not_built(tmp_path, capsys):
     out = tmp_path / "e"
-    code, err = _run(["build", "--target", str(CONFIGS / "gpt-oss-120b"), "--drafter",
-                      str(CONFIGS / "gpt-oss-120b-dflash"), "--config",
-                      str(RECIPES / "build_gpt_oss_120b_tp8_b300.yaml"), "--output", str(out)], capsys)
+    code, err = _run(
+        [
+            "build",
+            "--target",
+            str(CONFIGS / "gpt-oss-120b"),
+            "--drafter",
+            str(CONFIGS / "gpt-oss-120b-dflash"),
+            "--config",
+            str(RECIPES / "build_gpt_oss_120b_tp8_b300.yaml"),
+            "--output",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 2 and "planned from config.json only" in err and "--dry-run" in err, err
     _assert_nothing_left(out)
 

@@ -34,8 +34,15 @@ def exported(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     target = load_target(save_hf_target(root / "t", family, **tkw))
     drafter = load_drafter(save_zlab_drafter(root / "d", hf_config(family, **tkw), **dkw), target.cfg)
-    paths = export_pair(target, drafter, root / "onnx", dtype=torch.float32, max_batch=4, max_seq_len=128,
-                        block_size=drafter.cfg.block_size)
+    paths = export_pair(
+        target,
+        drafter,
+        root / "onnx",
+        dtype=torch.float32,
+        max_batch=4,
+        max_seq_len=128,
+        block_size=drafter.cfg.block_size,
+    )
     return target, drafter, paths
 
 
@@ -55,8 +62,11 @@ def test_files_checker_and_ops(exported):
         assert ops["RMSNormalization"] > 0 and ops["Softmax"] == 0
         inputs = [i.name for i in model.graph.input]
         outputs = [o.name for o in model.graph.output]
-        fixed = ["input_ids", "cache_lens", "logits_index"] if name == "target" else [
-            "input_ids", "features", "feature_lens", "cache_lens"]
+        fixed = (
+            ["input_ids", "cache_lens", "logits_index"]
+            if name == "target"
+            else ["input_ids", "features", "feature_lens", "cache_lens"]
+        )
         assert inputs == fixed + past_names(layers)
         assert outputs == (["logits", "features"] if name == "target" else ["logits"]) + present_names(layers)
         batch_dims = {i.type.tensor_type.shape.dim[0].dim_param for i in model.graph.input}

@@ -24,15 +24,20 @@ from tiny import hf_config, save_hf_target, save_zlab_drafter
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("plugin_flavor")
     target = load_target(save_hf_target(root / "t", "qwen3", heads=8, kv_heads=2))
-    drafter = load_drafter(save_zlab_drafter(root / "d", hf_config("qwen3", heads=8, kv_heads=2), block_size=4,
-                                             layer_ids=(0, 2), head_dim=64), target.cfg)
+    drafter = load_drafter(
+        save_zlab_drafter(
+            root / "d", hf_config("qwen3", heads=8, kv_heads=2), block_size=4, layer_ids=(0, 2), head_dim=64
+        ),
+        target.cfg,
+    )
     return root, target, drafter
 
 
 def test_plugin_nodes_follow_the_contract(pair):
     root, target, drafter = pair
-    paths = export_pair(target, drafter, root / "onnx", dtype=torch.float32, max_batch=4, max_seq_len=64,
-                        block_size=4, plugin_kv=True)
+    paths = export_pair(
+        target, drafter, root / "onnx", dtype=torch.float32, max_batch=4, max_seq_len=64, block_size=4, plugin_kv=True
+    )
     onnx.checker.check_model(str(paths["drafter"]))
     model = onnx.load(str(paths["drafter"]), load_external_data=False)
     layers = drafter.cfg.num_layers
@@ -50,8 +55,8 @@ def test_plugin_nodes_follow_the_contract(pair):
         assert CONTEXT_KV_APPEND.resolve_attrs(**attrs) == attrs
         assert attrs["num_kv_heads"] == drafter.cfg.num_kv_heads and attrs["head_dim"] == 64
         assert len(node.input) == len(CONTEXT_KV_APPEND.inputs) and len(node.output) == 2
-        assert list(node.input[4:6]) == past_names(layers)[2 * i: 2 * i + 2]  # the cache inputs, in place
-        assert list(node.output) == present_names(layers)[2 * i: 2 * i + 2]  # ... are the graph's outputs
+        assert list(node.input[4:6]) == past_names(layers)[2 * i : 2 * i + 2]  # the cache inputs, in place
+        assert list(node.output) == present_names(layers)[2 * i : 2 * i + 2]  # ... are the graph's outputs
     # the target graph is unchanged by the flavor: standard ops only
     target_ops = {n.domain for n in onnx.load(str(paths["target"]), load_external_data=False).graph.node}
     assert target_ops == {""}
@@ -90,5 +95,13 @@ def test_drafter_the_plugin_cannot_serve_is_refused(tmp_path):
     target = load_target(save_hf_target(tmp_path / "t", "qwen3"))
     drafter = load_drafter(save_zlab_drafter(tmp_path / "d", hf_config("qwen3"), block_size=4), target.cfg)
     with pytest.raises(UserError, match="head_dim"):  # head_dim 16: the plugin serves 64 and 128
-        export_pair(target, drafter, tmp_path / "onnx", dtype=torch.float32, max_batch=2, max_seq_len=32,
-                    block_size=4, plugin_kv=True)
+        export_pair(
+            target,
+            drafter,
+            tmp_path / "onnx",
+            dtype=torch.float32,
+            max_batch=2,
+            max_seq_len=32,
+            block_size=4,
+            plugin_kv=True,
+        )

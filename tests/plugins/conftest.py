@@ -68,13 +68,19 @@ def cmake_build(variant: str, *options: str, targets: tuple[str, ...] = ()) -> P
     BUILD_ROOT.mkdir(parents=True, exist_ok=True)
     with open(BUILD_ROOT / f".{variant}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _run([  # re-running it on a configured directory is cheap and keeps the options current
-            cmake, "-S", str(PLUGINS), "-B", str(build_dir),
-            f"-DPython3_EXECUTABLE={sys.executable}",
-            f"-DDFLASH_TRT_HEADERS_CACHE={BUILD_ROOT / '_deps' / 'kernel-lens'}",
-            "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
-            *options,
-        ])
+        _run(
+            [  # re-running it on a configured directory is cheap and keeps the options current
+                cmake,
+                "-S",
+                str(PLUGINS),
+                "-B",
+                str(build_dir),
+                f"-DPython3_EXECUTABLE={sys.executable}",
+                f"-DDFLASH_TRT_HEADERS_CACHE={BUILD_ROOT / '_deps' / 'kernel-lens'}",
+                "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
+                *options,
+            ]
+        )
         target_args = [arg for t in targets for arg in ("--target", t)]
         _run([cmake, "--build", str(build_dir), "-j", str(min(2, os.cpu_count() or 1)), *target_args])
     return PluginBuild(build_dir)
@@ -104,8 +110,11 @@ def sanitize_build() -> PluginBuild:
     tests; only the targets the compiler's sanitizers allow are built (see plugins/CMakeLists.txt)."""
     build = cmake_build("sanitize", "-DDFLASH_TRT_SANITIZE=ON", targets=("help",))  # configure only
     cache = (build.dir / "CMakeCache.txt").read_text()
-    available = tuple(t for t, flag in zip(SANITIZER_TARGETS, ("DFLASH_TRT_HAS_TSAN", "DFLASH_TRT_HAS_ASAN_UBSAN"))
-                      if f"{flag}:INTERNAL=1" in cache)
+    available = tuple(
+        t
+        for t, flag in zip(SANITIZER_TARGETS, ("DFLASH_TRT_HAS_TSAN", "DFLASH_TRT_HAS_ASAN_UBSAN"))
+        if f"{flag}:INTERNAL=1" in cache
+    )
     if available:
         cmake_build("sanitize", "-DDFLASH_TRT_SANITIZE=ON", targets=available)
     return build

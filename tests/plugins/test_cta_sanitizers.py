@@ -35,8 +35,12 @@ def _ctest(build, name: str) -> str:
         pytest.skip("ctest is not installed")
     if not _supported(build, CTEST_TESTS[name]):
         pytest.skip(f"the C++ compiler lacks the sanitizer for {name} ({CTEST_TESTS[name]} is off in CMakeCache.txt)")
-    result = subprocess.run([ctest, "--test-dir", str(build.dir), "-R", f"^{name}$", "--output-on-failure", "-V"],
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [ctest, "--test-dir", str(build.dir), "-R", f"^{name}$", "--output-on-failure", "-V"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert re.search(rf"{name} \.+\s+Passed", result.stdout), result.stdout[-4000:]
     return result.stdout
@@ -44,8 +48,9 @@ def _ctest(build, name: str) -> str:
 
 def test_ctest_lists_every_sanitizer_test(sanitize_build):
     ctest = shutil.which("ctest") or pytest.skip("ctest is not installed")
-    listed = subprocess.run([ctest, "--test-dir", str(sanitize_build.dir), "-N"], capture_output=True, text=True,
-                            check=True).stdout
+    listed = subprocess.run(
+        [ctest, "--test-dir", str(sanitize_build.dir), "-N"], capture_output=True, text=True, check=True
+    ).stdout
     expected = {name for name, flag in CTEST_TESTS.items() if _supported(sanitize_build, flag)}
     assert expected == {name for name in CTEST_TESTS if f": {name}" in listed}
 
@@ -54,9 +59,13 @@ def test_threaded_ctas_have_no_data_race(sanitize_build):
     out = _ctest(sanitize_build, "cta_threaded_tsan")
     assert "ThreadSanitizer" not in out
     passed = re.findall(r"PASS (\S+)", out)
-    assert {"attention_splits_threaded_bitwise", "attention_window_rowtiles_threaded_bitwise",
-            "attention_paged_threaded_bitwise", "append_paged_d64_threaded_bitwise",
-            "accept_threaded_equal"} <= set(passed)
+    assert {
+        "attention_splits_threaded_bitwise",
+        "attention_window_rowtiles_threaded_bitwise",
+        "attention_paged_threaded_bitwise",
+        "append_paged_d64_threaded_bitwise",
+        "accept_threaded_equal",
+    } <= set(passed)
     assert "SUMMARY failures=0" in out
 
 

@@ -40,23 +40,26 @@ def test_every_kernel_compiles_for_sm80_sm90_sm100_sm120_and_ptx_with_warnings_a
         flags = command.split()
         for flag in ARCH_FLAGS + [PTX_FLAG] + WERROR_FLAGS:
             assert flag in flags, f"{source} is compiled without {flag}"
-        assert not [f for f in flags if f.startswith("-gencode") and f not in ARCH_FLAGS + [PTX_FLAG]], \
+        assert not [f for f in flags if f.startswith("-gencode") and f not in ARCH_FLAGS + [PTX_FLAG]], (
             "no arch-specific (a/f) targets: the kernels use no arch-specific instruction"
+        )
     for artifact in (cuda_build.plugin_library, cuda_build.math_cuda, cuda_build.harness):
         assert artifact.is_file()
 
 
 def test_cuda_plugin_library_through_tensorrt_entry_points(cuda_build):
     gpu = has_gpu()
-    result, outcomes = run_harness(cuda_build.harness, cuda_build.plugin_library,
-                                   *([] if gpu else ["--expect-enqueue-error"]))
+    result, outcomes = run_harness(
+        cuda_build.harness, cuda_build.plugin_library, *([] if gpu else ["--expect-enqueue-error"])
+    )
     failed = [line for line in outcomes.values() if line.startswith("FAIL")]
     assert not failed, "\n".join(failed)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "backend cuda" in result.stdout
     interface_cases = {c for c in HOST_CASES if "enqueue_host" not in c and "missing_page" not in c}
-    error_cases = set() if gpu else {"block_attention_enqueue_reports_cuda_error",
-                                     "accept_tokens_enqueue_reports_cuda_error"}
+    error_cases = (
+        set() if gpu else {"block_attention_enqueue_reports_cuda_error", "accept_tokens_enqueue_reports_cuda_error"}
+    )
     missing = (interface_cases | error_cases) - outcomes.keys()
     assert not missing, f"harness cases that did not run: {sorted(missing)}"
 
@@ -64,11 +67,15 @@ def test_cuda_plugin_library_through_tensorrt_entry_points(cuda_build):
 def test_ptxas_resources_no_spills_and_readme_table_current(cuda_build):
     """ptxas -v figures of every kernel and architecture (kept by the build's compiler launcher): no spill
     stores or loads, no stack frame, and plugins/README.md carries the current table."""
-    result = subprocess.run(["ctest", "--test-dir", str(cuda_build.dir), "-R", "^ptxas_resources$",
-                             "--output-on-failure"], capture_output=True, text=True)  # the same check, via ctest
+    result = subprocess.run(
+        ["ctest", "--test-dir", str(cuda_build.dir), "-R", "^ptxas_resources$", "--output-on-failure"],
+        capture_output=True,
+        text=True,
+    )  # the same check, via ctest
     assert result.returncode == 0 and "0 tests failed out of 1" in result.stdout, result.stdout[-3000:]
-    table = subprocess.run([sys.executable, str(PTXAS_TOOL), str(cuda_build.dir)], capture_output=True, text=True,
-                           check=True).stdout
+    table = subprocess.run(
+        [sys.executable, str(PTXAS_TOOL), str(cuda_build.dir)], capture_output=True, text=True, check=True
+    ).stdout
     assert "100 kernel builds (25 instantiations x 4 architectures): 0 bytes of spill stores and loads" in table
     for arch in ("sm_80", "sm_90", "sm_100", "sm_120"):
         assert f"{arch} regs" in table
@@ -77,8 +84,9 @@ def test_ptxas_resources_no_spills_and_readme_table_current(cuda_build):
 def test_cuda_library_imports_no_copy_and_no_error_clearing(cuda_build):
     """The CUDA plugin library cannot copy a cache or clear another component's error: it imports no
     cudaMemcpy* and no cudaGetLastError from the CUDA runtime."""
-    nm = subprocess.run(["nm", "-D", "--undefined-only", str(cuda_build.plugin_library)], capture_output=True,
-                        text=True, check=True).stdout
+    nm = subprocess.run(
+        ["nm", "-D", "--undefined-only", str(cuda_build.plugin_library)], capture_output=True, text=True, check=True
+    ).stdout
     imported = {line.split()[-1].split("@")[0] for line in nm.splitlines()}
     assert {"__cudaLaunchKernel", "cudaPeekAtLastError", "cudaFuncSetAttribute", "cudaMemsetAsync"} <= imported
     assert not {name for name in imported if name.startswith("cudaMemcpy") or name == "cudaGetLastError"}
@@ -96,10 +104,19 @@ def _fake_runtime(cuda_build, tmp_path, device: str) -> tuple[dict[str, list[int
     """Run the harness's --fake-cuda-runtime cases on the CUDA build with tests/fakeCudart preloaded: the
     launches' host side runs for real, no kernel executes. Returns each step's statuses and the runtime log."""
     log = tmp_path / f"{device}.log"
-    env = dict(os.environ, LD_PRELOAD=str(cuda_build.dir / "libdflash_trt_fake_cudart.so"),
-               FAKE_CUDART_LOG=str(log), FAKE_CUDART_DEVICE=",".join(map(str, FAKE_DEVICES[device])))
-    result = subprocess.run([str(cuda_build.harness), str(cuda_build.plugin_library), "--fake-cuda-runtime"],
-                            capture_output=True, text=True, timeout=120, env=env)
+    env = dict(
+        os.environ,
+        LD_PRELOAD=str(cuda_build.dir / "libdflash_trt_fake_cudart.so"),
+        FAKE_CUDART_LOG=str(log),
+        FAKE_CUDART_DEVICE=",".join(map(str, FAKE_DEVICES[device])),
+    )
+    result = subprocess.run(
+        [str(cuda_build.harness), str(cuda_build.plugin_library), "--fake-cuda-runtime"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert result.returncode == 0 and "PASS fake_runtime_launches" in result.stdout, result.stdout + result.stderr
     statuses: dict[str, list[int]] = {}
     for line in result.stdout.splitlines():
@@ -159,10 +176,25 @@ def cuda_math(cuda_build) -> MathLib:
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GRID, ids=[case_id(c) for c in GRID])
 def test_cuda_block_attention_matches_reference(cuda_math, case):
-    inputs = make_inputs(case["dtype"], case["batch"], case["block"], case["num_heads"], case["num_kv_heads"],
-                         case["head_dim"], case["cache"], case["ctx_lens"], case["seed"])
-    attrs = dict(num_heads=case["num_heads"], num_kv_heads=case["num_kv_heads"], head_dim=case["head_dim"],
-                 window=case["window"], qk_norm=case["qk_norm"], eps=1e-6)
+    inputs = make_inputs(
+        case["dtype"],
+        case["batch"],
+        case["block"],
+        case["num_heads"],
+        case["num_kv_heads"],
+        case["head_dim"],
+        case["cache"],
+        case["ctx_lens"],
+        case["seed"],
+    )
+    attrs = dict(
+        num_heads=case["num_heads"],
+        num_kv_heads=case["num_kv_heads"],
+        head_dim=case["head_dim"],
+        window=case["window"],
+        qk_norm=case["qk_norm"],
+        eps=1e-6,
+    )
     got = cuda_math.block_attention(*inputs, **attrs, keys_per_split=case["keys_per_split"])
     want = dflash_block_attention(*inputs, **attrs)
     torch.testing.assert_close(got.float(), want.float(), **TOLERANCE[case["dtype"]])
@@ -193,19 +225,23 @@ def test_cuda_kernels_equal_host_math(cuda_math, host_build):
     g = torch.Generator().manual_seed(12)
     inputs = make_inputs(torch.float32, 3, 16, 16, 2, 128, 1500, [0, 1500, 777], seed=12)
     attrs = dict(num_heads=16, num_kv_heads=2, head_dim=128, window=0, qk_norm=1, eps=1e-6)
-    torch.testing.assert_close(cuda_math.block_attention(*inputs, **attrs), host.block_attention(*inputs, **attrs),
-                               **DEVICE_VS_HOST)
+    torch.testing.assert_close(
+        cuda_math.block_attention(*inputs, **attrs), host.block_attention(*inputs, **attrs), **DEVICE_VS_HOST
+    )
     kv = torch.randn(3, 5, 2 * 2 * 128, generator=g)
     caches = [torch.randn(3, 2, 40, 128, generator=g) for _ in range(2)]
     ctx, new_lens = torch.tensor([0, 37, 12], dtype=torch.int32), torch.tensor([5, 5, 2], dtype=torch.int32)
     append = dict(num_kv_heads=2, head_dim=128, qk_norm=1, eps=1e-6)
-    got = cuda_math.context_kv_append(kv, inputs[2], inputs[3], inputs[4], *[c.clone() for c in caches], ctx,
-                                      new_lens, **append)
-    want = host.context_kv_append(kv, inputs[2], inputs[3], inputs[4], *[c.clone() for c in caches], ctx, new_lens,
-                                  **append)
+    got = cuda_math.context_kv_append(
+        kv, inputs[2], inputs[3], inputs[4], *[c.clone() for c in caches], ctx, new_lens, **append
+    )
+    want = host.context_kv_append(
+        kv, inputs[2], inputs[3], inputs[4], *[c.clone() for c in caches], ctx, new_lens, **append
+    )
     torch.testing.assert_close(got, want, **DEVICE_VS_HOST)
     target = torch.randint(0, 2, (300, 8), generator=g, dtype=torch.int32)
     draft = target[:, :-1].clone()
     draft[::3, 2] = 5
-    assert all(torch.equal(a, b) for a, b in zip(cuda_math.accept_tokens(draft, target),
-                                                  host.accept_tokens(draft, target)))
+    assert all(
+        torch.equal(a, b) for a, b in zip(cuda_math.accept_tokens(draft, target), host.accept_tokens(draft, target))
+    )

@@ -46,52 +46,177 @@ class MathLib:
     def _check(self, status: int) -> None:
         assert status == 0, self.lib.dflash_math_last_error().decode()
 
-    def block_attention(self, qkv, qw, kw, cos, sin, kc, vc, ctx, *, num_heads, num_kv_heads, head_dim,
-                        window, qk_norm, eps, keys_per_split=0) -> torch.Tensor:
+    def block_attention(
+        self,
+        qkv,
+        qw,
+        kw,
+        cos,
+        sin,
+        kc,
+        vc,
+        ctx,
+        *,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        window,
+        qk_norm,
+        eps,
+        keys_per_split=0,
+    ) -> torch.Tensor:
         b, blk, _ = qkv.shape
         out = torch.empty(b, blk, num_heads * head_dim, dtype=qkv.dtype)
-        self._check(self.lib.dflash_math_block_attention(
-            DTYPE_CODE[qkv.dtype], b, blk, num_heads, num_kv_heads, head_dim, kc.shape[2], cos.shape[0], window,
-            qk_norm, ctypes.c_float(eps), keys_per_split,
-            _ptr(qkv), _ptr(qw), _ptr(kw), _ptr(cos), _ptr(sin), _ptr(kc), _ptr(vc), _ptr(ctx), _ptr(out)))
+        self._check(
+            self.lib.dflash_math_block_attention(
+                DTYPE_CODE[qkv.dtype],
+                b,
+                blk,
+                num_heads,
+                num_kv_heads,
+                head_dim,
+                kc.shape[2],
+                cos.shape[0],
+                window,
+                qk_norm,
+                ctypes.c_float(eps),
+                keys_per_split,
+                _ptr(qkv),
+                _ptr(qw),
+                _ptr(kw),
+                _ptr(cos),
+                _ptr(sin),
+                _ptr(kc),
+                _ptr(vc),
+                _ptr(ctx),
+                _ptr(out),
+            )
+        )
         return out
 
-    def paged_block_attention(self, qkv, qw, kw, cos, sin, pool, page_table, ctx, *, num_heads, num_kv_heads,
-                              head_dim, window, qk_norm, eps, keys_per_split=0) -> torch.Tensor:
+    def paged_block_attention(
+        self,
+        qkv,
+        qw,
+        kw,
+        cos,
+        sin,
+        pool,
+        page_table,
+        ctx,
+        *,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        window,
+        qk_norm,
+        eps,
+        keys_per_split=0,
+    ) -> torch.Tensor:
         b, blk, _ = qkv.shape
         out = torch.empty(b, blk, num_heads * head_dim, dtype=qkv.dtype)
-        self._check(self.lib.dflash_math_paged_block_attention(
-            DTYPE_CODE[qkv.dtype], b, blk, num_heads, num_kv_heads, head_dim, pool.shape[1], pool.shape[2],
-            page_table.shape[2], cos.shape[0], window, qk_norm, ctypes.c_float(eps), keys_per_split,
-            _ptr(qkv), _ptr(qw), _ptr(kw), _ptr(cos), _ptr(sin), _ptr(pool), _ptr(page_table), _ptr(ctx), _ptr(out)))
+        self._check(
+            self.lib.dflash_math_paged_block_attention(
+                DTYPE_CODE[qkv.dtype],
+                b,
+                blk,
+                num_heads,
+                num_kv_heads,
+                head_dim,
+                pool.shape[1],
+                pool.shape[2],
+                page_table.shape[2],
+                cos.shape[0],
+                window,
+                qk_norm,
+                ctypes.c_float(eps),
+                keys_per_split,
+                _ptr(qkv),
+                _ptr(qw),
+                _ptr(kw),
+                _ptr(cos),
+                _ptr(sin),
+                _ptr(pool),
+                _ptr(page_table),
+                _ptr(ctx),
+                _ptr(out),
+            )
+        )
         return out
 
-    def context_kv_append(self, kv, kw, cos, sin, k_cache, v_cache, ctx, new_lens, *, num_kv_heads, head_dim,
-                          qk_norm, eps) -> tuple[torch.Tensor, torch.Tensor]:
+    def context_kv_append(
+        self, kv, kw, cos, sin, k_cache, v_cache, ctx, new_lens, *, num_kv_heads, head_dim, qk_norm, eps
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Appends in place (the plugin's only mode); returns the updated caches."""
         b, n, _ = kv.shape
-        self._check(self.lib.dflash_math_context_kv_append(
-            DTYPE_CODE[kv.dtype], b, n, num_kv_heads, head_dim, k_cache.shape[2], cos.shape[0], qk_norm,
-            ctypes.c_float(eps), _ptr(kv), _ptr(kw), _ptr(cos), _ptr(sin), _ptr(k_cache), _ptr(v_cache), _ptr(ctx),
-            _ptr(new_lens)))
+        self._check(
+            self.lib.dflash_math_context_kv_append(
+                DTYPE_CODE[kv.dtype],
+                b,
+                n,
+                num_kv_heads,
+                head_dim,
+                k_cache.shape[2],
+                cos.shape[0],
+                qk_norm,
+                ctypes.c_float(eps),
+                _ptr(kv),
+                _ptr(kw),
+                _ptr(cos),
+                _ptr(sin),
+                _ptr(k_cache),
+                _ptr(v_cache),
+                _ptr(ctx),
+                _ptr(new_lens),
+            )
+        )
         return k_cache, v_cache
 
-    def paged_kv_append(self, kv, kw, cos, sin, pool, page_table, ctx, new_lens, *, num_kv_heads, head_dim,
-                        qk_norm, eps) -> torch.Tensor:
+    def paged_kv_append(
+        self, kv, kw, cos, sin, pool, page_table, ctx, new_lens, *, num_kv_heads, head_dim, qk_norm, eps
+    ) -> torch.Tensor:
         b, n, _ = kv.shape
-        self._check(self.lib.dflash_math_paged_kv_append(
-            DTYPE_CODE[kv.dtype], b, n, num_kv_heads, head_dim, pool.shape[1], pool.shape[2], page_table.shape[2],
-            cos.shape[0], qk_norm, ctypes.c_float(eps), _ptr(kv), _ptr(kw), _ptr(cos), _ptr(sin), _ptr(pool),
-            _ptr(page_table), _ptr(ctx), _ptr(new_lens)))
+        self._check(
+            self.lib.dflash_math_paged_kv_append(
+                DTYPE_CODE[kv.dtype],
+                b,
+                n,
+                num_kv_heads,
+                head_dim,
+                pool.shape[1],
+                pool.shape[2],
+                page_table.shape[2],
+                cos.shape[0],
+                qk_norm,
+                ctypes.c_float(eps),
+                _ptr(kv),
+                _ptr(kw),
+                _ptr(cos),
+                _ptr(sin),
+                _ptr(pool),
+                _ptr(page_table),
+                _ptr(ctx),
+                _ptr(new_lens),
+            )
+        )
         return pool
 
     def plan(self, batch, block, num_heads, num_kv_heads, head_dim, cache, window=0) -> dict:
         out = (ctypes.c_int32 * 4)()
         ws = (ctypes.c_int64 * 2)()
-        self._check(self.lib.dflash_math_block_attention_plan(batch, block, num_heads, num_kv_heads, head_dim, cache,
-                                                               window, out, ws))
-        return dict(rows_per_tile=out[0], row_tiles=out[1], num_splits=out[2], min_keys_per_split=out[3],
-                    workspace=ws[0], max_workspace=ws[1])
+        self._check(
+            self.lib.dflash_math_block_attention_plan(
+                batch, block, num_heads, num_kv_heads, head_dim, cache, window, out, ws
+            )
+        )
+        return dict(
+            rows_per_tile=out[0],
+            row_tiles=out[1],
+            num_splits=out[2],
+            min_keys_per_split=out[3],
+            workspace=ws[0],
+            max_workspace=ws[1],
+        )
 
     def last_stats(self) -> dict:
         out = (ctypes.c_int64 * 3)()
@@ -122,8 +247,10 @@ T4 = (7, 5, 40, 64 * 1024, 64 * 1024)
 @pytest.fixture
 def device(math):
     """Plan the host math for another device; restores the default (an H100) afterwards."""
+
     def set_device(spec):
         math.lib.dflash_math_set_device(*spec)
+
     yield set_device
     math.lib.dflash_math_set_device(0, 0, 0, 0, 0)
 
@@ -162,17 +289,30 @@ def _grid(count: int = 36) -> list[dict]:
         ctx_lens = [rng.randint(0, cache) for _ in range(batch)]
         if batch > 1:
             ctx_lens[:2] = [0, cache]  # both extremes of the ragged batch
-        cases.append(dict(
-            dtype=dtype, batch=batch, block=block, num_heads=ratio * num_kv_heads, num_kv_heads=num_kv_heads,
-            head_dim=head_dim, cache=cache, ctx_lens=ctx_lens, window=window, qk_norm=i % 2,
-            keys_per_split=rng.choice((0, 0, 32, 96)), seed=i,
-        ))
+        cases.append(
+            dict(
+                dtype=dtype,
+                batch=batch,
+                block=block,
+                num_heads=ratio * num_kv_heads,
+                num_kv_heads=num_kv_heads,
+                head_dim=head_dim,
+                cache=cache,
+                ctx_lens=ctx_lens,
+                window=window,
+                qk_norm=i % 2,
+                keys_per_split=rng.choice((0, 0, 32, 96)),
+                seed=i,
+            )
+        )
     return cases
 
 
 def case_id(c: dict) -> str:
-    return (f"{str(c['dtype']).split('.')[-1]}-d{c['head_dim']}-h{c['num_heads']}kv{c['num_kv_heads']}"
-            f"-b{c['batch']}-B{c['block']}-S{c['cache']}-w{c['window']}-n{c['qk_norm']}-k{c['keys_per_split']}")
+    return (
+        f"{str(c['dtype']).split('.')[-1]}-d{c['head_dim']}-h{c['num_heads']}kv{c['num_kv_heads']}"
+        f"-b{c['batch']}-B{c['block']}-S{c['cache']}-w{c['window']}-n{c['qk_norm']}-k{c['keys_per_split']}"
+    )
 
 
 GRID = _grid()
@@ -180,10 +320,25 @@ GRID = _grid()
 
 @pytest.mark.parametrize("case", GRID, ids=[case_id(c) for c in GRID])
 def test_block_attention_matches_reference(math, case):
-    inputs = make_inputs(case["dtype"], case["batch"], case["block"], case["num_heads"], case["num_kv_heads"],
-                         case["head_dim"], case["cache"], case["ctx_lens"], case["seed"])
-    attrs = dict(num_heads=case["num_heads"], num_kv_heads=case["num_kv_heads"], head_dim=case["head_dim"],
-                 window=case["window"], qk_norm=case["qk_norm"], eps=1e-6)
+    inputs = make_inputs(
+        case["dtype"],
+        case["batch"],
+        case["block"],
+        case["num_heads"],
+        case["num_kv_heads"],
+        case["head_dim"],
+        case["cache"],
+        case["ctx_lens"],
+        case["seed"],
+    )
+    attrs = dict(
+        num_heads=case["num_heads"],
+        num_kv_heads=case["num_kv_heads"],
+        head_dim=case["head_dim"],
+        window=case["window"],
+        qk_norm=case["qk_norm"],
+        eps=1e-6,
+    )
     got = math.block_attention(*inputs, **attrs, keys_per_split=case["keys_per_split"])
     want = dflash_block_attention(*inputs, **attrs)
     torch.testing.assert_close(got.float(), want.float(), **TOLERANCE[case["dtype"]])
@@ -215,8 +370,9 @@ def test_row_tiles_with_a_partial_last_tile(math):
     attrs = dict(num_heads=16, num_kv_heads=2, head_dim=128, window=0, qk_norm=1, eps=1e-6)
     for keys_per_split in (0, 64):
         got = math.block_attention(*inputs, **attrs, keys_per_split=keys_per_split)
-        torch.testing.assert_close(got.float(), dflash_block_attention(*inputs, **attrs).float(),
-                                   **TOLERANCE[torch.bfloat16])
+        torch.testing.assert_close(
+            got.float(), dflash_block_attention(*inputs, **attrs).float(), **TOLERANCE[torch.bfloat16]
+        )
 
 
 def test_invalid_context_lengths_give_nan_rows(math):
@@ -231,8 +387,14 @@ def test_invalid_context_lengths_give_nan_rows(math):
         assert got[[1, 3]].isnan().all()
         torch.testing.assert_close(got[[0, 2]].float(), want[[0, 2]].float(), **TOLERANCE[dtype])
     cos, sin = inputs[3][:52], inputs[4][:52]  # RoPE table too short for sequence 2's block (50 + 4 > 52)
-    got = math.block_attention(*inputs[:3], cos.contiguous(), sin.contiguous(), *inputs[5:7],
-                               torch.tensor([3, 0, 50, 10], dtype=torch.int32), **attrs)
+    got = math.block_attention(
+        *inputs[:3],
+        cos.contiguous(),
+        sin.contiguous(),
+        *inputs[5:7],
+        torch.tensor([3, 0, 50, 10], dtype=torch.int32),
+        **attrs,
+    )
     assert got[2].isnan().all() and not got[[0, 1, 3]].isnan().any()
 
 
@@ -254,26 +416,28 @@ def test_kv_append_feeds_block_attention(math, dtype, window):
 
     k_cache = torch.zeros(b, nkv, cap, hd, dtype=dtype)
     v_cache = torch.zeros(b, nkv, cap, hd, dtype=dtype)
-    kv = qkv_all[..., nh * hd:].contiguous()  # k heads then v heads of every token
+    kv = qkv_all[..., nh * hd :].contiguous()  # k heads then v heads of every token
     first = [n // 2 for n in lens]
     ctx = torch.zeros(b, dtype=torch.int32)
     for step, step_lens in enumerate((first, [n - f for n, f in zip(lens, first)])):
         rows = torch.zeros(b, max(step_lens), kv.shape[-1], dtype=dtype)  # ragged: padding rows stay zero
         for s, (start, count) in enumerate(zip(ctx.tolist(), step_lens)):
-            rows[s, :count] = kv[s, start:start + count]
+            rows[s, :count] = kv[s, start : start + count]
         new_lens = torch.tensor(step_lens, dtype=torch.int32)
-        k_cache, v_cache = math.context_kv_append(rows, kw, cos, sin, k_cache, v_cache, ctx, new_lens,
-                                                  num_kv_heads=nkv, head_dim=hd, qk_norm=1, eps=1e-6)
+        k_cache, v_cache = math.context_kv_append(
+            rows, kw, cos, sin, k_cache, v_cache, ctx, new_lens, num_kv_heads=nkv, head_dim=hd, qk_norm=1, eps=1e-6
+        )
         ctx = ctx + new_lens
     assert ctx.tolist() == lens
 
-    block = torch.stack([qkv_all[s, n:n + blk] for s, n in enumerate(lens)]).contiguous()
+    block = torch.stack([qkv_all[s, n : n + blk] for s, n in enumerate(lens)]).contiguous()
     got = math.block_attention(block, qw, kw, cos, sin, k_cache, v_cache, ctx, **attrs)
     for s, n in enumerate(lens):
-        whole = qkv_all[s:s + 1, :n + blk].contiguous()
+        whole = qkv_all[s : s + 1, : n + blk].contiguous()
         empty = torch.zeros(1, nkv, 0, hd, dtype=dtype)
-        want = dflash_block_attention(whole, qw, kw, cos, sin, empty, empty, torch.zeros(1, dtype=torch.int32),
-                                      **attrs)[0, n:]
+        want = dflash_block_attention(
+            whole, qw, kw, cos, sin, empty, empty, torch.zeros(1, dtype=torch.int32), **attrs
+        )[0, n:]
         # the appended keys were rounded to T once more than the reference's in-block keys
         tol = {k: 2 * v for k, v in TOLERANCE[dtype].items()}
         torch.testing.assert_close(got[s].float(), want.float(), **tol)
@@ -290,8 +454,20 @@ def test_kv_append_leaves_other_rows_alone(math):
     k_old, v_old = k_cache.clone(), v_cache.clone()
     ctx = torch.tensor([1, 6, 2], dtype=torch.int32)
     new_lens = torch.tensor([2, 4, 0], dtype=torch.int32)  # sequence 1 runs past S after 2 rows
-    k_new, v_new = math.context_kv_append(kv, torch.ones(hd), cos, sin, k_cache, v_cache, ctx, new_lens,
-                                          num_kv_heads=nkv, head_dim=hd, qk_norm=0, eps=1e-6)
+    k_new, v_new = math.context_kv_append(
+        kv,
+        torch.ones(hd),
+        cos,
+        sin,
+        k_cache,
+        v_cache,
+        ctx,
+        new_lens,
+        num_kv_heads=nkv,
+        head_dim=hd,
+        qk_norm=0,
+        eps=1e-6,
+    )
     assert k_new is k_cache and v_new is v_cache  # in place: the plugin never copies the cache
     written = torch.zeros(3, cap, dtype=torch.bool)
     written[0, 1:3] = True
@@ -307,8 +483,11 @@ def test_accept_tokens(math):
     g = torch.Generator().manual_seed(8)
     for blk in (1, 2, 8, 16):
         target = torch.randint(0, 3, (64, blk), generator=g, dtype=torch.int32)
-        draft = torch.where(torch.rand(64, blk - 1, generator=g) < 0.8, target[:, :-1],
-                            torch.randint(0, 3, (64, blk - 1), generator=g, dtype=torch.int32)).contiguous()
+        draft = torch.where(
+            torch.rand(64, blk - 1, generator=g) < 0.8,
+            target[:, :-1],
+            torch.randint(0, 3, (64, blk - 1), generator=g, dtype=torch.int32),
+        ).contiguous()
         accepted, bonus = math.accept_tokens(draft, target)
         want = (draft == target[:, :-1]).int().cumprod(dim=1).sum(dim=1)
         assert torch.equal(accepted, want.int())
@@ -317,16 +496,41 @@ def test_accept_tokens(math):
             assert len(set(accepted.tolist())) > 3  # the random draws do exercise several lengths
 
 
-SPECIAL_FLOATS = [0.0, -0.0, 1.0, -2.5, 65504.0, 65519.0, 65520.0, 1e9, -1e9, 6.1e-5, 5.96e-8, 2.98e-8, 2.9802322e-8,
-                  1e-30, 3.0e38, float("inf"), float("-inf"), 1.00048828125, 1.00146484375, 1.00390625, 1.01171875]
+SPECIAL_FLOATS = [
+    0.0,
+    -0.0,
+    1.0,
+    -2.5,
+    65504.0,
+    65519.0,
+    65520.0,
+    1e9,
+    -1e9,
+    6.1e-5,
+    5.96e-8,
+    2.98e-8,
+    2.9802322e-8,
+    1e-30,
+    3.0e38,
+    float("inf"),
+    float("-inf"),
+    1.00048828125,
+    1.00146484375,
+    1.00390625,
+    1.01171875,
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_host_conversions_match_torch_bit_for_bit(math, dtype):
     """The host build's fp32 <-> fp16/bf16 conversions round exactly like torch (nearest even)."""
     g = torch.Generator().manual_seed(9)
-    values = torch.cat([torch.tensor(SPECIAL_FLOATS), torch.randn(20000, generator=g) * 10.0 ** torch.randint(
-        -9, 6, (20000,), generator=g).float()])
+    values = torch.cat(
+        [
+            torch.tensor(SPECIAL_FLOATS),
+            torch.randn(20000, generator=g) * 10.0 ** torch.randint(-9, 6, (20000,), generator=g).float(),
+        ]
+    )
     bits = torch.empty(values.numel(), dtype=torch.int16)
     assert math.lib.dflash_math_from_float(DTYPE_CODE[dtype], values.numel(), _ptr(values), _ptr(bits)) == 0
     assert torch.equal(bits, values.to(dtype).view(torch.int16))
@@ -345,13 +549,15 @@ def test_host_conversions_match_torch_bit_for_bit(math, dtype):
 
 def test_invalid_arguments_are_reported(math):
     t = torch.zeros(1)
-    status = math.lib.dflash_math_block_attention(0, 1, 1, 6, 4, 64, 0, 1, 0, 1, ctypes.c_float(1e-6), 0,
-                                                  *(_ptr(t) for _ in range(8)), _ptr(t))
+    status = math.lib.dflash_math_block_attention(
+        0, 1, 1, 6, 4, 64, 0, 1, 0, 1, ctypes.c_float(1e-6), 0, *(_ptr(t) for _ in range(8)), _ptr(t)
+    )
     assert status != 0
     assert "num_heads (6) must be a multiple of num_kv_heads (4)" in math.lib.dflash_math_last_error().decode()
 
 
 # --- paged layout -----------------------------------------------------------------------------------------
+
 
 def to_paged(k_cache, v_cache, tokens_per_page, seed, spare_pages=3):
     """The contiguous caches [b, kv, S, d] as a pool [2, pages, tpp, kv, d] + page table [b, 2, max_pages]:
@@ -363,7 +569,7 @@ def to_paged(k_cache, v_cache, tokens_per_page, seed, spare_pages=3):
     pool = torch.full((2, pages, tokens_per_page, nkv, d), float("nan"), dtype=k_cache.dtype)
     table = torch.empty(b, 2, max_pages, dtype=torch.int32)
     for which, cache in enumerate((k_cache, v_cache)):
-        table[:, which] = torch.randperm(pages, generator=g)[:b * max_pages].view(b, max_pages).int()
+        table[:, which] = torch.randperm(pages, generator=g)[: b * max_pages].view(b, max_pages).int()
         for s in range(b):
             for p in range(cap):
                 pool[which, table[s, which, p // tokens_per_page], p % tokens_per_page] = cache[s, :, p]
@@ -400,8 +606,8 @@ def test_paged_block_attention_missing_page_gives_nan(math):
     inputs = make_inputs(torch.float32, 3, 4, 4, 1, 64, 40, [33, 33, 8], seed=22)
     attrs = dict(num_heads=4, num_kv_heads=1, head_dim=64, window=0, qk_norm=1, eps=1e-6)
     pool, table = to_paged(inputs[5], inputs[6], 8, seed=5)
-    table[0, 1, 4] = -1               # sequence 0: no value page for positions 32..39, which it uses
-    table[2, 0, 3] = pool.shape[1]    # sequence 2: a bad page past its context (8), never read
+    table[0, 1, 4] = -1  # sequence 0: no value page for positions 32..39, which it uses
+    table[2, 0, 3] = pool.shape[1]  # sequence 2: a bad page past its context (8), never read
     got = math.paged_block_attention(*inputs[:5], pool, table, inputs[7], **attrs)
     assert got[0].isnan().all() and not got[1:].isnan().any()
     torch.testing.assert_close(got[1:], dflash_block_attention(*inputs, **attrs)[1:], **TOLERANCE[torch.float32])
@@ -434,6 +640,7 @@ def test_paged_kv_append_equals_contiguous(math, dtype):
 
 # --- planning (SM count, batch, actual lengths) and devices ----------------------------------------------
 
+
 def test_plan_splits_only_to_fill_the_device(math, device):
     """Splits come from the SM count and the grid (batch x kv heads x row tiles), not from the cache
     capacity: at batch 64 nothing is split and no workspace is used; at batch 1 the keys are split."""
@@ -464,8 +671,9 @@ def test_consumer_device_gets_smaller_row_tiles(math, device):
     inputs = make_inputs(torch.float16, 2, 16, 8, 2, 128, 300, [300, 41], seed=23)
     attrs = dict(num_heads=8, num_kv_heads=2, head_dim=128, window=0, qk_norm=1, eps=1e-6)
     got = math.block_attention(*inputs, **attrs, keys_per_split=64)
-    torch.testing.assert_close(got.float(), dflash_block_attention(*inputs, **attrs).float(),
-                               **TOLERANCE[torch.float16])
+    torch.testing.assert_close(
+        got.float(), dflash_block_attention(*inputs, **attrs).float(), **TOLERANCE[torch.float16]
+    )
 
 
 def test_unsupported_device_is_refused(math, device):

@@ -21,8 +21,12 @@ from dflash_trt.plugins.onnx import (
 from dflash_trt.plugins.reference import dflash_block_attention
 
 ATTRS = BLOCK_ATTENTION.resolve_attrs(num_heads=8, num_kv_heads=2, head_dim=64, window=5, qk_norm=1, eps=1e-5)
-ELEM = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16,
-        "bfloat16": onnx.TensorProto.BFLOAT16, "int32": onnx.TensorProto.INT32}
+ELEM = {
+    "float32": onnx.TensorProto.FLOAT,
+    "float16": onnx.TensorProto.FLOAT16,
+    "bfloat16": onnx.TensorProto.BFLOAT16,
+    "int32": onnx.TensorProto.INT32,
+}
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +67,15 @@ def test_graph_io_follows_contract(fp16_model):
     assert [i.name for i in graph.input] == [spec.name for spec in BLOCK_ATTENTION.inputs]
     nh, nkv, d = ATTRS["num_heads"], ATTRS["num_kv_heads"], ATTRS["head_dim"]
     want = {  # b and S stay symbolic; everything else is fixed by the attributes or the example
-        "qkv": ["b", 4, (nh + 2 * nkv) * d], "q_norm_weight": [d], "k_norm_weight": [d],
-        "rope_cos": [64, d // 2], "rope_sin": [64, d // 2], "k_cache": ["b", nkv, "S", d],
-        "v_cache": ["b", nkv, "S", d], "ctx_lens": ["b"], "out": ["b", 4, nh * d],
+        "qkv": ["b", 4, (nh + 2 * nkv) * d],
+        "q_norm_weight": [d],
+        "k_norm_weight": [d],
+        "rope_cos": [64, d // 2],
+        "rope_sin": [64, d // 2],
+        "k_cache": ["b", nkv, "S", d],
+        "v_cache": ["b", nkv, "S", d],
+        "ctx_lens": ["b"],
+        "out": ["b", 4, nh * d],
     }
     for spec, vi in zip(BLOCK_ATTENTION.inputs + BLOCK_ATTENTION.outputs, list(graph.input) + list(graph.output)):
         dtype = "float16" if spec.dtype == "T" else spec.dtype
@@ -85,14 +95,18 @@ def test_static_export_has_concrete_shapes():
 @pytest.fixture(scope="module")
 def fp32_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "block_attention_fp32.onnx"
-    export_block_attention(path, ATTRS, example_inputs(ATTRS, batch=2, block=4, ctx=12, max_pos=64,
-                                                       dtype=torch.float32))
+    export_block_attention(
+        path, ATTRS, example_inputs(ATTRS, batch=2, block=4, ctx=12, max_pos=64, dtype=torch.float32)
+    )
     return path
 
 
 # |output - float64 numpy| bounds: fp32 math inside, then the output rounded to T once (rtol ~ one ulp of T).
-TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=1e-3, atol=1e-4),
-             torch.bfloat16: dict(rtol=8e-3, atol=1e-3)}
+TOLERANCE = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float16: dict(rtol=1e-3, atol=1e-4),
+    torch.bfloat16: dict(rtol=8e-3, atol=1e-3),
+}
 
 
 def _inputs(attrs, *, batch, ctx, lens, dtype=torch.float32, seed=0, max_pos=64):
@@ -159,8 +173,10 @@ def _interleaved_rope(x, cos, sin):
 
 MISTAKES = {  # plausible bugs, each a one-function change to the numpy implementation
     "interleaved RoPE": ("_rope", _interleaved_rope),
-    "window <=": ("_in_window", lambda q, k, w: np.abs(q[:, None] - k[None, :]) <= w if w else
-                  np.ones((len(q), len(k)), dtype=bool)),
+    "window <=": (
+        "_in_window",
+        lambda q, k, w: np.abs(q[:, None] - k[None, :]) <= w if w else np.ones((len(q), len(k)), dtype=bool),
+    ),
     "window ignored": ("_in_window", lambda q, k, w: np.ones((len(q), len(k)), dtype=bool)),
     "padding read": ("_valid_context", lambda row, n: row),
     "block positions from 0": ("_block_positions", lambda n, blk: np.arange(blk)),

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dflash_trt.errors import UserError
-from dflash_trt.plugins.contracts import ACCEPT_TOKENS, BLOCK_ATTENTION, CONTRACTS
 from dflash_trt.models.layers import Rope
+from dflash_trt.plugins.contracts import ACCEPT_TOKENS, BLOCK_ATTENTION, CONTRACTS
 from dflash_trt.plugins.reference import dflash_block_attention
 
 # |reference - float64 loop| bounds: the reference does fp32 math, then rounds the output to T once.
@@ -32,8 +32,9 @@ def make_inputs(b, blk, nh, nkv, d, ctx, lens, dtype, max_pos=None, seed=0):
     )
 
 
-def naive(qkv, qw, kw, cos, sin, k_cache, v_cache, ctx_lens, *, num_heads, num_kv_heads, head_dim, window,
-          qk_norm, eps):
+def naive(
+    qkv, qw, kw, cos, sin, k_cache, v_cache, ctx_lens, *, num_heads, num_kv_heads, head_dim, window, qk_norm, eps
+):
     """Literal reading of the contract: loops over sequences, queries, heads and keys, float64."""
     nh, nkv, d = num_heads, num_kv_heads, head_dim
     b, blk, _ = qkv.shape
@@ -45,7 +46,7 @@ def naive(qkv, qw, kw, cos, sin, k_cache, v_cache, ctx_lens, *, num_heads, num_k
 
     def rope(v, p):
         c, s = cos[p].double(), sin[p].double()
-        v1, v2 = v[: d // 2], v[d // 2:]
+        v1, v2 = v[: d // 2], v[d // 2 :]
         return torch.cat([v1 * c - v2 * s, v2 * c + v1 * s])
 
     for s in range(b):
@@ -54,7 +55,7 @@ def naive(qkv, qw, kw, cos, sin, k_cache, v_cache, ctx_lens, *, num_heads, num_k
             p_i = n + i
             for h in range(nh):
                 kv = h // (nh // nkv)
-                q = rope(norm(x[s, i, h * d:(h + 1) * d], qw), p_i)
+                q = rope(norm(x[s, i, h * d : (h + 1) * d], qw), p_i)
                 keys, vals = [], []
                 for j in range(n):  # context keys
                     if window == 0 or abs(p_i - j) < window:
@@ -63,17 +64,24 @@ def naive(qkv, qw, kw, cos, sin, k_cache, v_cache, ctx_lens, *, num_heads, num_k
                 for jj in range(blk):  # block keys, bidirectional
                     if window == 0 or abs(p_i - (n + jj)) < window:
                         k_off, v_off = (nh + kv) * d, (nh + nkv + kv) * d
-                        keys.append(rope(norm(x[s, jj, k_off:k_off + d], kw), n + jj))
-                        vals.append(x[s, jj, v_off:v_off + d])
+                        keys.append(rope(norm(x[s, jj, k_off : k_off + d], kw), n + jj))
+                        vals.append(x[s, jj, v_off : v_off + d])
                 scores = torch.stack([q @ k for k in keys]) / math.sqrt(d)
-                out[s, i, h * d:(h + 1) * d] = torch.softmax(scores, 0) @ torch.stack(vals)
+                out[s, i, h * d : (h + 1) * d] = torch.softmax(scores, 0) @ torch.stack(vals)
     return out
 
 
 CASES = [  # (num_heads, num_kv_heads, head_dim, window, qk_norm): GQA groups 1/4/8, both head dims
-    (2, 2, 64, 0, 1), (8, 2, 64, 0, 1), (8, 1, 64, 0, 1),
-    (2, 2, 128, 0, 1), (8, 2, 128, 0, 0), (8, 1, 128, 0, 1),
-    (8, 2, 64, 3, 1), (8, 1, 128, 7, 1), (2, 2, 64, 1, 0), (8, 1, 64, 100, 1),
+    (2, 2, 64, 0, 1),
+    (8, 2, 64, 0, 1),
+    (8, 1, 64, 0, 1),
+    (2, 2, 128, 0, 1),
+    (8, 2, 128, 0, 0),
+    (8, 1, 128, 0, 1),
+    (8, 2, 64, 3, 1),
+    (8, 1, 128, 7, 1),
+    (2, 2, 64, 1, 0),
+    (8, 1, 64, 100, 1),
 ]
 
 
@@ -107,7 +115,7 @@ def test_window_one_is_self_attention_on_values():
     nh, nkv, d = 8, 2, 64
     inputs = make_inputs(2, 4, nh, nkv, d, 6, [6, 2], torch.float32)
     out = dflash_block_attention(*inputs, num_heads=nh, num_kv_heads=nkv, head_dim=d, window=1, qk_norm=1, eps=1e-6)
-    v = inputs[0][..., (nh + nkv) * d:].unflatten(-1, (nkv, d))
+    v = inputs[0][..., (nh + nkv) * d :].unflatten(-1, (nkv, d))
     torch.testing.assert_close(out.unflatten(-1, (nh, d)), v.repeat_interleave(nh // nkv, dim=2))
 
 
@@ -118,17 +126,20 @@ def test_opcheck_custom_op():
     torch.library.opcheck(torch.ops.dflash_trt.block_attention.default, inputs, attrs)
 
 
-@pytest.mark.parametrize("attrs,field", [
-    (dict(num_heads=8, num_kv_heads=2, head_dim=96), "head_dim"),
-    (dict(num_heads=8, num_kv_heads=3, head_dim=64), "multiple of num_kv_heads"),
-    (dict(num_heads=8, num_kv_heads=2, head_dim=64, qk_norm=2), "qk_norm"),
-    (dict(num_heads=8, num_kv_heads=2, head_dim=64, window=-1), "window"),
-    (dict(num_heads=8, num_kv_heads=2, head_dim=64, eps=-1e-6), "eps"),
-    (dict(num_heads=8, num_kv_heads=2, head_dim=64, eps=float("inf")), "eps"),
-    (dict(num_heads=8, num_kv_heads=2, head_dim=64.0), "head_dim"),
-    (dict(num_heads=8, head_dim=64), "num_kv_heads"),
-    (dict(num_heads=8, num_kv_heads=2, head_dim=64, windw=4), "windw"),
-])
+@pytest.mark.parametrize(
+    "attrs,field",
+    [
+        (dict(num_heads=8, num_kv_heads=2, head_dim=96), "head_dim"),
+        (dict(num_heads=8, num_kv_heads=3, head_dim=64), "multiple of num_kv_heads"),
+        (dict(num_heads=8, num_kv_heads=2, head_dim=64, qk_norm=2), "qk_norm"),
+        (dict(num_heads=8, num_kv_heads=2, head_dim=64, window=-1), "window"),
+        (dict(num_heads=8, num_kv_heads=2, head_dim=64, eps=-1e-6), "eps"),
+        (dict(num_heads=8, num_kv_heads=2, head_dim=64, eps=float("inf")), "eps"),
+        (dict(num_heads=8, num_kv_heads=2, head_dim=64.0), "head_dim"),
+        (dict(num_heads=8, head_dim=64), "num_kv_heads"),
+        (dict(num_heads=8, num_kv_heads=2, head_dim=64, windw=4), "windw"),
+    ],
+)
 def test_bad_attributes_are_user_errors(attrs, field):
     with pytest.raises(UserError, match=field) as err:
         BLOCK_ATTENTION.resolve_attrs(**attrs)
@@ -179,10 +190,17 @@ def test_contract_binds_symbols_before_checking():
 
 # --- the project's PyTorch drafter and an independent numpy implementation ---------------------------
 
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("nh,nkv,d,window,lens", [
-    (8, 8, 64, 0, [0, 5, 13]), (8, 2, 128, 0, [13, 1]), (8, 1, 64, 4, [7, 0, 13]), (16, 2, 64, 9, [2, 13]),
-])
+@pytest.mark.parametrize(
+    "nh,nkv,d,window,lens",
+    [
+        (8, 8, 64, 0, [0, 5, 13]),
+        (8, 2, 128, 0, [13, 1]),
+        (8, 1, 64, 4, [7, 0, 13]),
+        (16, 2, 64, 9, [2, 13]),
+    ],
+)
 def test_matches_independent_numpy_implementation(nh, nkv, d, window, lens, dtype):
     import numpy_reference
 
@@ -203,9 +221,19 @@ def test_replaces_drafter_attention_core():
 
     torch.manual_seed(0)
     nh, nkv, d, blk, ctx, window = 8, 2, 64, 6, 10, 5
-    cfg = DrafterConfig(hidden_size=96, intermediate_size=128, num_layers=1, num_heads=nh, num_kv_heads=nkv,
-                        head_dim=d, block_size=blk, mask_token_id=0, target_layer_ids=(0,), num_target_layers=2,
-                        rms_norm_eps=1e-5)
+    cfg = DrafterConfig(
+        hidden_size=96,
+        intermediate_size=128,
+        num_layers=1,
+        num_heads=nh,
+        num_kv_heads=nkv,
+        head_dim=d,
+        block_size=blk,
+        mask_token_id=0,
+        target_layer_ids=(0,),
+        num_target_layers=2,
+        rms_norm_eps=1e-5,
+    )
     attn = DraftAttention(cfg, window).eval()
     for norm in (attn.q_norm, attn.k_norm):
         norm.weight.data.uniform_(0.5, 1.5)
@@ -218,8 +246,20 @@ def test_replaces_drafter_attention_core():
     with torch.no_grad():
         want = attn(x, Keys.cached(k_cache, v_cache, lens), pos, cos, sin)
         core = dflash_block_attention(
-            attn.wqkv(x), attn.q_norm.weight, attn.k_norm.weight, rope.cos, rope.sin, k_cache, v_cache,
-            lens.int(), num_heads=nh, num_kv_heads=nkv, head_dim=d, window=window, qk_norm=1, eps=cfg.rms_norm_eps,
+            attn.wqkv(x),
+            attn.q_norm.weight,
+            attn.k_norm.weight,
+            rope.cos,
+            rope.sin,
+            k_cache,
+            v_cache,
+            lens.int(),
+            num_heads=nh,
+            num_kv_heads=nkv,
+            head_dim=d,
+            window=window,
+            qk_norm=1,
+            eps=cfg.rms_norm_eps,
         )
         got = attn.wo(core)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -54,8 +54,12 @@ def _profile(attrs, block: int) -> dict:
     nh, nkv, d = attrs["num_heads"], attrs["num_kv_heads"], attrs["head_dim"]
     cache = ((1, nkv, 1, d), (2, nkv, 64, d), (8, nkv, 256, d))
     qkv_width = (nh + 2 * nkv) * d
-    return {"qkv": tuple((b, block, qkv_width) for b in (1, 2, 8)), "k_cache": cache, "v_cache": cache,
-            "ctx_lens": ((1,), (2,), (8,))}
+    return {
+        "qkv": tuple((b, block, qkv_width) for b in (1, 2, 8)),
+        "k_cache": cache,
+        "v_cache": cache,
+        "ctx_lens": ((1,), (2,), (8,)),
+    }
 
 
 GRAPHS = {  # name: (dtype, block, attributes)
@@ -73,8 +77,9 @@ def graphs(tmp_path_factory) -> dict[str, Path]:
     for name, (dtype, block, attrs) in GRAPHS.items():
         attrs = BLOCK_ATTENTION.resolve_attrs(**attrs)
         paths[name] = out / f"{name}.onnx"
-        export_block_attention(paths[name], attrs, example_inputs(attrs, batch=2, block=block, ctx=16, max_pos=512,
-                                                                   dtype=dtype))
+        export_block_attention(
+            paths[name], attrs, example_inputs(attrs, batch=2, block=block, ctx=16, max_pos=512, dtype=dtype)
+        )
     return paths
 
 
@@ -84,13 +89,17 @@ def plan_field(plan: bytes, name: str, kind: str) -> int | float:
     Reverse-read from plans of the pinned version: the layout is not a public format.
     """
     tag = {"int32": b"INT32", "float32": b"FP32"}[kind]
-    m = re.search(re.escape(name.encode()) + rb"\x07.{0,40}?" + tag + rb"\x01\x80\x03\x80\x01\x00\x04\x00{7}(.{4})",
-                  plan, re.DOTALL)
+    m = re.search(
+        re.escape(name.encode()) + rb"\x07.{0,40}?" + tag + rb"\x01\x80\x03\x80\x01\x00\x04\x00{7}(.{4})",
+        plan,
+        re.DOTALL,
+    )
     assert m, f"field {name} not found in the plan"
     return struct.unpack("<i" if kind == "int32" else "<f", m.group(1))[0]
 
 
 # --- the library ---------------------------------------------------------------------------------------
+
 
 def test_library_registers_contracted_creators(plugin_lib):
     """Every contracted op has a creator whose declared fields are the contract's attributes."""
@@ -110,15 +119,22 @@ def test_creator_applies_contract_validation(plugin_lib):
     import tensorrt_rtx as trt
 
     register_plugins(trt, plugin_lib)
-    creator = trt.get_plugin_registry().get_creator(BLOCK_ATTENTION.name, BLOCK_ATTENTION.version,
-                                                    BLOCK_ATTENTION.namespace)
+    creator = trt.get_plugin_registry().get_creator(
+        BLOCK_ATTENTION.name, BLOCK_ATTENTION.version, BLOCK_ATTENTION.namespace
+    )
 
     def fields(**values):
-        return trt.PluginFieldCollection([
-            trt.PluginField(a.name, np.array([values[a.name]], dtype=np.dtype(a.type)),
-                            getattr(trt.PluginFieldType, a.type.upper()))
-            for a in BLOCK_ATTENTION.attrs if a.name in values
-        ])
+        return trt.PluginFieldCollection(
+            [
+                trt.PluginField(
+                    a.name,
+                    np.array([values[a.name]], dtype=np.dtype(a.type)),
+                    getattr(trt.PluginFieldType, a.type.upper()),
+                )
+                for a in BLOCK_ATTENTION.attrs
+                if a.name in values
+            ]
+        )
 
     good = BLOCK_ATTENTION.resolve_attrs(num_heads=8, num_kv_heads=2, head_dim=64)
     assert creator.create_plugin("ok", fields(**good), trt.TensorRTPhase.BUILD) is not None
@@ -160,6 +176,7 @@ def test_find_library_by_backend(plugin_lib, monkeypatch, tmp_path):
 
 # --- engines -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(GRAPHS))
 def test_engine_builds_with_plugin(graphs, plugin_lib, tmp_path, name):
     dtype, block, attrs = GRAPHS[name]
@@ -194,6 +211,7 @@ def _set_attr(name, value):
         for a in model.graph.node[0].attribute:
             if a.name == name:
                 a.CopyFrom(onnx.helper.make_attribute(name, value))
+
     return edit
 
 
@@ -201,22 +219,30 @@ def _set_input_type(*indices):
     def edit(model):
         for i, elem in indices:
             model.graph.input[i].type.tensor_type.elem_type = elem
+
     return edit
 
 
-@pytest.mark.parametrize("edit,stage", [
-    pytest.param(_set_attr("num_kv_heads", 3), "createPlugin", id="num_kv_heads=3"),
-    pytest.param(_set_attr("head_dim", 96), "createPlugin", id="head_dim=96"),
-    pytest.param(_set_input_type((3, onnx.TensorProto.FLOAT16), (4, onnx.TensorProto.FLOAT16)),
-                 "supportsFormatCombination", id="fp16-rope-tables"),
-    pytest.param(_set_input_type((7, onnx.TensorProto.INT64)), "supportsFormatCombination", id="int64-ctx_lens"),
-])
+@pytest.mark.parametrize(
+    "edit,stage",
+    [
+        pytest.param(_set_attr("num_kv_heads", 3), "createPlugin", id="num_kv_heads=3"),
+        pytest.param(_set_attr("head_dim", 96), "createPlugin", id="head_dim=96"),
+        pytest.param(
+            _set_input_type((3, onnx.TensorProto.FLOAT16), (4, onnx.TensorProto.FLOAT16)),
+            "supportsFormatCombination",
+            id="fp16-rope-tables",
+        ),
+        pytest.param(_set_input_type((7, onnx.TensorProto.INT64)), "supportsFormatCombination", id="int64-ctx_lens"),
+    ],
+)
 def test_engine_build_rejects_contract_violations(graphs, plugin_lib, tmp_path, edit, stage):
     """The plugin's own checks run inside TensorRT: each violation stops the build with no plan."""
     dtype, block, attrs = GRAPHS["mha_fp32"]
     bad = _edited(graphs["mha_fp32"], tmp_path / "bad.onnx", edit)
-    report = build_engine(bad, tmp_path / "bad.plan", _profile(BLOCK_ATTENTION.resolve_attrs(**attrs), block),
-                          plugin_lib=plugin_lib)
+    report = build_engine(
+        bad, tmp_path / "bad.plan", _profile(BLOCK_ATTENTION.resolve_attrs(**attrs), block), plugin_lib=plugin_lib
+    )
     assert report.plan_bytes == 0 and not (tmp_path / "bad.plan").exists()
     if stage == "createPlugin":
         assert not report.parsed and "Could not create the plugin" in " ".join(report.parser_errors)
@@ -234,18 +260,22 @@ def test_engine_build_rejects_wrong_qkv_width(graphs, plugin_lib, tmp_path):
         model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = width
 
     profile = dict(_profile(attrs, block), qkv=tuple((b, block, width) for b in (1, 2, 8)))
-    report = build_engine(_edited(graphs["mha_fp32"], tmp_path / "w.onnx", widen), tmp_path / "w.plan", profile,
-                          plugin_lib=plugin_lib)
+    report = build_engine(
+        _edited(graphs["mha_fp32"], tmp_path / "w.onnx", widen), tmp_path / "w.plan", profile, plugin_lib=plugin_lib
+    )
     assert not report.parsed and report.plan_bytes == 0
     assert "output shape computation failed" in " ".join(report.parser_errors)
     assert report.plugin_layers[0]["outputs"] == [["DataType.FLOAT", None]]
 
 
-@pytest.mark.parametrize("extra,message", [
-    ([], "nope.so"),
-    (["--profile", "qkv=1x4:2x4"], "--profile qkv=1x4:2x4"),
-    (["--profile", "qkv=1xa:1:1"], "NAME=MIN:OPT:MAX"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ([], "nope.so"),
+        (["--profile", "qkv=1x4:2x4"], "--profile qkv=1x4:2x4"),
+        (["--profile", "qkv=1xa:1:1"], "NAME=MIN:OPT:MAX"),
+    ],
+)
 def test_cli_user_errors_are_one_line(graphs, monkeypatch, capsys, tmp_path, extra, message):
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "nope.so"))
     assert trt_rtx.main([str(graphs["mha_fp32"]), str(tmp_path / "m.plan"), *extra]) == 2
@@ -256,8 +286,10 @@ def test_cli_user_errors_are_one_line(graphs, monkeypatch, capsys, tmp_path, ext
 def test_cli_builds_a_plan(graphs, plugin_lib, capsys, monkeypatch, tmp_path):
     """The command-line entry point: relative paths, profile flags, JSON report on stdout."""
     dtype, block, attrs = GRAPHS["mha_fp32"]
-    flags = [f"--profile={name}=" + ":".join("x".join(map(str, s)) for s in shapes)
-             for name, shapes in _profile(BLOCK_ATTENTION.resolve_attrs(**attrs), block).items()]
+    flags = [
+        f"--profile={name}=" + ":".join("x".join(map(str, s)) for s in shapes)
+        for name, shapes in _profile(BLOCK_ATTENTION.resolve_attrs(**attrs), block).items()
+    ]
     monkeypatch.chdir(tmp_path)
     onnx_rel = os.path.relpath(graphs["mha_fp32"], tmp_path)
     assert trt_rtx.main([onnx_rel, "m.plan", "--plugin-lib", str(plugin_lib), *flags]) == 0
@@ -274,8 +306,13 @@ def _append_profile(paged: bool) -> dict:
     d, width = HEAD_DIM, 2 * KV_HEADS * HEAD_DIM
     per_seq = ((1,), (2,), (4,))
     rope = ((1, d // 2), (64, d // 2), (256, d // 2))
-    profile = {"kv": ((1, 1, width), (2, 4, width), (4, 16, width)), "rope_cos": rope, "rope_sin": rope,
-               "ctx_lens": per_seq, "new_lens": per_seq}
+    profile = {
+        "kv": ((1, 1, width), (2, 4, width), (4, 16, width)),
+        "rope_cos": rope,
+        "rope_sin": rope,
+        "ctx_lens": per_seq,
+        "new_lens": per_seq,
+    }
     if paged:
         pool = tuple((2, p, 16, KV_HEADS, d) for p in (1, 32, 256))
         return {**profile, "kv_pool": pool, "page_table": ((1, 2, 1), (2, 2, 8), (4, 2, 64))}
@@ -290,12 +327,17 @@ def test_kv_append_engine_updates_the_cache_in_place(plugin_lib, tmp_path, op):
     layer, no activation memory (a copy of the cache would need both)."""
     attrs = dict(num_kv_heads=KV_HEADS, head_dim=HEAD_DIM)
     plugin_graph(op, attrs, "float16", tmp_path / "append.onnx")
-    report = build_engine(tmp_path / "append.onnx", tmp_path / "append.plan", _append_profile(op is PAGED_KV_APPEND),
-                          plugin_lib=plugin_lib)
+    report = build_engine(
+        tmp_path / "append.onnx",
+        tmp_path / "append.plan",
+        _append_profile(op is PAGED_KV_APPEND),
+        plugin_lib=plugin_lib,
+    )
     assert report.aliased_plugin_io and report.plan_bytes > 0, report.log_errors
     (layer,) = report.engine_layers
-    cache_in, cache_outs = ("kv_pool", ["kv_pool_out"]) if op is PAGED_KV_APPEND else ("k_cache", ["k_cache_out",
-                                                                                                     "v_cache_out"])
+    cache_in, cache_outs = (
+        ("kv_pool", ["kv_pool_out"]) if op is PAGED_KV_APPEND else ("k_cache", ["k_cache_out", "v_cache_out"])
+    )
     assert layer.startswith("Layer(PluginV3): ") and f" {cache_in} (Half[" in layer
     assert [o.split(" (")[0] for o in layer.split(" -> ")[1].split("), ")] == cache_outs
     assert report.copy_nodes == [] and report.activation_bytes == 0
@@ -305,8 +347,9 @@ def test_kv_append_without_the_aliasing_feature_is_refused(plugin_lib, tmp_path)
     """Without the preview feature the builder refuses the aliased plugin (no engine that would have to
     copy the cache), naming the feature."""
     plugin_graph(CONTEXT_KV_APPEND, dict(num_kv_heads=KV_HEADS, head_dim=HEAD_DIM), "float16", tmp_path / "a.onnx")
-    report = build_engine(tmp_path / "a.onnx", tmp_path / "a.plan", _append_profile(False), plugin_lib=plugin_lib,
-                          aliased_plugin_io=False)
+    report = build_engine(
+        tmp_path / "a.onnx", tmp_path / "a.plan", _append_profile(False), plugin_lib=plugin_lib, aliased_plugin_io=False
+    )
     assert report.plan_bytes == 0 and not (tmp_path / "a.plan").exists()
     assert "kALIASED_PLUGIN_IO_10_03 not enabled" in " ".join(report.log_errors)
 
@@ -314,8 +357,9 @@ def test_kv_append_without_the_aliasing_feature_is_refused(plugin_lib, tmp_path)
 def _append_then_attention(path: Path, attention_reads: str, paged: bool) -> None:
     """The drafter's per-layer flow: append the committed context's K/V, then attend the block over the
     cache (``attention_reads`` = "updated": the append's output; "stale": the append's input)."""
-    append_op, attention_op = (PAGED_KV_APPEND, PAGED_BLOCK_ATTENTION) if paged else (CONTEXT_KV_APPEND,
-                                                                                      BLOCK_ATTENTION)
+    append_op, attention_op = (
+        (PAGED_KV_APPEND, PAGED_BLOCK_ATTENTION) if paged else (CONTEXT_KV_APPEND, BLOCK_ATTENTION)
+    )
     append = append_op.resolve_attrs(num_kv_heads=KV_HEADS, head_dim=HEAD_DIM)
     attention = attention_op.resolve_attrs(num_heads=8, num_kv_heads=KV_HEADS, head_dim=HEAD_DIM)
     caches = [t.name for t in append_op.inputs[4:6]]
@@ -323,14 +367,24 @@ def _append_then_attention(path: Path, attention_reads: str, paged: bool) -> Non
         caches = [t.name for t in append_op.outputs] + ([caches[1]] if paged else [])
     inputs = [value_info(t, append, "float16") for t in append_op.inputs]
     inputs += [value_info(attention_op.inputs[i], attention, "float16") for i in (0, 1)]
-    nodes = [plugin_node(append_op, append, [t.name for t in append_op.inputs], [t.name for t in append_op.outputs],
-                         "append"),
-             plugin_node(attention_op, attention, [t.name for t in attention_op.inputs[:5]] + caches + ["ctx_lens"],
-                         ["out"], "attention")]
+    nodes = [
+        plugin_node(
+            append_op, append, [t.name for t in append_op.inputs], [t.name for t in append_op.outputs], "append"
+        ),
+        plugin_node(
+            attention_op,
+            attention,
+            [t.name for t in attention_op.inputs[:5]] + caches + ["ctx_lens"],
+            ["out"],
+            "attention",
+        ),
+    ]
     outputs = [value_info(t, append, "float16") for t in append_op.outputs]
     outputs.append(value_info(attention_op.outputs[0], attention, "float16"))
-    onnx.save(onnx.helper.make_model(onnx.helper.make_graph(nodes, "drafter_layer", inputs, outputs),
-                                     opset_imports=OPSETS), str(path))
+    onnx.save(
+        onnx.helper.make_model(onnx.helper.make_graph(nodes, "drafter_layer", inputs, outputs), opset_imports=OPSETS),
+        str(path),
+    )
 
 
 @pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
@@ -359,6 +413,7 @@ def test_append_then_attention_shares_the_cache_without_a_copy(plugin_lib, tmp_p
 
 # --- GPU: the plan runs and matches the reference -------------------------------------------------------
 
+
 @pytest.mark.gpu
 def test_engine_runs_on_gpu_and_matches_reference(cuda_build, tmp_path):
     """On a GPU host with datacenter TensorRT and a CUDA build of the plugins: build, run, compare.
@@ -370,8 +425,9 @@ def test_engine_runs_on_gpu_and_matches_reference(cuda_build, tmp_path):
     dtype, block, attrs = GRAPHS["qwen3_8b_fp16"]
     attrs = BLOCK_ATTENTION.resolve_attrs(**attrs)
     onnx_path = tmp_path / "g.onnx"
-    export_block_attention(onnx_path, attrs, example_inputs(attrs, batch=2, block=block, ctx=16, max_pos=512,
-                                                            dtype=dtype))
+    export_block_attention(
+        onnx_path, attrs, example_inputs(attrs, batch=2, block=block, ctx=16, max_pos=512, dtype=dtype)
+    )
     report = trt_rtx.build_in_process(trt, onnx_path, tmp_path / "g.plan", lib, _profile(attrs, block))
     assert report.plan_bytes, report.log_errors
 
@@ -405,8 +461,9 @@ def test_kv_append_engine_runs_in_place_on_gpu(cuda_build, host_build, tmp_path)
 
     attrs = CONTEXT_KV_APPEND.resolve_attrs(num_kv_heads=KV_HEADS, head_dim=HEAD_DIM)
     plugin_graph(CONTEXT_KV_APPEND, attrs, "float16", tmp_path / "a.onnx")
-    report = trt_rtx.build_in_process(trt, tmp_path / "a.onnx", tmp_path / "a.plan", cuda_build.plugin_library,
-                                      _append_profile(False))
+    report = trt_rtx.build_in_process(
+        trt, tmp_path / "a.onnx", tmp_path / "a.plan", cuda_build.plugin_library, _append_profile(False)
+    )
     assert report.plan_bytes, report.log_errors
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine((tmp_path / "a.plan").read_bytes())
     assert engine.get_aliased_input_tensor("k_cache_out") == "k_cache"
@@ -419,8 +476,10 @@ def test_kv_append_engine_runs_in_place_on_gpu(cuda_build, host_build, tmp_path)
     ctx, new_lens = torch.tensor([0, 62, 17], dtype=torch.int32), torch.tensor([4, 4, 1], dtype=torch.int32)
     host = MathLib(host_build.math_host)
     want = host.context_kv_append(kv, kw, cos, sin, *[c.clone() for c in caches], ctx, new_lens, **attrs)
-    device = {name: x.cuda() for name, x in zip([t.name for t in CONTEXT_KV_APPEND.inputs],
-                                               (kv, kw, cos, sin, *caches, ctx, new_lens))}
+    device = {
+        name: x.cuda()
+        for name, x in zip([t.name for t in CONTEXT_KV_APPEND.inputs], (kv, kw, cos, sin, *caches, ctx, new_lens))
+    }
     context = engine.create_execution_context()
     for name, x in device.items():
         context.set_input_shape(name, tuple(x.shape))

@@ -39,7 +39,7 @@ def requests(vocab: int, n: int = 8, new: int = 20, seed: int = 0) -> list[Reque
 def run_all(pipe, reqs, batch, block, params=SamplingParams()):
     out = []
     for i in range(0, len(reqs), batch):
-        out += generate(pipe.target, pipe.drafter, reqs[i: i + batch], params, block)
+        out += generate(pipe.target, pipe.drafter, reqs[i : i + batch], params, block)
     return [g.tokens for g in out]
 
 
@@ -69,9 +69,34 @@ def test_generate_and_bench_cli(tiny, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["results"][0]["tokens"] == want
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": f"w{i} w{i + 3} w{i + 1}"}) for i in range(3)))
-    assert main(["bench", "--engine", str(engine), "--backend", "onnxruntime", "--datasets", str(prompts),
-                 "--num-prompts", "3", "--max-new-tokens", "8", "--batch-sizes", "2", "--block-sizes", "4",
-                 "--temperatures", "0", "--output-dir", str(tmp_path / "out"), "--name", "ort"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--engine",
+                str(engine),
+                "--backend",
+                "onnxruntime",
+                "--datasets",
+                str(prompts),
+                "--num-prompts",
+                "3",
+                "--max-new-tokens",
+                "8",
+                "--batch-sizes",
+                "2",
+                "--block-sizes",
+                "4",
+                "--temperatures",
+                "0",
+                "--output-dir",
+                str(tmp_path / "out"),
+                "--name",
+                "ort",
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "out" / "ort.json").read_text())
     assert report["backend"] == "onnxruntime" and report["rows"][0]["identical_outputs"] == 3
     assert all(c["break_even_tau"] > 0 for c in report["step_costs"])
@@ -96,9 +121,11 @@ def test_user_errors_exit_2(tiny, tmp_path, capsys):
     shutil.copytree(engine, broken)
     (broken / "onnx" / "rank0" / "drafter.onnx").unlink()
     _fail(capsys, [*gen, "--engine", str(broken)], str(broken / "onnx" / "rank0" / "drafter.onnx"))
-    for field, edit in (("build_config.max_seq_len", lambda c: c["build_config"].pop("max_seq_len")),
-                        ("mapping.tp_size", lambda c: c["pretrained_config"]["mapping"].update(tp_size=2)),
-                        ("num_hidden_layers", lambda c: c["pretrained_config"].update(num_hidden_layers=9))):
+    for field, edit in (
+        ("build_config.max_seq_len", lambda c: c["build_config"].pop("max_seq_len")),
+        ("mapping.tp_size", lambda c: c["pretrained_config"]["mapping"].update(tp_size=2)),
+        ("num_hidden_layers", lambda c: c["pretrained_config"].update(num_hidden_layers=9)),
+    ):
         bad = tmp_path / field
         shutil.copytree(engine, bad, ignore=shutil.ignore_patterns("*.onnx*"))
         cfg = json.loads((engine / "config.json").read_text())
@@ -121,16 +148,28 @@ def sampling_engine(tmp_path_factory):
     """The vocab-8 pair of tests/test_sampling.py, sharpened the same way, as an engine."""
     root = tmp_path_factory.mktemp("ort_sampling")
     tdir = save_hf_target(root / "t", "llama", vocab=VOCAB, hidden=32, layers=2)
-    ddir = save_zlab_drafter(root / "d", hf_config("llama", vocab=VOCAB, hidden=32, layers=2), block_size=4,
-                             layer_ids=(0, 1), mask_token_id=7)
+    ddir = save_zlab_drafter(
+        root / "d",
+        hf_config("llama", vocab=VOCAB, hidden=32, layers=2),
+        block_size=4,
+        layer_ids=(0, 1),
+        mask_token_id=7,
+    )
     target = load_target(tdir)
     drafter = load_drafter(ddir, target.cfg)
     with torch.no_grad():
         target.lm_head.weight.mul_(4.0)
     from dflash_trt.export import export_pair
 
-    export_pair(target, drafter, root / "engine" / "onnx" / "rank0", dtype=torch.float32, max_batch=N,
-                max_seq_len=16, block_size=4)
+    export_pair(
+        target,
+        drafter,
+        root / "engine" / "onnx" / "rank0",
+        dtype=torch.float32,
+        max_batch=N,
+        max_seq_len=16,
+        block_size=4,
+    )
     from dflash_trt.runtime.onnxruntime import Graph, OrtDrafter, OrtTarget
 
     ort_t = OrtTarget(Graph(root / "engine/onnx/rank0/target.onnx"), N, 16, VOCAB)
@@ -138,10 +177,14 @@ def sampling_engine(tmp_path_factory):
     return torch_runners(target, drafter)[0], ort_t, ort_d
 
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(temperature=1.0, seed=1),
-    SamplingParams(temperature=1.0, top_k=6, top_p=0.9, seed=4),
-], ids=["t1", "topk_topp"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1.0, seed=1),
+        SamplingParams(temperature=1.0, top_k=6, top_p=0.9, seed=4),
+    ],
+    ids=["t1", "topk_topp"],
+)
 def test_speculative_sampling_matches_target_distribution(sampling_engine, params):
     ref_target, ort_t, ort_d = sampling_engine
     counts, gens = distribution.sample_counts(ort_t, ort_d, params, PROMPT, VOCAB, N)

@@ -16,6 +16,7 @@ from ort_engine import make_engine_dir
 
 pytestmark = pytest.mark.slow
 
+
 def close(got, want, what: str) -> None:
     """fp32 agreement: within 1e-4, plus 1e-6 of the largest magnitude. SmolLM2's residual stream carries
     activations near 2.5e4 (one fp32 ulp: 2e-3), so logits of magnitude ~40 differ by up to ~1e-4 between two
@@ -25,9 +26,16 @@ def close(got, want, what: str) -> None:
     assert err <= 1e-4 + 1e-6 * scale, f"{what}: max abs error {err} at magnitude {scale}"
 
 
-PROMPTS = ["Write a Python function that reverses a string.", "What is the capital of France?",
-           "Explain recursion in one sentence.", "List three prime numbers.", "def fibonacci(n):",
-           "Translate 'good morning' into Spanish.", "Why is the sky blue?", "Sort [3, 1, 2] in Python."]
+PROMPTS = [
+    "Write a Python function that reverses a string.",
+    "What is the capital of France?",
+    "Explain recursion in one sentence.",
+    "List three prime numbers.",
+    "def fibonacci(n):",
+    "Translate 'good morning' into Spanish.",
+    "Why is the sky blue?",
+    "Sort [3, 1, 2] in Python.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +43,13 @@ def pipes(tmp_path_factory):
     from dflash_trt.embedded import ensure_default_target
 
     target = ensure_default_target(progress=False)
-    engine = make_engine_dir(tmp_path_factory.mktemp("embedded") / "engine", target_dir=target,
-                             drafter_dir=EMBEDDED_DRAFTER, max_batch=8, max_seq_len=512)
+    engine = make_engine_dir(
+        tmp_path_factory.mktemp("embedded") / "engine",
+        target_dir=target,
+        drafter_dir=EMBEDDED_DRAFTER,
+        max_batch=8,
+        max_seq_len=512,
+    )
     assert (engine / "onnx" / "rank0" / "target.onnx.data").stat().st_size > 100e6  # weights are external
     return load_engine_pipeline(engine), load_pipeline(None, None)
 
@@ -64,8 +77,9 @@ def test_graphs_equal_torch_runners(pipes):
     assert ref.drafter.model.cfg.input_embedding_scale == 1.0 and not ref.drafter.model.cfg.is_dflash2
     with torch.no_grad():
         context = [Keys.cached(k, v, lens) for k, v in ref.drafter.caches.visible()]
-        hidden_ref = ref.drafter.model(ref.drafter.embed(block), lens[:, None] + torch.arange(8), context,
-                                       ref.drafter.rope)
+        hidden_ref = ref.drafter.model(
+            ref.drafter.embed(block), lens[:, None] + torch.arange(8), context, ref.drafter.rope
+        )
         draft_ref = ref.target.model.lm_head(hidden_ref[:, 1:])
     close(draft_ort, draft_ref, "draft logits")
     for i, (k, v) in enumerate(ref.drafter.caches.kv):
@@ -84,7 +98,7 @@ def test_greedy_tokens_equal_torch_backend(pipes, batch, block):
     requests = [ref.request(p, True, 24) for p in PROMPTS]
     got, want = [], []
     for i in range(0, len(requests), batch):
-        got += generate(ort.target, ort.drafter, requests[i: i + batch], SamplingParams(), block)
-        want += generate(ref.target, ref.drafter, requests[i: i + batch], SamplingParams(), block)
+        got += generate(ort.target, ort.drafter, requests[i : i + batch], SamplingParams(), block)
+        want += generate(ref.target, ref.drafter, requests[i : i + batch], SamplingParams(), block)
     assert [g.tokens for g in got] == [w.tokens for w in want]
     assert [g.step_lengths for g in got] != [[1] * len(g.tokens) for g in got]  # drafts were accepted

@@ -35,10 +35,15 @@ def engines(tmp_path_factory):
     root = tmp_path_factory.mktemp("ort_tp")
     target = save_hf_target(root / "t", "qwen3", heads=8, kv_heads=2)
     save_tiny_tokenizer(target)
-    drafter = save_zlab_drafter(root / "d", hf_config("qwen3", heads=8, kv_heads=2), block_size=8, layer_ids=(0, 2),
-                                heads=4, kv_heads=2)
-    assert main(["convert", "--target", str(target), "--drafter", str(drafter), "--output", str(root / "tp2"),
-                 "--tp", "2"]) == 0
+    drafter = save_zlab_drafter(
+        root / "d", hf_config("qwen3", heads=8, kv_heads=2), block_size=8, layer_ids=(0, 2), heads=4, kv_heads=2
+    )
+    assert (
+        main(
+            ["convert", "--target", str(target), "--drafter", str(drafter), "--output", str(root / "tp2"), "--tp", "2"]
+        )
+        == 0
+    )
     make_engine_dir(root / "engine1", target_dir=target, drafter_dir=drafter, max_seq_len=256)
     make_engine_dir(root / "engine2", checkpoint=root / "tp2", tokenizer_dir=target, tp=2, max_seq_len=256)
     return root
@@ -47,8 +52,9 @@ def engines(tmp_path_factory):
 def test_rank_graphs_hold_the_collectives(engines):
     for rank in (0, 1):
         for graph, layers in (("target", 4), ("drafter", 2)):
-            model = onnx.load(str(engines / "engine2" / "onnx" / f"rank{rank}" / f"{graph}.onnx"),
-                              load_external_data=False)
+            model = onnx.load(
+                str(engines / "engine2" / "onnx" / f"rank{rank}" / f"{graph}.onnx"), load_external_data=False
+            )
             ops = collections.Counter(n.op_type for n in model.graph.node if n.domain == "dflash_trt")
             # wo and w2 of every layer, the vocab-parallel embedding; the vocab-parallel head gathers
             assert ops == {"AllReduce": 2 * layers + 1, "AllGather": 1}, (rank, graph, ops)
@@ -66,11 +72,30 @@ def test_tp2_equals_tp1_and_torch(engines, tmp_path, capsys):
     want = [r["tokens"] for r in json.loads(capsys.readouterr().out)["results"]]
     assert main([*args, "--engine", str(engines / "engine1"), "--backend", "onnxruntime"]) == 0
     assert [r["tokens"] for r in json.loads(capsys.readouterr().out)["results"]] == want
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*mpirun(), "-n", "2", sys.executable, "-m", "dflash_trt.cli", *args, "--engine",
-                             str(engines / "engine2"), "--backend", "onnxruntime"],
-                            capture_output=True, text=True, env=env, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        [
+            *mpirun(),
+            "-n",
+            "2",
+            sys.executable,
+            "-m",
+            "dflash_trt.cli",
+            *args,
+            "--engine",
+            str(engines / "engine2"),
+            "--backend",
+            "onnxruntime",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert [r["tokens"] for r in json.loads(result.stdout)["results"]] == want  # one JSON document: rank 0 only
 

@@ -26,8 +26,10 @@ CONFIGS = ROOT / "tests" / "fixtures" / "configs"
 
 def write_engine_dir(tmp_path: Path, **over):
     """An ENGINE_DIR config.json for Qwen3-8B + its b16 drafter (H100 recipe), as `build` writes it."""
-    plan = make_build_plan(read_pair(CONFIGS / "qwen3-8b", CONFIGS / "qwen3-8b-dflash-b16"),
-                           load_recipe(ROOT / "build_configs" / "build_qwen3_8b_b16_h100.yaml", over))
+    plan = make_build_plan(
+        read_pair(CONFIGS / "qwen3-8b", CONFIGS / "qwen3-8b-dflash-b16"),
+        load_recipe(ROOT / "build_configs" / "build_qwen3_8b_b16_h100.yaml", over),
+    )
     plugin = {"library": "libdflash_trt_plugins.so", "sha256": "0" * 64, "backend": "cuda", "built_from": "/x.so"}
     engines = {g: [f"{g}/rank{r}.engine" for r in range(plan.tp)] for g in ("target", "drafter")}
     (tmp_path / "config.json").write_text(json.dumps(engine_config(plan, plugin, engines, {})))
@@ -38,8 +40,15 @@ def test_bindings_of_every_graph_and_profile(tmp_path):
     plan, eng = write_engine_dir(tmp_path)
     vocab, feat = 151936, 5 * 4096
     t_step, t_pre = rt.plan_bindings(eng, "target", "step"), rt.plan_bindings(eng, "target", "prefill")
-    expected_names = {"input_ids", "cache_lens", "logits_index", "logits", "features", *past_names(36),
-                      *present_names(36)}
+    expected_names = {
+        "input_ids",
+        "cache_lens",
+        "logits_index",
+        "logits",
+        "features",
+        *past_names(36),
+        *present_names(36),
+    }
     assert set(t_step) == set(t_pre) == expected_names
     assert t_step["past_key_values.3.value"].role == "cache"
     assert t_step["past_key_values.3.value"].buffer == "target.cache.3.value"
@@ -51,11 +60,20 @@ def test_bindings_of_every_graph_and_profile(tmp_path):
     assert t_pre["present.35.key"].shape == (8, 4096, 8, 128) and t_step["present.0.key"].role == "output"
     assert t_step["input_ids"].dtype == "int64" and t_step["logits"].dtype == "bfloat16"
     d_step, d_pre = rt.plan_bindings(eng, "drafter", "step"), rt.plan_bindings(eng, "drafter", "prefill")
-    assert set(d_step) == {"input_ids", "features", "feature_lens", "cache_lens", "logits", *past_names(5),
-                           *present_names(5)}
+    assert set(d_step) == {
+        "input_ids",
+        "features",
+        "feature_lens",
+        "cache_lens",
+        "logits",
+        *past_names(5),
+        *present_names(5),
+    }
     # the drafter reads its persistent caches in both profiles (in-flight rows keep their context)
-    assert all(d_pre[n].buffer == d_step[n].buffer == f"drafter.cache.{n.removeprefix('past_key_values.')}"
-               for n in past_names(5))
+    assert all(
+        d_pre[n].buffer == d_step[n].buffer == f"drafter.cache.{n.removeprefix('past_key_values.')}"
+        for n in past_names(5)
+    )
     assert d_step["logits"].shape == (8, 15, vocab) and d_pre["features"].shape == (8, 4096, feat)
 
 
@@ -98,9 +116,11 @@ def test_store_writes_ragged_rows_at_their_lengths():
 
 
 def test_imports_without_tensorrt_or_cuda():
-    code = ("import sys, torch; before = set(sys.modules); import dflash_trt.runtime.tensorrt; "
-            "new = [m for m in set(sys.modules) - before if m.split('.')[0] in ('tensorrt', 'cuda')]; "
-            "assert not new and 'tensorrt' not in sys.modules, new")
+    code = (
+        "import sys, torch; before = set(sys.modules); import dflash_trt.runtime.tensorrt; "
+        "new = [m for m in set(sys.modules) - before if m.split('.')[0] in ('tensorrt', 'cuda')]; "
+        "assert not new and 'tensorrt' not in sys.modules, new"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
@@ -120,9 +140,20 @@ def test_greedy_generation_equals_the_torch_backend(tmp_path):
     from dflash_trt.pipeline import load_pipeline
 
     engine_dir = tmp_path / "engine"
-    subprocess.run([sys.executable, "-m", "dflash_trt.cli", "build", "--config",
-                    str(ROOT / "build_configs" / "build_smollm2_135m_cpu.yaml"), "--output", str(engine_dir)],
-                   check=True, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dflash_trt.cli",
+            "build",
+            "--config",
+            str(ROOT / "build_configs" / "build_smollm2_135m_cpu.yaml"),
+            "--output",
+            str(engine_dir),
+        ],
+        check=True,
+        cwd=ROOT,
+    )
     cfg = json.loads((engine_dir / "config.json").read_text())
     assert cfg["engines"]["target"] == ["target/rank0.engine"]
     target, drafter = rt.load_runners(engine_dir)

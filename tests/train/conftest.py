@@ -17,8 +17,9 @@ MASK = 5
 
 @pytest.fixture(scope="session")
 def tiny_target(tmp_path_factory):
-    return save_hf_target(tmp_path_factory.mktemp("target"), "llama", vocab=97, hidden=64, layers=4, heads=4,
-                          kv_heads=2)
+    return save_hf_target(
+        tmp_path_factory.mktemp("target"), "llama", vocab=97, hidden=64, layers=4, heads=4, kv_heads=2
+    )
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +28,12 @@ def tiny_data(tiny_target, tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
     target = load_target(tiny_target)
     gen = torch.Generator().manual_seed(0)
-    windows = [torch.randint(6, 97, (int(n),), generator=gen).tolist() for n in torch.randint(24, 48, (12,), generator=gen)]
-    prompts = [torch.randint(6, 97, (int(n),), generator=gen).tolist() for n in torch.randint(3, 9, (6,), generator=gen)]
+    windows = [
+        torch.randint(6, 97, (int(n),), generator=gen).tolist() for n in torch.randint(24, 48, (12,), generator=gen)
+    ]
+    prompts = [
+        torch.randint(6, 97, (int(n),), generator=gen).tolist() for n in torch.randint(3, 9, (6,), generator=gen)
+    ]
     with torch.inference_mode():
         tf = lambda chunk: datagen.teacher_force(target, LAYER_IDS, chunk, batch_size=4, first_anchor=2)  # noqa: E731
         gen_fn = lambda chunk: datagen.generate_shard(target, LAYER_IDS, chunk, 24, (), SamplingParams(), 4)  # noqa: E731
@@ -45,8 +50,27 @@ def tiny_recipe():
 
 
 def _tiny_recipe(target, data, output, **overrides):
-    raw = dict(output=str(output), data=[str(data)], target=str(target), num_layers=2, intermediate_size=136,
-               block_size=4, mask_token_id=MASK, target_layer_ids=list(LAYER_IDS), init_from_target_layers=[2, 3],
-               anchors_per_seq=8, max_seq_len=40, batch_size=4, steps=6, lr=3e-3, min_lr=3e-4, warmup_steps=2,
-               autocast_bf16=False, threads=1, checkpoint_every=3, eval_every=3, seed=7)
+    raw = dict(
+        output=str(output),
+        data=[str(data)],
+        target=str(target),
+        num_layers=2,
+        intermediate_size=136,
+        block_size=4,
+        mask_token_id=MASK,
+        target_layer_ids=list(LAYER_IDS),
+        init_from_target_layers=[2, 3],
+        anchors_per_seq=8,
+        max_seq_len=40,
+        batch_size=4,
+        steps=6,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=2,
+        autocast_bf16=False,
+        threads=1,
+        checkpoint_every=3,
+        eval_every=3,
+        seed=7,
+    )
     return recipe_from_dict({**raw, **overrides})

@@ -24,7 +24,7 @@ def test_cached_features_and_labels_match_the_target(tiny_target, tiny_data):
             n = len(s.tokens) - (kind == "gen")  # a response's last token has not been through the target yet
             assert (s.features[:n].float() - features[0, :n]).abs().max() < 2e-2
             # labels are the target's greedy tokens: generated text is greedy; teacher-forced labels are predictions
-            assert torch.equal(s.labels[s.start:], preds[s.start - 1: -1])
+            assert torch.equal(s.labels[s.start :], preds[s.start - 1 : -1])
 
 
 def test_shard_layer_ids_are_checked(tiny_data):

@@ -29,8 +29,10 @@ V2 = dict(architecture="dflash2", conv_kernel_size=2, conv_group_size=16, select
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("fwd2")
     target = load_target(save_hf_target(root / "t", "qwen3"))
-    drafter = load_drafter(save_zlab_drafter2(root / "d", hf_config("qwen3"), block_size=BLOCK, layer_ids=(1, 3),
-                                              kernel=3, group=8), target.cfg)
+    drafter = load_drafter(
+        save_zlab_drafter2(root / "d", hf_config("qwen3"), block_size=BLOCK, layer_ids=(1, 3), kernel=3, group=8),
+        target.cfg,
+    )
     return target, drafter
 
 
@@ -38,8 +40,14 @@ def _batch(features, tokens, anchors):
     a = torch.tensor([anchors])
     block_ids = torch.full((1, len(anchors), BLOCK), MASK)
     block_ids[0, :, 0] = tokens[0, a[0]]
-    return Batch(features, torch.tensor([0]), block_ids, a, torch.ones_like(a, dtype=torch.bool),
-                 torch.zeros(1, len(anchors), BLOCK - 1, dtype=torch.long))
+    return Batch(
+        features,
+        torch.tensor([0]),
+        block_ids,
+        a,
+        torch.ones_like(a, dtype=torch.bool),
+        torch.zeros(1, len(anchors), BLOCK - 1, dtype=torch.long),
+    )
 
 
 def _inference_hidden(target, drafter, features, anchor, token):
@@ -87,8 +95,19 @@ def test_initial_dflash2_drafter_is_its_v1_layers(pair):
 
 
 def test_dflash2_training_fits_and_exports_a_zlab_checkpoint(tiny_target, tiny_data, tiny_recipe, tmp_path):
-    trainer = Trainer(tiny_recipe(tiny_target, tiny_data, tmp_path / "out", steps=20, eval_every=10,
-                                  checkpoint_every=10, lr=1e-2, min_lr=1e-3, **V2))
+    trainer = Trainer(
+        tiny_recipe(
+            tiny_target,
+            tiny_data,
+            tmp_path / "out",
+            steps=20,
+            eval_every=10,
+            checkpoint_every=10,
+            lr=1e-2,
+            min_lr=1e-3,
+            **V2,
+        )
+    )
     assert isinstance(trainer.drafter, DFlash2Drafter)
     trainer.val_seqs = trainer.train_seqs[:8]  # a fit test, as test_training_fits_its_training_data
     before = trainer.evaluate()
@@ -107,15 +126,19 @@ def test_dflash2_training_fits_and_exports_a_zlab_checkpoint(tiny_target, tiny_d
     t_runner, d_runner = torch_runners(target, drafter)
     requests = [Request([7, 8, 9], 16), Request([30, 31], 16)]
     assert [g.tokens for g in generate(t_runner, d_runner, requests)] == [
-        g.tokens for g in generate(t_runner, None, requests)]
+        g.tokens for g in generate(t_runner, None, requests)
+    ]
 
 
-@pytest.mark.parametrize("over,field", [
-    (dict(architecture="dflash3"), "architecture"),
-    (dict(V2, conv_group_size=24), "conv_group_size"),  # does not divide hidden 64
-    (dict(V2, selector_top_k=0), "selector_top_k"),
-    (dict(V2, selector_top_k=500), "selector_top_k"),  # above the vocab (97)
-])
+@pytest.mark.parametrize(
+    "over,field",
+    [
+        (dict(architecture="dflash3"), "architecture"),
+        (dict(V2, conv_group_size=24), "conv_group_size"),  # does not divide hidden 64
+        (dict(V2, selector_top_k=0), "selector_top_k"),
+        (dict(V2, selector_top_k=500), "selector_top_k"),  # above the vocab (97)
+    ],
+)
 def test_dflash2_recipe_errors_name_the_field(tiny_target, tiny_data, tiny_recipe, tmp_path, over, field):
     with pytest.raises(UserError, match=f"recipe field '{field}'"):
         Trainer(tiny_recipe(tiny_target, tiny_data, tmp_path / "out", **over))

@@ -30,7 +30,9 @@ def test_inverse_state_dict_round_trip(tiny_target, tiny_recipe, tmp_path):
     state = drafter.state_dict()
     weights = drafter_weights(drafter.cfg)
     zlab = hf_from_internal(weights, state)
-    assert torch.equal(zlab["layers.1.mlp.gate_proj.weight"], state["layers.1.mlp.w13.weight"][: drafter.cfg.intermediate_size])
+    assert torch.equal(
+        zlab["layers.1.mlp.gate_proj.weight"], state["layers.1.mlp.w13.weight"][: drafter.cfg.intermediate_size]
+    )
     back = internal_from_hf(weights, zlab.__getitem__, tmp_path)
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
 
@@ -42,8 +44,14 @@ def test_zlab_package_loads_checkpoint(tiny_target, tiny_recipe, tmp_path):
     assert cfg["architectures"] == ["DFlashDraftModel"] and cfg["block_size"] == 4
     assert cfg["dflash_config"] == {"target_layer_ids": [0, 2], "mask_token_id": 5}
     names = set(read_tensors(out))
-    assert {"fc.weight", "hidden_norm.weight", "norm.weight", "layers.1.self_attn.q_norm.weight",
-            "layers.0.mlp.gate_proj.weight", "layers.1.post_attention_layernorm.weight"} <= names
+    assert {
+        "fc.weight",
+        "hidden_norm.weight",
+        "norm.weight",
+        "layers.1.self_attn.q_norm.weight",
+        "layers.0.mlp.gate_proj.weight",
+        "layers.1.post_attention_layernorm.weight",
+    } <= names
     assert len(names) == 3 + 2 * 11
 
     zlab = DFlashDraftModel.from_pretrained(out, dtype=torch.float32).eval()

@@ -19,8 +19,9 @@ BLOCK, MASK = 5, 5
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("fwd")
     target = load_target(save_hf_target(root / "t", "qwen3"))
-    drafter = load_drafter(save_zlab_drafter(root / "d", hf_config("qwen3"), block_size=BLOCK, layer_ids=(1, 3)),
-                           target.cfg)
+    drafter = load_drafter(
+        save_zlab_drafter(root / "d", hf_config("qwen3"), block_size=BLOCK, layer_ids=(1, 3)), target.cfg
+    )
     return target, drafter
 
 
@@ -35,8 +36,9 @@ def _batch(features, tokens, anchors, valid=None, offset=0):
     block_ids = torch.full((1, len(anchors), BLOCK), MASK)
     block_ids[0, :, 0] = tokens[0, a[0]]
     valid = torch.ones_like(a, dtype=torch.bool) if valid is None else torch.tensor([valid])
-    return Batch(features, torch.tensor([offset]), block_ids, a, valid, torch.zeros(1, len(anchors), BLOCK - 1,
-                                                                                     dtype=torch.long))
+    return Batch(
+        features, torch.tensor([offset]), block_ids, a, valid, torch.zeros(1, len(anchors), BLOCK - 1, dtype=torch.long)
+    )
 
 
 def _train_logits(target, drafter, batch):
@@ -82,15 +84,21 @@ def test_block_sees_context_strictly_before_its_anchor_and_padding_sees_none(pai
     assert (changed[1] - base[1]).abs().max() > 1e-3  # anchor 12 sees columns 6..11
     before = features.clone()
     before[:, 5] += 3.0
-    assert (_train_logits(target, drafter, _batch(before, tokens, [6, 12, 3], valid=[True, True, False]))[0]
-            - base[0]).abs().max() > 1e-3
+    assert (
+        _train_logits(target, drafter, _batch(before, tokens, [6, 12, 3], valid=[True, True, False]))[0] - base[0]
+    ).abs().max() > 1e-3
     padded = _batch(features, tokens, [6, 12, 3], valid=[True, True, False])
     hidden = block_hidden(drafter, target.embed, padded, drafter_rope(drafter))
-    zeroed = block_hidden(drafter, target.embed, _batch(torch.zeros_like(features), tokens, [6, 12, 3],
-                                                        valid=[True, True, False]), drafter_rope(drafter))
+    zeroed = block_hidden(
+        drafter,
+        target.embed,
+        _batch(torch.zeros_like(features), tokens, [6, 12, 3], valid=[True, True, False]),
+        drafter_rope(drafter),
+    )
     assert torch.equal(hidden[2], zeroed[2])  # the padded anchor sees only its own block
-    shifted = _train_logits(target, drafter, _batch(features, tokens, [6, 12, 3], valid=[True, True, False],
-                                                    offset=100))
+    shifted = _train_logits(
+        target, drafter, _batch(features, tokens, [6, 12, 3], valid=[True, True, False], offset=100)
+    )
     assert (shifted - base).abs().max() < 1e-4  # RoPE is relative: a crop offset changes nothing
 
 

@@ -22,8 +22,11 @@ from .conftest import LAYER_IDS
 def test_training_fits_its_training_data(tiny_target, tiny_data, tiny_recipe, tmp_path):
     """A fit test (validation = 8 training sequences, high lr): the loop, loss and optimiser can learn at all.
     Generalisation is test_training_generalises_to_held_out_prompts."""
-    trainer = Trainer(tiny_recipe(tiny_target, tiny_data, tmp_path / "out", steps=20, eval_every=10,
-                                  checkpoint_every=10, lr=1e-2, min_lr=1e-3))
+    trainer = Trainer(
+        tiny_recipe(
+            tiny_target, tiny_data, tmp_path / "out", steps=20, eval_every=10, checkpoint_every=10, lr=1e-2, min_lr=1e-3
+        )
+    )
     trainer.val_seqs = trainer.train_seqs[:8]  # the tiny random data is too small to generalise; fit it
     before = trainer.evaluate()
     trainer.run()
@@ -62,13 +65,14 @@ def test_training_generalises_to_held_out_prompts(tiny_target, pattern_data, tin
     sequence another held-out sequence's labels makes this test fail, but the drafter does not yet beat a plain
     repeat-the-anchor-token guess, so no claim is made about longer-range use of the context.
     """
-    trainer = Trainer(tiny_recipe(tiny_target, pattern_data, tmp_path / "out", steps=150, eval_every=150,
-                                  checkpoint_every=150))
+    trainer = Trainer(
+        tiny_recipe(tiny_target, pattern_data, tmp_path / "out", steps=150, eval_every=150, checkpoint_every=150)
+    )
     train_prompts = {tuple(s.tokens[: s.start].tolist()) for s in trainer.train_seqs}
     assert len(trainer.val_seqs) == 16
     assert not train_prompts & {tuple(s.tokens[: s.start].tolist()) for s in trainer.val_seqs}
-    top, _ = Counter(t for s in trainer.train_seqs for t in s.labels[s.start:].tolist()).most_common(1)[0]
-    held_out_labels = torch.cat([s.labels[s.start + 1:] for s in trainer.val_seqs])
+    top, _ = Counter(t for s in trainer.train_seqs for t in s.labels[s.start :].tolist()).most_common(1)[0]
+    held_out_labels = torch.cat([s.labels[s.start + 1 :] for s in trainer.val_seqs])
     guess_acc = float((held_out_labels == top).float().mean())
 
     before = trainer.evaluate()

@@ -33,7 +33,7 @@ def mutants(src: Path) -> list[tuple[str, int, str]]:
         lines = (src / header).read_text().splitlines(keepends=True)
         for i, line in enumerate(lines):
             if line.strip() == SYNC:
-                mutated = lines[:i] + [line.replace(SYNC, "/* sync() deleted by sync_mutants.py */")] + lines[i + 1:]
+                mutated = lines[:i] + [line.replace(SYNC, "/* sync() deleted by sync_mutants.py */")] + lines[i + 1 :]
                 out.append((header, i + 1, "".join(mutated)))
     return out
 
@@ -47,8 +47,7 @@ def sources_digest(args: argparse.Namespace) -> str:
     return digest.hexdigest()
 
 
-def check(args: argparse.Namespace, base: str, index: int, header: str, line: int,
-          text: str) -> tuple[str, bool, str]:
+def check(args: argparse.Namespace, base: str, index: int, header: str, line: int, text: str) -> tuple[str, bool, str]:
     root = args.out / f"mutant{index}"
     (root / header).parent.mkdir(parents=True, exist_ok=True)
     exe = root / "cta_harness"
@@ -58,8 +57,9 @@ def check(args: argparse.Namespace, base: str, index: int, header: str, line: in
     if not (exe.is_file() and stamp.is_file() and stamp.read_text() == key):  # rebuild only what changed
         (root / header).write_text(text)
         includes = [f"-I{root}", f"-I{args.src}"] + [f"-I{i}" for i in args.include]  # the mutant shadows the original
-        build = subprocess.run([args.cxx, *FLAGS, *includes, str(args.source), "-o", str(exe)],
-                               capture_output=True, text=True)
+        build = subprocess.run(
+            [args.cxx, *FLAGS, *includes, str(args.source), "-o", str(exe)], capture_output=True, text=True
+        )
         if build.returncode != 0:
             return where, False, "does not compile:\n" + build.stderr[-2000:]
         stamp.write_text(key)
