@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from dflash_trt.bench import datasets  # noqa: E402
+from dflash_trt.bench.cli import step_costs  # noqa: E402
 from dflash_trt.bench.reporting import RunStart, write_report  # noqa: E402
 from dflash_trt.decoding.metrics import summarize  # noqa: E402
 from dflash_trt.decoding.sampling import SamplingParams  # noqa: E402
@@ -78,35 +78,6 @@ def engine_facts(engine: Path) -> dict:
         "dtype": info.get("dtype"),
         "opset": info.get("opset"),
     }
-
-
-@torch.inference_mode()
-def step_costs(pipe, block: int, context: int = 256, repeats: int = 15) -> dict:
-    """Median ms of a one-token decode step, a B-token verify and a drafter pass at `context` tokens, batch 1."""
-    target, drafter = pipe.target, pipe.drafter
-    prompt = torch.randint(0, target.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()
-    target.reset(1, context + block + 1)
-    drafter.reset(1, context + block + 1)
-    _, features = target.prefill([prompt])
-    drafter.append_context(features, torch.tensor([context]))
-    drafter.draft(torch.full((1, block), drafter.mask_token_id))  # injects the prompt's context
-    blk = torch.full((1, block), drafter.mask_token_id)
-    calls = {
-        "decode_ms": lambda: target.verify(blk[:, :1]),
-        "verify_ms": lambda: target.verify(blk),
-        "draft_ms": lambda: drafter.draft(blk),
-    }
-    times = {k: [] for k in calls}
-    for i in range(repeats + 2):
-        for key, call in calls.items():
-            t0 = time.perf_counter()
-            call()
-            if i >= 2:
-                times[key].append((time.perf_counter() - t0) * 1e3)
-    out = {"block": block, "context": context, **{k: statistics.median(v) for k, v in times.items()}}
-    out["verify_over_decode"] = out["verify_ms"] / out["decode_ms"]
-    out["break_even_tau"] = (out["verify_ms"] + out["draft_ms"]) / out["decode_ms"]
-    return out
 
 
 def main() -> None:
