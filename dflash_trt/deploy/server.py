@@ -72,15 +72,24 @@ def _terminate_with_parent() -> None:
         pass
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of the process group `pgid`, from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp
+            pids.append(int(entry))
+    return pids
+
+
 def group_alive(pgid: int) -> bool:
-    """True while any process of the process group `pgid` exists."""
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    """True while any live process of the process group `pgid` exists."""
+    return bool(group_members(pgid))
 
 
 class TritonServer:
@@ -243,8 +252,12 @@ class TritonServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-            with contextlib.suppress(ProcessLookupError):  # stubs left in the group
-                os.killpg(proc.pid, signal.SIGKILL)
+            if group_alive(proc.pid):  # stubs left in the group
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while group_alive(proc.pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
         if self._log:
             self._log.close()
             self._log = None

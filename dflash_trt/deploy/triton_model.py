@@ -209,9 +209,15 @@ class DFlashServingModel:
                         self._reply_error(job, f"internal error: {type(exc).__name__}: {exc}")
                 for row in list(self.jobs):
                     self._error(row, f"internal error: {type(exc).__name__}: {exc}")
+            # Hold no request between steps: the backend unloads a decoupled model only once every request's
+            # response sender is released.
+            admit = free = None
 
     def _admit(self, jobs: list[Job], free: list[int]) -> None:
-        jobs = [j for j in jobs if not self._cancelled(j)]
+        cancelled = [j for j in jobs if self._cancelled(j)]
+        for job in cancelled:
+            self._reply_cancelled(job)
+        jobs = [j for j in jobs if j not in cancelled]
         if not jobs:
             return
         rows = free[: len(jobs)]
@@ -235,7 +241,18 @@ class DFlashServingModel:
     def _drop_cancelled(self) -> None:
         for row, job in list(self.jobs.items()):
             if self._cancelled(job):
+                self._reply_cancelled(job)
                 self._free(row)
+
+    def _reply_cancelled(self, job: Job) -> None:
+        """Close a cancelled request's response stream (the backend waits for its final flag)."""
+        pb = self.pb
+        try:
+            code = getattr(pb.TritonError, "CANCELLED", None)
+            error = pb.TritonError("request cancelled", code) if code is not None else pb.TritonError("cancelled")
+            job.sender.send(pb.InferenceResponse(error=error), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception:
+            pass
 
     def _free(self, row: int) -> None:
         self.batch.remove(row)

@@ -56,7 +56,7 @@ def server(tmp_path_factory):
         )
         == 0
     )
-    srv = TritonServer(repo, log_path=root / "tritonserver.log")
+    srv = TritonServer(repo, log_path=root / "tritonserver.log", exit_timeout_s=10)
     srv.start(timeout_s=300)
     yield srv
     code = srv.stop()
