@@ -103,7 +103,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor) -> Tensor:
 
 class Keys(NamedTuple):
     """Keys/values a query may attend to: k/v [b, kv_heads, s, d] with each slot's position and validity
-    [b, s]. Invalid slots may hold anything, even NaN."""
+    [b, s]. Invalid slots get zero weight but must hold finite values (the runtimes' caches start zeroed)."""
 
     k: Tensor
     v: Tensor
@@ -140,5 +140,4 @@ def attend(q: Tensor, q_pos: Tensor, keys: Keys, *, causal: bool, window: int | 
         visible = visible & (keys.pos[:, None, :] <= q_pos[:, :, None])
     if window:
         visible = visible & ((q_pos[:, :, None] - keys.pos[:, None, :]).abs() < window)
-    slot_valid = keys.valid[:, None, :, None]
-    return attention(q, keys.k.masked_fill(~slot_valid, 0), keys.v.masked_fill(~slot_valid, 0), visible[:, None])
+    return attention(q, keys.k, keys.v, visible[:, None])

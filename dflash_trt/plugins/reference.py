@@ -64,7 +64,9 @@ def dflash_block_attention(
     pos = lens[:, None] + torch.arange(blk)
     cos, sin = layers.Rope(rope_cos, rope_sin).at(pos)
     q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
-    keys = layers.Keys.cached(k_cache.float(), v_cache.float(), lens) + layers.Keys.new(k, v, pos)
+    padding = (torch.arange(ctx) >= lens[:, None])[:, None, :, None]  # the plugin's padding may hold anything
+    k_ctx, v_ctx = k_cache.float().masked_fill(padding, 0), v_cache.float().masked_fill(padding, 0)
+    keys = layers.Keys.cached(k_ctx, v_ctx, lens) + layers.Keys.new(k, v, pos)
     out = layers.attend(q.transpose(1, 2), pos, keys, causal=False, window=window)
     return out.transpose(1, 2).reshape(b, blk, nh * d).to(qkv.dtype)
 
