@@ -23,6 +23,11 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # private copy in $VENV/triton-stub-site (see dflash_trt/deploy/server.py).
 "${PIP[@]}" --no-deps nvidia-pytriton==0.7.0
 [ -d "$VENV/triton-stub-site/numpy" ] || "${PIP[@]}" --target "$VENV/triton-stub-site" numpy==1.26.4
+# The CUDA build of plugins/ compiles its AllReduce/AllGather plugins against nccl.h (CMake finds the wheel in
+# this venv); only where nvcc is, since nothing else uses NCCL's 300 MB wheel here.
+if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
+    "${PIP[@]}" nvidia-nccl-cu13==2.28.9
+fi
 
 "$VENV/bin/python" -m dflash_trt.embedded >/dev/null
 echo "dflash-trt: environment ready in $VENV" >&2

@@ -40,6 +40,12 @@ HOST_CASES = {
     "accept_tokens_fields",
     "accept_tokens_shapes_types_formats",
     "accept_tokens_enqueue_host",
+    "all_reduce_fields",
+    "all_reduce_shapes_types_formats",
+    "all_gather_fields_and_serialize",
+    "all_gather_output_shapes",
+    "all_gather_types_formats_workspace",
+    "collectives_enqueue_host_needs_cuda_build",
     "null_logger_finder",
 }
 
@@ -72,9 +78,16 @@ def test_null_logger_finder_reports_on_stderr(host_build):
 
 
 def test_library_exports_only_the_entry_points(host_build):
-    """TensorRT finds the plugins through getCreators/setLoggerFinder; nothing else leaks out."""
+    """TensorRT finds the plugins through getCreators/setLoggerFinder, the runtime the backend and the NCCL
+    communicator entry points; nothing else leaks out."""
     nm = subprocess.run(
         ["nm", "-D", "--defined-only", str(host_build.plugin_library)], capture_output=True, text=True, check=True
     )
     exported = {line.split()[-1] for line in nm.stdout.splitlines() if " T " in line}
-    assert exported == {"getCreators", "setLoggerFinder", "dflashTrtPluginsBackend"}
+    assert exported == {
+        "getCreators",
+        "setLoggerFinder",
+        "dflashTrtPluginsBackend",
+        "dflash_trt_nccl_unique_id",
+        "dflash_trt_nccl_init",
+    }

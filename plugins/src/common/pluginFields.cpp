@@ -18,13 +18,41 @@ char const* typeName(nvinfer1::PluginFieldType type)
     case nvinfer1::PluginFieldType::kINT64: return "INT64";
     case nvinfer1::PluginFieldType::kFLOAT32: return "FLOAT32";
     case nvinfer1::PluginFieldType::kFLOAT64: return "FLOAT64";
+    case nvinfer1::PluginFieldType::kCHAR: return "CHAR";
     default: return "an unsupported type";
     }
+}
+
+std::string readString(nvinfer1::PluginField const& field, FieldRef const& ref, std::string const& where)
+{
+    if (field.type != nvinfer1::PluginFieldType::kCHAR)
+    {
+        return where + " has type " + typeName(field.type) + ", expected CHAR";
+    }
+    if (field.length < 0 || (field.length > 0 && field.data == nullptr))
+    {
+        return where + " has no characters for length " + std::to_string(field.length);
+    }
+    std::string value(static_cast<char const*>(field.data), static_cast<size_t>(field.length));
+    while (!value.empty() && value.back() == '\0')
+    {
+        value.pop_back();
+    }
+    if (value.find('\0') != std::string::npos)
+    {
+        return where + " holds a NUL character";
+    }
+    *static_cast<std::string*>(ref.value) = value;
+    return "";
 }
 
 std::string readOne(nvinfer1::PluginField const& field, FieldRef const& ref)
 {
     std::string const where = std::string("field '") + ref.name + "'";
+    if (ref.type == nvinfer1::PluginFieldType::kCHAR)
+    {
+        return readString(field, ref, where);
+    }
     if (field.length != 1 || field.data == nullptr)
     {
         return where + " must hold exactly one value, got length " + std::to_string(field.length);
@@ -107,6 +135,13 @@ std::vector<nvinfer1::PluginField> toPluginFields(std::vector<FieldRef> const& r
     fields.reserve(refs.size());
     for (FieldRef const& ref : refs)
     {
+        if (ref.type == nvinfer1::PluginFieldType::kCHAR)
+        {
+            std::string const& value = *static_cast<std::string const*>(ref.value);
+            fields.emplace_back(ref.name, withData ? value.c_str() : nullptr, ref.type,
+                withData ? static_cast<int32_t>(value.size()) : 1);
+            continue;
+        }
         fields.emplace_back(ref.name, withData ? ref.value : nullptr, ref.type, 1);
     }
     return fields;

@@ -326,7 +326,7 @@ void blockAttentionCases(Context& ctx)
             names.emplace_back(v3->getPluginName());
         }
         std::vector<std::string> const expected{"DFlashBlockAttention", "DFlashContextKVAppend", "DFlashAcceptTokens",
-            "DFlashPagedBlockAttention", "DFlashPagedKVAppend"};
+            "DFlashPagedBlockAttention", "DFlashPagedKVAppend", "AllReduce", "AllGather"};
         EXPECT(names == expected, "creator names");
     });
 

@@ -195,6 +195,10 @@ std::string describeFields(nvinfer1::PluginFieldCollection const* fc)
         {
             out << *static_cast<float const*>(f.data);
         }
+        else if (f.type == nvinfer1::PluginFieldType::kCHAR && f.length >= 0)
+        {
+            out << std::string(static_cast<char const*>(f.data), static_cast<size_t>(f.length));
+        }
         else
         {
             out << "<type " << static_cast<int32_t>(f.type) << " length " << f.length << ">";
@@ -248,6 +252,7 @@ int main(int argc, char** argv)
         harness::blockAttentionCases(ctx);
         harness::contextKvAppendCases(ctx);
         harness::acceptTokensCases(ctx);
+        harness::collectiveCases(ctx);
         runner.run("null_logger_finder", [&] {
             // TensorRT-RTX hands the library a null finder: errors must still be reported (stderr), not crash.
             library.setLoggerFinder(nullptr);

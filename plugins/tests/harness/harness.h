@@ -135,6 +135,7 @@ struct Context
 void blockAttentionCases(Context& ctx);
 void contextKvAppendCases(Context& ctx);
 void acceptTokensCases(Context& ctx);
+void collectiveCases(Context& ctx);
 void fakeRuntimeCases(Context& ctx); // CUDA build with tests/fakeCudart preloaded (--fake-cuda-runtime)
 
 } // namespace harness
