@@ -35,10 +35,10 @@ class AttrSpec:
     """One plugin field. ``default=None`` means required; ``ge`` is an inclusive lower bound."""
 
     name: str
-    type: str  # "int32" or "float32" (the TensorRT PluginField type)
+    type: str  # "int32", "float32" or "char" (a string): the TensorRT PluginField type
     doc: str
-    default: int | float | None = None
-    choices: tuple[int, ...] | None = None
+    default: int | float | str | None = None
+    choices: tuple[int | str, ...] | None = None
     ge: float | None = None
 
 
@@ -56,13 +56,13 @@ class OpContract:
     constraints: tuple[tuple[str, str], ...]  # (boolean expression over attributes, message)
     semantics: str
 
-    def resolve_attrs(self, **given: int | float) -> dict[str, int | float]:
+    def resolve_attrs(self, **given: int | float | str) -> dict[str, int | float | str]:
         """Fill defaults and validate every attribute; raise ``UserError`` naming the bad field."""
         known = {a.name for a in self.attrs}
         unknown = sorted(set(given) - known)
         if unknown:
             raise UserError(f"{self.name}: unknown attribute(s) {unknown}; expected {sorted(known)}")
-        out: dict[str, int | float] = {}
+        out: dict[str, int | float | str] = {}
         for a in self.attrs:
             value = given.get(a.name, a.default)
             if value is None:
@@ -141,8 +141,11 @@ class OpContract:
         return "\n".join(lines) + "\n"
 
 
-def _check_attr(op: str, a: AttrSpec, value: int | float) -> int | float:
-    if a.type == "int32":
+def _check_attr(op: str, a: AttrSpec, value: int | float | str) -> int | float | str:
+    if a.type == "char":
+        if not isinstance(value, str):
+            raise UserError(f"{op}: attribute '{a.name}' must be a string, got {value!r}")
+    elif a.type == "int32":
         if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
             raise UserError(f"{op}: attribute '{a.name}' must be an int32, got {value!r}")
     elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -370,8 +373,62 @@ ACCEPT_TOKENS = OpContract(
     semantics="Greedy acceptance: sequence s commits accepted_len[s] drafted tokens, then bonus_token[s].",
 )
 
+# The tensor-parallel collectives of the exported rank graphs (`dflash_trt.parallel.onnx_ops` emits them; the CUDA
+# build runs them with NCCL over the communicator the runtime creates through dflash_trt_nccl_init). The shapes are
+# those of the exported graphs: activations [batch, tokens, features], gathered along the last axis.
+COLLECTIVE_TYPES = {"T": ("float32", "float16", "bfloat16")}
+
+ALL_REDUCE = OpContract(
+    name="AllReduce",
+    version="1",
+    namespace="dflash_trt",
+    type_params=COLLECTIVE_TYPES,
+    inputs=(TensorSpec("x", ("b", "t", "n"), "T", "this rank's partial result"),),
+    outputs=(TensorSpec("y", ("b", "t", "n"), "T", "the sum of x over the group's ranks, on every rank"),),
+    attrs=(
+        AttrSpec("group_size", "int32", "ranks in the tensor-parallel group", ge=1),
+        AttrSpec("reduce_op", "char", "the reduction", default="sum", choices=("sum",)),
+    ),
+    constraints=(),
+    semantics=(
+        "y = the elementwise sum of every rank's x (NCCL all-reduce on the enqueue stream; a copy when "
+        "group_size = 1). The plugin takes x of any rank; y has x's shape and type."
+    ),
+)
+
+ALL_GATHER = OpContract(
+    name="AllGather",
+    version="1",
+    namespace="dflash_trt",
+    type_params=COLLECTIVE_TYPES,
+    inputs=(TensorSpec("x", ("b", "t", "n"), "T", "this rank's slice"),),
+    outputs=(TensorSpec("y", ("b", "t", "group_size*n"), "T", "the ranks' x concatenated along axis, in rank order"),),
+    attrs=(
+        AttrSpec("group_size", "int32", "ranks in the tensor-parallel group", ge=1),
+        AttrSpec(
+            "axis", "int32", "the concatenation axis (the exported graphs gather the last)", default=-1, choices=(-1,)
+        ),
+    ),
+    constraints=(),
+    semantics=(
+        "y = concat([x of rank 0, ..., x of rank group_size - 1], axis) (NCCL all-gather on the enqueue stream, "
+        "then, when the dims before axis hold more than one element, a transpose kernel from the workspace). "
+        "The plugin takes x of any rank >= 1 and any axis in [-rank, rank); the shapes here are those of axis = -1, the "
+        "only one the export emits."
+    ),
+)
+
 CONTRACTS: dict[str, OpContract] = {
-    c.name: c for c in (BLOCK_ATTENTION, CONTEXT_KV_APPEND, ACCEPT_TOKENS, PAGED_BLOCK_ATTENTION, PAGED_KV_APPEND)
+    c.name: c
+    for c in (
+        BLOCK_ATTENTION,
+        CONTEXT_KV_APPEND,
+        ACCEPT_TOKENS,
+        PAGED_BLOCK_ATTENTION,
+        PAGED_KV_APPEND,
+        ALL_REDUCE,
+        ALL_GATHER,
+    )
 }
 
 if __name__ == "__main__":
