@@ -8,7 +8,9 @@ GPU (every such import is lazy).
 How it runs (both runners share one CUDA stream):
 - engines: `target/rank{r}.engine`, `drafter/rank{r}.engine` deserialized with `trt.Runtime`; the plugin library
   recorded in config.json is loaded into TensorRT's plugin registry first (`plugins.library.register_plugins`, which
-  calls `IPluginRegistry.load_library`) and its sha256 checked against the record.
+  calls `IPluginRegistry.load_library`) and its sha256 checked against the record. At tp > 1 the library's NCCL
+  communicator (its AllReduce/AllGather plugins' group) is created next, before any engine is deserialized:
+  `init_communicator` (rank 0's unique id broadcast with mpi4py; every rank calls `dflash_trt_nccl_init`).
 - one `IExecutionContext` per optimization profile ("prefill", "step"), each set once with
   `set_optimization_profile_async`.
 - buffers are torch CUDA tensors allocated once at the engine's maxima: the KV caches [max_batch, kv_heads/tp,
@@ -254,6 +256,31 @@ class _Engine:
         _check(cudart.cudaGraphLaunch(self.graphs[key], handle))
 
 
+def init_communicator(lib: Path, rank: int, world: int, comm: Any = None) -> None:
+    """Create the NCCL communicator of the plugin library's AllReduce/AllGather plugins on the current CUDA device:
+    rank 0 makes the unique id (`dflash_trt_nccl_unique_id`), MPI broadcasts it (or rank 0's error), and every rank
+    joins with `dflash_trt_nccl_init` (which blocks until all have). `comm` defaults to MPI.COMM_WORLD."""
+    import ctypes
+
+    from dflash_trt.plugins.library import load_plugin_library
+
+    if comm is None:
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+    if comm.Get_size() != world:
+        raise UserError(f"the engines are built for tp {world}, but {comm.Get_size()} ranks run: mpirun -n {world}")
+    so = load_plugin_library(lib)
+    so.dflash_trt_nccl_unique_id.restype = so.dflash_trt_nccl_init.restype = ctypes.c_char_p
+    so.dflash_trt_nccl_init.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+    unique_id = ctypes.create_string_buffer(128)
+    error = so.dflash_trt_nccl_unique_id(unique_id) if rank == 0 else None
+    error, raw = comm.bcast((error, unique_id.raw), root=0)
+    error = error or so.dflash_trt_nccl_init(raw, rank, world)
+    if error:
+        raise UserError(f"{lib}: no NCCL communicator for rank {rank} of {world}: {error.decode()}")
+
+
 class _Session:
     """What both runners share: TensorRT, the plugin library, the stream, every device buffer."""
 
@@ -283,6 +310,8 @@ class _Session:
             )
         self.logger = trt.Logger(trt.Logger.WARNING)
         register_plugins(trt, lib)
+        if self.eng.tp_size > 1:  # the AllReduce/AllGather plugins need their communicator before deserialization
+            init_communicator(lib, rank, self.eng.tp_size)
         self.runtime = trt.Runtime(self.logger)
         self.stream = torch.cuda.Stream(self.device)
         self.buffers: dict[str, Tensor] = {}
