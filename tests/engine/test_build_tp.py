@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import collections
 import json
+import subprocess
+import sys
 
 import onnx
 import pytest
-from engine_paths import SMOLLM2_RECIPE
+from engine_paths import ROOT, SMOLLM2_RECIPE
 
-from conftest import run_cli
 from dflash_trt.embedded import ensure_default_target
 from dflash_trt.engine.trt_build import GraphReport
 from dflash_trt.parallel.ops import ALL_GATHER, ALL_REDUCE, DOMAIN
@@ -46,20 +47,29 @@ def collectives(counter: collections.Counter) -> dict:
 def test_every_rank_graph_is_verified_with_the_collective_plugins(pair, plugin_lib, dtype):
     root, target, drafter = pair
     out = root / f"engine-{dtype}"
-    proc = run_cli(
-        "build",
-        "--target",
-        str(target),
-        "--drafter",
-        str(drafter),
-        "--config",
-        str(recipe(root, dtype)),
-        "--tokenizer",
-        str(ensure_default_target(progress=False)),
-        "--output",
-        str(out),
-        "--plugin-lib",
-        str(plugin_lib),
+    proc = subprocess.run(  # the real CLI; `conftest` names clash across test directories, hence no shared helper
+        [
+            sys.executable,
+            "-m",
+            "dflash_trt.cli",
+            "build",
+            "--target",
+            str(target),
+            "--drafter",
+            str(drafter),
+            "--config",
+            str(recipe(root, dtype)),
+            "--tokenizer",
+            str(ensure_default_target(progress=False)),
+            "--output",
+            str(out),
+            "--plugin-lib",
+            str(plugin_lib),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "verification skipped" not in proc.stderr
