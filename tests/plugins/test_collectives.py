@@ -255,3 +255,46 @@ def test_cuda_library_needs_no_nccl_to_load(cuda_build):
     ).stdout
     assert "nccl" not in undefined and "dlopen" in undefined
     ctypes.CDLL(str(cuda_build.plugin_library))
+
+
+def test_cuda_enqueue_host_side_on_fake_nccl_and_fake_cuda_runtime(cuda_build, tmp_path):
+    """The CUDA build's collective enqueue with its NCCL calls answered by tests/fakeNccl (a libnccl.so.2 stand-in
+    compiled against the real nccl.h, simulating a group whose ranks all hold this rank's x, on host memory) and its
+    CUDA runtime by tests/fakeCudart: no communicator is refused; after dflash_trt_nccl_init(world 2) the all-reduce
+    sums, a group_size 4 node is refused before NCCL is called, group_size 1 is one copy launch and no NCCL call,
+    the last-axis gather writes the rank blocks to the workspace and launches the transpose, the axis-0 gather
+    writes the output directly and launches nothing."""
+    log = tmp_path / "fake.log"
+    env = dict(
+        os.environ,
+        LD_PRELOAD=str(cuda_build.dir / "libdflash_trt_fake_cudart.so"),
+        FAKE_CUDART_LOG=str(log),
+        DFLASH_TRT_NCCL_LIBRARY=str(cuda_build.dir / "libdflash_trt_fake_nccl.so"),
+    )
+    result = subprocess.run(
+        [str(cuda_build.harness), str(cuda_build.plugin_library), "--fake-nccl"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0 and "SUMMARY failures=0" in result.stdout, result.stdout + result.stderr
+    for case in ("fake_nccl_communicator", "fake_nccl_all_reduce", "fake_nccl_all_gather"):
+        assert f"PASS {case}" in result.stdout
+    statuses = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("FAKE ")]
+    assert statuses == [
+        ["before_init", "enqueue", "-1"],
+        ["all_reduce", "enqueue", "0"],
+        ["all_reduce_group_4", "enqueue", "-1"],
+        ["all_reduce_group_1", "enqueue", "0"],
+        ["all_gather_last", "enqueue", "0"],
+        ["all_gather_first", "enqueue", "0"],
+    ]
+    calls = [line for line in log.read_text().splitlines() if line.startswith(("nccl", "launch"))]
+    assert calls == [
+        "ncclAllReduce 24 7 0 0",  # 24 elements, ncclFloat32, ncclSum, separate buffers
+        "launch 1 1 1 256 1 1 0",  # group_size 1: the copy kernel
+        "ncclAllGather 24 7",  # last axis: into the workspace...
+        "launch 1 1 1 256 1 1 0",  # ...then the transpose kernel (48 elements, one CTA of 256)
+        "ncclAllGather 24 7",  # axis 0: into the output, no kernel
+    ]

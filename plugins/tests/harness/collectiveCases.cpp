@@ -3,6 +3,7 @@
 #include "harness.h"
 #include "hostExprBuilder.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace harness
@@ -237,6 +238,113 @@ void collectiveCases(Context& ctx)
                 errors.empty() ? "nothing logged" : errors[0]);
         });
     }
+}
+
+} // namespace harness
+
+namespace harness
+{
+namespace
+{
+
+using NcclUniqueId = char const* (*) (char*);
+using NcclInit = char const* (*) (char const*, int, int);
+
+// enqueue of a one-input collective on host buffers (fp32); prints "FAKE <step> enqueue <status>".
+int32_t enqueueF32(char const* step, nvinfer1::IPluginV3* plugin, std::vector<int64_t> const& inShape,
+    std::vector<int64_t> const& outShape, std::vector<float> const& in, std::vector<float>& out,
+    std::vector<float>& workspace)
+{
+    nvinfer1::PluginTensorDesc const descs[] = {tensorDesc(DataType::kFLOAT, inShape), tensorDesc(DataType::kFLOAT, outShape)};
+    void const* inputs[] = {in.data()};
+    void* outputs[] = {out.data()};
+    int32_t const status = runtime(plugin)->enqueue(descs, descs + 1, inputs, outputs, workspace.data(), nullptr);
+    std::printf("FAKE %s enqueue %d\n", step, status);
+    return status;
+}
+
+} // namespace
+
+void fakeNcclCases(Context& ctx)
+{
+    PluginLibrary& lib = ctx.library;
+    auto const uniqueId = reinterpret_cast<NcclUniqueId>(lib.symbol("dflash_trt_nccl_unique_id"));
+    auto const init = reinterpret_cast<NcclInit>(lib.symbol("dflash_trt_nccl_init"));
+    std::vector<float> x(24);
+    for (size_t i = 0; i < x.size(); ++i)
+    {
+        x[i] = static_cast<float>(i) + 0.5f;
+    }
+    Fields two;
+    two.i32("group_size", 2);
+    Fields four;
+    four.i32("group_size", 4);
+    Fields one;
+    one.i32("group_size", 1);
+
+    ctx.runner.run("fake_nccl_communicator", [&] {
+        EXPECT(uniqueId != nullptr && init != nullptr, "the NCCL entry points are exported");
+        PluginPtr reduce = create(lib, kAllReduce, two);
+        std::vector<float> out(24, 0.0f), workspace(48, 0.0f);
+        ctx.logger.takeErrors();
+        EXPECT(enqueueF32("before_init", reduce.get(), {2, 3, 4}, {2, 3, 4}, x, out, workspace) != 0,
+            "no communicator yet");
+        std::vector<std::string> errors = ctx.logger.takeErrors();
+        EXPECT(errors.size() == 1 && errors[0].find("no NCCL communicator") != std::string::npos, "logged");
+        char id[128] = {};
+        EXPECT(uniqueId(id) == nullptr && id[0] == 'F' && id[127] == 'F', "the fake NCCL's unique id");
+        char const* error = init(id, 0, 2);
+        EXPECT(error == nullptr, std::string("init: ") + (error == nullptr ? "" : error));
+        error = init(id, 1, 2);
+        EXPECT(error != nullptr && std::string(error).find("already has an NCCL communicator (rank 0 of 2)") != std::string::npos,
+            "a second communicator is refused");
+    });
+
+    ctx.runner.run("fake_nccl_all_reduce", [&] {
+        PluginPtr reduce = create(lib, kAllReduce, two);
+        std::vector<float> out(24, 0.0f), workspace(1, 0.0f);
+        EXPECT(enqueueF32("all_reduce", reduce.get(), {2, 3, 4}, {2, 3, 4}, x, out, workspace) == 0, "enqueue");
+        for (size_t i = 0; i < x.size(); ++i)
+        {
+            EXPECT(out[i] == 2.0f * x[i], "the sum over 2 ranks of the same x");
+        }
+        PluginPtr wrongGroup = create(lib, kAllReduce, four);
+        ctx.logger.takeErrors();
+        EXPECT(enqueueF32("all_reduce_group_4", wrongGroup.get(), {2, 3, 4}, {2, 3, 4}, x, out, workspace) != 0,
+            "a 2-rank communicator cannot serve group_size 4");
+        std::vector<std::string> const errors = ctx.logger.takeErrors();
+        EXPECT(errors.size() == 1
+                && errors[0].find("the NCCL communicator has 2 ranks, the engine was built for group_size 4")
+                    != std::string::npos,
+            errors.empty() ? "nothing logged" : errors[0]);
+        PluginPtr single = create(lib, kAllReduce, one);
+        EXPECT(enqueueF32("all_reduce_group_1", single.get(), {2, 3, 4}, {2, 3, 4}, x, out, workspace) == 0,
+            "group_size 1: a copy, no NCCL");
+    });
+
+    ctx.runner.run("fake_nccl_all_gather", [&] {
+        Fields last;
+        last.i32("group_size", 2).i32("axis", -1);
+        PluginPtr gather = create(lib, kAllGather, last);
+        std::vector<float> out(48, -1.0f), workspace(48, 0.0f);
+        EXPECT(enqueueF32("all_gather_last", gather.get(), {2, 3, 4}, {2, 3, 8}, x, out, workspace) == 0, "enqueue");
+        // NCCL wrote the rank blocks [2, 6, 4] to the workspace; the transpose into out is a kernel (not run).
+        for (size_t i = 0; i < 48; ++i)
+        {
+            EXPECT(workspace[i] == x[i % 24], "rank blocks in the workspace");
+            EXPECT(out[i] == -1.0f, "out is written only by the transpose kernel");
+        }
+        Fields first;
+        first.i32("group_size", 2).i32("axis", 0);
+        PluginPtr outer = create(lib, kAllGather, first);
+        std::fill(workspace.begin(), workspace.end(), 0.0f);
+        EXPECT(enqueueF32("all_gather_first", outer.get(), {2, 3, 4}, {4, 3, 4}, x, out, workspace) == 0, "enqueue");
+        for (size_t i = 0; i < 48; ++i)
+        {
+            EXPECT(out[i] == x[i % 24], "axis 0: NCCL gathers straight into out");
+            EXPECT(workspace[i] == 0.0f, "no workspace for axis 0");
+        }
+    });
 }
 
 } // namespace harness

@@ -91,6 +91,11 @@ void PluginLibrary::setLoggerFinder(nvinfer1::ILoggerFinder* finder) const
     fn(finder);
 }
 
+void* PluginLibrary::symbol(char const* name) const
+{
+    return dlsym(mHandle, name);
+}
+
 std::string PluginLibrary::backend() const
 {
     using Backend = char const* (*) ();
@@ -222,12 +227,14 @@ void expectRefused(nvinfer1::IPluginCreatorV3One* creator, CapturingLogger& logg
 
 } // namespace harness
 
-// usage: dflash_trt_plugin_harness <libdflash_trt_plugins.so> [--expect-enqueue-error | --fake-cuda-runtime]
+// usage: dflash_trt_plugin_harness <libdflash_trt_plugins.so> [--expect-enqueue-error | --fake-cuda-runtime |
+//                                                               --fake-nccl]
 int main(int argc, char** argv)
 {
     if (argc < 2)
     {
-        std::fprintf(stderr, "usage: %s <libdflash_trt_plugins.so> [--expect-enqueue-error | --fake-cuda-runtime]\n",
+        std::fprintf(stderr,
+            "usage: %s <libdflash_trt_plugins.so> [--expect-enqueue-error | --fake-cuda-runtime | --fake-nccl]\n",
             argv[0]);
         return 2;
     }
@@ -241,8 +248,15 @@ int main(int argc, char** argv)
         bool const host = library.backend() == "host";
         bool const expectEnqueueError = argc > 2 && std::strcmp(argv[2], "--expect-enqueue-error") == 0;
         bool const fakeRuntime = argc > 2 && std::strcmp(argv[2], "--fake-cuda-runtime") == 0;
+        bool const fakeNccl = argc > 2 && std::strcmp(argv[2], "--fake-nccl") == 0;
         std::printf("backend %s\n", library.backend().c_str());
         harness::Context ctx{runner, library, logger, host, !host && expectEnqueueError};
+        if (fakeNccl)
+        {
+            harness::fakeNcclCases(ctx);
+            std::printf("SUMMARY failures=%d\n", runner.failures());
+            return runner.failures() == 0 ? 0 : 1;
+        }
         if (fakeRuntime)
         {
             harness::fakeRuntimeCases(ctx);

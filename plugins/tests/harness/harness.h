@@ -82,6 +82,7 @@ public:
     nvinfer1::IPluginCreatorV3One* creator(std::string const& name) const;
     void setLoggerFinder(nvinfer1::ILoggerFinder* finder) const;
     std::string backend() const;
+    void* symbol(char const* name) const; // an exported symbol, or nullptr
 
 private:
     void* mHandle;
@@ -136,6 +137,7 @@ void blockAttentionCases(Context& ctx);
 void contextKvAppendCases(Context& ctx);
 void acceptTokensCases(Context& ctx);
 void collectiveCases(Context& ctx);
+void fakeNcclCases(Context& ctx); // CUDA build on tests/fakeCudart and tests/fakeNccl (--fake-nccl)
 void fakeRuntimeCases(Context& ctx); // CUDA build with tests/fakeCudart preloaded (--fake-cuda-runtime)
 
 } // namespace harness
