@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dflash_trt.decoding.runners import Capacity, TargetRunner
+from dflash_trt.decoding.runners import Capacity, DrafterRunner, TargetRunner
 
 
-class OracleDrafter:
+class OracleDrafter(DrafterRunner):
     """A fake drafter that knows each row's reference continuation and proposes it.
 
     With `error_rate` > 0 it proposes a wrong token at that rate, so rows accept ragged prefixes.
@@ -107,7 +107,7 @@ class FusedNumpyTarget(NumpyTarget):
         return torch.from_numpy(match), torch.from_numpy(next_token), tokens
 
 
-class NumpyDrafter:
+class NumpyDrafter(DrafterRunner):
     """A fake drafter over `NumpyTarget` features: proposes the continuation it was told, from the committed
     tokens it rebuilt out of the features (so the features really flow target -> drafter)."""
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from dflash_trt.decoding.sampling import SamplingParams, accept
+from dflash_trt.decoding.sampling import SamplingParams, accept, propose
 
 Features = Any
 
@@ -73,3 +73,13 @@ class DrafterRunner(Protocol):
 
     def draft(self, block: Tensor) -> Tensor:
         """Logits [b, B-1, V] for the mask positions of blocks [b, B] placed after each row's context."""
+
+    def draft_and_propose(
+        self, block: Tensor, params: SamplingParams, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Draft tokens [b, B-1] and their proposal distribution q (None when greedy).
+
+        The default is `draft` + `sampling.propose`; a backend may take greedy tokens from its graph so that
+        only token ids leave its device.
+        """
+        return propose(self.draft(block), params, generator)

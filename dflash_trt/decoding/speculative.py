@@ -203,7 +203,7 @@ class SpeculativeBatch:
             (params, gen), _ = groups[0]
             q = None
             if block > 1:
-                tokens[:, 1:], q = propose(self.drafter.draft(tokens), params, gen)
+                tokens[:, 1:], q = self.drafter.draft_and_propose(tokens, params, gen)
             accepted, self.x_start, features = self.target.verify_and_accept(tokens, q, params, gen)
         else:
             live_idx = torch.tensor(live, device=self.device)

@@ -292,11 +292,6 @@ def build(
     check_output(plan, output, overwrite=overwrite)
     if not plan.pair.exportable:
         raise UserError(f"{plan.pair.target_dir / 'config.json'}: {plan.notes[0]}; plan it with --dry-run")
-    if plan.recipe.attention == "plugin":
-        raise UserError(
-            "recipe field 'attention' is plugin, but the DFlashBlockAttention flavor of the graphs is not "
-            "exported yet; use 'attention: native' (TensorRT's fused attention)"
-        )
     trt = datacenter_tensorrt()
     lib, backend, verify_lib = resolve_plugin_library(plugin_lib, need_cuda=trt is not None)
     tok_dir = tokenizer_source(plan, tokenizer)
@@ -334,6 +329,7 @@ def build(
                 block_size=plan.block_size,
                 rank=rank,
                 tp_size=plan.tp,
+                flavor="plugin" if plan.recipe.attention == "plugin" else "native",
             )
             del target, drafter
             info = json.loads((tmp / layout.ONNX_DIR / f"rank{rank}" / "export.json").read_text())
@@ -391,11 +387,15 @@ def build(
         bar.update()
     log(f"wrote {output} in {report['seconds']:.1f} s")
     for rep in reports:
-        fused = f"{len(rep.fused_attention)}/{len(rep.attention_nodes)} attention nodes fused"
         kernel = next(iter(rep.fused_attention.values()), "-").split("_0x")[0]
+        parts = [f"{rep.engine_layers} engine layers"]
+        if rep.attention_nodes:
+            parts.append(f"{len(rep.fused_attention)}/{len(rep.attention_nodes)} attention nodes fused ({kernel})")
+        if rep.plugin_layers:
+            parts.append(f"{len(rep.plugin_layers)} plugin layers")
         log(
-            f"  TensorRT-RTX rank{rep.rank}/{rep.graph}: parsed, {rep.engine_layers} engine layers, {fused} "
-            f"({kernel}), plan {rep.plan_bytes / 2**20:.1f} MiB in {rep.build_seconds:.1f} s"
+            f"  TensorRT-RTX rank{rep.rank}/{rep.graph}: parsed, {', '.join(parts)}, "
+            f"plan {rep.plan_bytes / 2**20:.1f} MiB in {rep.build_seconds:.1f} s"
         )
     if skip_verify:
         log(f"  TensorRT-RTX verification skipped: {skip_verify}")

@@ -403,7 +403,8 @@ def format_plan(plan: BuildPlan) -> str:
             first = past_names(cfg.num_layers)[0]
             lines.append(f"    {'past_key_values.*':<28} {_shape_str(prof[first])}  ({len(pasts)} tensors)")
     lines.append(
-        f"  outputs: {TARGET}: logits, features, {present_names(1)[0].replace('0', '*')}; {DRAFTER}: logits, present.*"
+        f"  outputs: {TARGET}: logits, features, {present_names(1)[0].replace('0', '*')}; "
+        f"{DRAFTER}: logits, draft_tokens, present.*"
     )
     cols = (
         "rank",

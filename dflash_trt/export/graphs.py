@@ -17,9 +17,13 @@ len(target_layer_ids) * hidden, vocab (the full vocabulary: a vocab-parallel hea
   [batch, tokens, F] (target features of newly committed positions), feature_lens [batch] int64 (how many of
   them each row committed), cache_lens [batch] int64 (context positions before them),
   past_key_values.{i}.key / .value [batch, kv_heads, past, head_dim] (the injected context so far)
-  -> logits [batch, block - 1, vocab] (draft logits at the mask positions),
+  -> logits [batch, block - 1, vocab] (draft logits at the mask positions), draft_tokens [batch, block - 1]
+  int64 (their argmax: the greedy drafts, so that a greedy runtime copies token ids, not logits),
   present.{i}.key / .value [batch, tokens, kv_heads, head_dim] (context K/V of the new features).
   The block sits at positions cache_lens + feature_lens + i and sees the valid context and its whole self.
+  Plugin flavors (recipe `attention: plugin`, `export_pair(flavor=...)`): past_key_values.* are the whole
+  context caches and present.* the same caches after the in-place `DFlashContextKVAppend` (TensorRT aliases
+  them); the runtime binds both to one buffer and only advances its lengths.
 
 The runtime owns the caches: it writes `present.*` at positions cache_lens[b] + i and commits what it keeps
 (the target: accepted tokens; the drafter: feature_lens).

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from dflash_trt.errors import UserError
 from dflash_trt.export.graphs import DRAFTER, TARGET, past_names, present_names
 from dflash_trt.models.drafter import DFlashDrafter
 from dflash_trt.models.layers import Keys, Rope
@@ -24,6 +25,7 @@ from dflash_trt.models.target import Transformer
 from dflash_trt.parallel.ops import exporting, onnx_translations
 
 OPSET = 23
+FLAVORS = ("native", "plugin_kv", "plugin")  # drafter graph flavors (see export_pair)
 EXTERNAL_DATA_THRESHOLD = 1 << 20  # tensors above 1 MiB go to the external data file
 
 
@@ -49,7 +51,7 @@ class TargetGraph(nn.Module):
 
 
 class DrafterGraph(nn.Module):
-    """drafter: (input_ids, features, feature_lens, cache_lens, past...) -> (logits, present...).
+    """drafter: (input_ids, features, feature_lens, cache_lens, past...) -> (logits, draft_tokens, present...).
 
     KV injection of the new features (positions cache_lens + i, valid for i < feature_lens) fused with the
     block pass: the block at cache_lens + feature_lens + j sees the cached context, the valid new context and
@@ -73,25 +75,36 @@ class DrafterGraph(nn.Module):
             Keys.cached(k, v, cache_lens) + Keys.new(nk, nv, positions, valid)
             for k, v, (nk, nv) in zip(past[0::2], past[1::2], new_kv)
         ]
-        block_pos = (cache_lens + feature_lens)[:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)
+        logits = self.block_pass(self.model, input_ids, cache_lens + feature_lens, context)
+        return (logits, logits.argmax(-1), *[t for kv in new_kv for t in kv])
+
+    def block_pass(self, model: DFlashDrafter, input_ids: Tensor, context_len: Tensor, context: list[Keys]) -> Tensor:
+        """Draft logits [b, B-1, V] of blocks input_ids [b, B] placed at context_len + j: embedding (z-lab's
+        input scaling), the drafter's layers over `context`, the LM head and the drafter's proposal logits."""
+        block_pos = context_len[:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.embed(input_ids)
-        scale = getattr(self.model.cfg, "input_embedding_scale", 1.0)
+        scale = getattr(model.cfg, "input_embedding_scale", 1.0)
         if scale != 1.0:
             x = x * scale
-        hidden = self.model(x, block_pos, context, rope)[:, 1:]
-        logits = self.lm_head(hidden)
-        propose = getattr(self.model, "proposal_logits", None)  # z-lab output scaling / soft-capping, if any
-        if propose is not None:
-            logits = propose(hidden, logits, input_ids[:, 0])
-        return (logits, *[t for kv in new_kv for t in kv])
+        hidden = model(x, block_pos, context, Rope(self.rope_cos, self.rope_sin))[:, 1:]
+        return model.proposal_logits(hidden, self.lm_head(hidden), input_ids[:, 0])
 
 
 class DrafterPluginGraph(DrafterGraph):
-    """The `plugin_kv` flavor of the drafter graph: past_key_values.* are the whole context caches
+    """The plugin flavors of the drafter graph: past_key_values.* are the whole context caches
     [batch, kv_heads, capacity, head_dim]; each layer's `DFlashContextKVAppend` plugin node writes the new
     features' K/V into them in place, and present.* are those same buffers (TensorRT aliases them to the
-    inputs with ALIASED_PLUGIN_IO_10_03). The block then attends the updated cache. The runtime advances its
-    lengths by feature_lens."""
+    inputs with ALIASED_PLUGIN_IO_10_03). The block then attends the updated cache: with ONNX `Attention`
+    (flavor `plugin_kv`) or with one `DFlashBlockAttention` plugin node per layer (flavor `plugin`). The
+    runtime advances its lengths by feature_lens."""
+
+    def __init__(self, model: DFlashDrafter, embed: nn.Module, lm_head: nn.Module, max_seq_len: int, flavor: str):
+        super().__init__(model, embed, lm_head, max_seq_len)
+        if flavor == "plugin":
+            from dflash_trt.export.plugin_ops import with_plugin_attention
+
+            model = with_plugin_attention(model, self.rope_cos, self.rope_sin)
+        self.block_model = model
 
     def forward(self, input_ids: Tensor, features: Tensor, feature_lens: Tensor, cache_lens: Tensor, *past: Tensor):
         from dflash_trt.export.plugin_ops import context_kv_append
@@ -122,17 +135,8 @@ class DrafterPluginGraph(DrafterGraph):
             )
             context.append(Keys.cached(k, v, context_len))
             caches += [k, v]
-        block_pos = context_len[:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.embed(input_ids)
-        scale = getattr(model.cfg, "input_embedding_scale", 1.0)
-        if scale != 1.0:
-            x = x * scale
-        hidden = model(x, block_pos, context, Rope(self.rope_cos, self.rope_sin))[:, 1:]
-        logits = self.lm_head(hidden)
-        propose = getattr(model, "proposal_logits", None)
-        if propose is not None:
-            logits = propose(hidden, logits, input_ids[:, 0])
-        return (logits, *caches)
+        logits = self.block_pass(self.block_model, input_ids, context_len, context)
+        return (logits, logits.argmax(-1), *caches)
 
 
 def _dims():
@@ -229,6 +233,26 @@ def export_target(
     return path
 
 
+def check_flavor(drafter: DFlashDrafter, flavor: str) -> None:
+    """Refuse a drafter graph flavor the drafter cannot take (the plugins' own rules name the field)."""
+    if flavor not in FLAVORS:
+        raise ValueError(f"drafter graph flavor {flavor!r}: use one of {', '.join(FLAVORS)}")
+    if flavor == "native":
+        return
+    from dflash_trt.plugins.contracts import BLOCK_ATTENTION, CONTEXT_KV_APPEND
+
+    cfg = drafter.cfg
+    CONTEXT_KV_APPEND.resolve_attrs(
+        num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, qk_norm=1, eps=cfg.rms_norm_eps
+    )
+    if flavor == "plugin":
+        if any(layer.attn.causal for layer in drafter.layers):
+            raise UserError(f"{BLOCK_ATTENTION.name} is bidirectional inside the block, this drafter is causal")
+        BLOCK_ATTENTION.resolve_attrs(
+            num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, eps=cfg.rms_norm_eps
+        )
+
+
 def export_drafter(
     drafter: DFlashDrafter,
     embed: nn.Module,
@@ -238,17 +262,15 @@ def export_drafter(
     dtype: torch.dtype,
     max_seq_len: int,
     block_size: int,
-    plugin_kv: bool = False,
+    flavor: str = "native",
 ) -> Path:
     cfg = drafter.cfg
     layers = cfg.num_layers
-    if plugin_kv:  # the plugin's own rules (head_dim 64 or 128, ...) refuse a drafter it cannot serve
-        from dflash_trt.plugins.contracts import CONTEXT_KV_APPEND
-
-        CONTEXT_KV_APPEND.resolve_attrs(
-            num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, qk_norm=1, eps=cfg.rms_norm_eps
-        )
-    module = (DrafterPluginGraph if plugin_kv else DrafterGraph)(drafter, embed, lm_head, max_seq_len).eval()
+    check_flavor(drafter, flavor)
+    if flavor == "native":
+        module = DrafterGraph(drafter, embed, lm_head, max_seq_len).eval()
+    else:
+        module = DrafterPluginGraph(drafter, embed, lm_head, max_seq_len, flavor).eval()
     b, t, s = 2, 3, 4
     width = drafter.fc.in_features
     example = (
@@ -260,7 +282,7 @@ def export_drafter(
     )
     d = _dims()
     inputs = ["input_ids", "features", "feature_lens", "cache_lens", *past_names(layers)]
-    outputs = ["logits", *present_names(layers)]
+    outputs = ["logits", "draft_tokens", *present_names(layers)]
     dynamic = {
         "input_ids": {0: d["batch"], 1: d["block"]},
         "features": {0: d["batch"], 1: d["tokens"]},
@@ -268,7 +290,7 @@ def export_drafter(
         "cache_lens": {0: d["batch"]},
     }
     dynamic |= {name: {0: d["batch"], 2: d["past"]} for name in past_names(layers)}
-    _export(module, example, inputs, outputs, dynamic, path, 4, plugin_kv)
+    _export(module, example, inputs, outputs, dynamic, path, 4, flavor != "native")
     return path
 
 
@@ -283,16 +305,17 @@ def export_pair(
     block_size: int,
     rank: int = 0,
     tp_size: int = 1,
-    plugin_kv: bool = False,
+    flavor: str = "native",
 ) -> dict[str, Path]:
     """Write `out_dir/target.onnx` and `out_dir/drafter.onnx` (+ `.onnx.data` external weights) for one rank
     from already loaded rank-local models (TP ranks: built by `parallel.tensor_parallel`). Returns
     {"target": path, "drafter": path}. `max_batch` and `rank`/`tp_size` are recorded in `out_dir/export.json`;
     the graphs themselves have dynamic batch, token and cache axes; RoPE tables cover `max_seq_len`.
 
-    `plugin_kv` exports the drafter's in-place flavor (`DrafterPluginGraph`: one `DFlashContextKVAppend`
-    plugin node per layer writing the whole-cache inputs, outputs aliased); the default is the standard-op
-    graph the onnxruntime backend runs."""
+    `flavor` picks the drafter graph (`FLAVORS`): "native" (standard ops only, the graph the onnxruntime
+    backend runs), "plugin_kv" (`DrafterPluginGraph`: one `DFlashContextKVAppend` node per layer writing the
+    whole-cache inputs, outputs aliased; ONNX Attention for the block) or "plugin" (the same with one
+    `DFlashBlockAttention` node per layer for the block)."""
     if block_size < 2 or block_size > drafter.cfg.block_size:
         raise ValueError(f"block_size {block_size}: use 2..{drafter.cfg.block_size} (the drafter's trained size)")
     out_dir = Path(out_dir)
@@ -319,7 +342,7 @@ def export_pair(
             dtype=dtype,
             max_seq_len=max_seq_len,
             block_size=block_size,
-            plugin_kv=plugin_kv,
+            flavor=flavor,
         )
         times[DRAFTER] = time.perf_counter() - start
     info = dict(
@@ -330,7 +353,7 @@ def export_pair(
         max_seq_len=max_seq_len,
         block_size=block_size,
         opset=OPSET,
-        plugin_kv=plugin_kv,
+        drafter_flavor=flavor,
         target_layers=target.cfg.num_layers,
         drafter_layers=drafter.cfg.num_layers,
         target_layer_ids=list(drafter.cfg.target_layer_ids),

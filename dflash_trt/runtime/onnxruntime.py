@@ -23,12 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dflash_trt.decoding.runners import Capacity, TargetRunner
+from dflash_trt.decoding.runners import Capacity, DrafterRunner, TargetRunner
+from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.errors import UserError
 from dflash_trt.export.graphs import DRAFTER, TARGET, past_names, present_names
 
 GROW = 64  # cache buffers grow in steps of this many positions
 COLLECTIVE_DOMAIN = "dflash_trt"
+COLLECTIVES = ("AllReduce", "AllGather")  # run here with MPI between standard-op segments
 
 
 def session_options():
@@ -49,20 +51,25 @@ class Graph:
 
     def __init__(self, path: Path) -> None:
         import onnx
-        import onnxruntime as ort
 
         self.path = Path(path)
         proto = onnx.load(str(path), load_external_data=False)
         self.input_names = [i.name for i in proto.graph.input]
         self.output_names = [o.name for o in proto.graph.output]
         self.inputs = {i.name: i for i in proto.graph.input}
+        plugins = sorted({n.op_type for n in proto.graph.node if n.domain == COLLECTIVE_DOMAIN} - set(COLLECTIVES))
+        if plugins:
+            raise UserError(
+                f"{path}: holds TensorRT plugin node(s) {', '.join(plugins)}, which onnxruntime does not run "
+                "(the recipe had 'attention: plugin'); rebuild with 'attention: native' for --backend onnxruntime"
+            )
         self.collectives = [n for n in proto.graph.node if n.domain == COLLECTIVE_DOMAIN]
         if not self.collectives:
-            self.session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+            self.session = cpu_session(str(path), self.path)
             self.steps = None
         else:
             self.session = None
-            self.steps = _segments(onnx.load(str(path)))
+            self.steps = _segments(onnx.load(str(path)), self.path)
 
     def input_shape(self, name: str) -> list[int | str]:
         dims = self.inputs[name].type.tensor_type.shape.dim
@@ -73,21 +80,37 @@ class Graph:
 
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self.inputs[name].type.tensor_type.elem_type))
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Outputs in graph order."""
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+        """The named outputs (default: all, in graph order)."""
+        outputs = outputs or self.output_names
         if self.steps is None:
-            return self.session.run(None, feeds)
+            return self.session.run(outputs, feeds)
         values = dict(feeds)
         for step in self.steps:
             step(values)
-        return [values[name] for name in self.output_names]
+        return [values[name] for name in outputs]
+
+
+def cpu_session(model: str | bytes, path: Path):
+    """An onnxruntime CPU session of `model` (a file or serialized bytes of graph `path`). A graph with an op
+    the CPU provider lacks (bf16 MatMul, for one) is a user error naming the file."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(model, session_options(), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        if "NOT_IMPLEMENTED" not in str(exc):
+            raise
+        reason = str(exc).split("NOT_IMPLEMENTED : ")[-1].splitlines()[0]
+        raise UserError(
+            f"{path}: onnxruntime's CPU provider cannot run this graph ({reason}); "
+            "build the engine directory with dtype fp32 or fp16 for --backend onnxruntime"
+        ) from exc
 
 
 class _Segment:
-    def __init__(self, model_bytes: bytes, inputs: list[str], outputs: list[str]) -> None:
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(model_bytes, session_options(), providers=["CPUExecutionProvider"])
+    def __init__(self, model_bytes: bytes, inputs: list[str], outputs: list[str], path: Path) -> None:
+        self.session = cpu_session(model_bytes, path)
         self.inputs, self.outputs = inputs, outputs
 
     def __call__(self, values: dict[str, np.ndarray]) -> None:
@@ -100,8 +123,6 @@ class _Collective:
         self.op, self.input, self.output = node.op_type, node.input[0], node.output[0]
         attrs = {a.name: a for a in node.attribute}
         self.group_size = attrs["group_size"].i
-        if self.op not in ("AllReduce", "AllGather"):
-            raise UserError(f"graph node {node.name}: unknown collective {self.op}; re-export with this version")
 
     def __call__(self, values: dict[str, np.ndarray]) -> None:
         from mpi4py import MPI
@@ -123,7 +144,7 @@ class _Collective:
         values[self.output] = out
 
 
-def _segments(model) -> list:
+def _segments(model, path: Path) -> list:
     """Split a graph at its collective nodes into standard-op segments and collectives, in run order.
 
     A tensor's level counts the collectives on its longest path from the graph inputs; segment s holds the
@@ -169,7 +190,7 @@ def _segments(model) -> list:
                 [initializers[x] for x in inits],
             )
             seg_model = helper.make_model(seg_graph, opset_imports=opsets, ir_version=model.ir_version)
-            steps.append(_Segment(seg_model.SerializeToString(), needed, outputs))
+            steps.append(_Segment(seg_model.SerializeToString(), needed, outputs, path))
         steps += [_Collective(n) for n, lvl in zip(nodes, node_level) if n.domain == COLLECTIVE_DOMAIN and lvl == seg]
     return steps
 
@@ -290,7 +311,7 @@ class OrtTarget(TargetRunner):
         self.caches.lens += n.numpy()
 
 
-class OrtDrafter:
+class OrtDrafter(DrafterRunner):
     """Drafter runner over the exported `drafter` graph (KV injection fused with the block pass)."""
 
     def __init__(self, graph: Graph, block_size: int, mask_token_id: int) -> None:
@@ -302,7 +323,7 @@ class OrtDrafter:
         self.width = graph.input_shape("features")[2]
         self.head_dtype = {np.dtype(np.float16): torch.float16}.get(self.np_dtype, torch.float32)
         self.device = torch.device("cpu")
-        self.past = past_names(self.layers)
+        self.past, self.present = past_names(self.layers), present_names(self.layers)
         self.caches: _Caches | None = None
         self.pending: list[list[np.ndarray]] = []
 
@@ -321,8 +342,20 @@ class OrtDrafter:
             if k:
                 self.pending[row].append(features[i, :k])
 
-    @torch.inference_mode()
     def draft(self, block: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._run(block, "logits"))
+
+    def draft_and_propose(
+        self, block: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Greedy: the graph's draft_tokens (its argmax), no logits copied out."""
+        if not params.greedy:
+            return super().draft_and_propose(block, params, generator)
+        return torch.from_numpy(self._run(block, "draft_tokens")), None
+
+    @torch.inference_mode()
+    def _run(self, block: torch.Tensor, output: str) -> np.ndarray:
+        """Inject the pending features and run the block pass; returns the graph output `output`."""
         c = self.caches
         b = block.shape[0]
         new = [np.concatenate(p) if p else None for p in self.pending]
@@ -339,11 +372,11 @@ class OrtDrafter:
             "feature_lens": feature_lens,
             "cache_lens": c.lens,
         } | dict(zip(self.past, c.kv))
-        out = self.graph.run(feeds)
+        out = self.graph.run(feeds, [output, *self.present])
         c.store(out[1:], np.arange(b), c.lens)
         c.lens += feature_lens
         self.pending = [[] for _ in range(b)]
-        return torch.from_numpy(out[0])
+        return out[0]
 
 
 def rank_dir(engine_dir: Path, rank: int) -> Path:

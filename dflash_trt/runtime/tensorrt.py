@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dflash_trt.decoding.runners import Capacity, TargetRunner
+from dflash_trt.decoding.runners import Capacity, DrafterRunner, TargetRunner
 from dflash_trt.decoding.sampling import SamplingParams, accept
 from dflash_trt.errors import UserError
 from dflash_trt.export.graphs import DRAFTER, GRAPHS, TARGET, past_names, present_names
@@ -128,9 +128,22 @@ def plan_bindings(eng: EngineDir, graph: str, phase: str) -> dict[str, Binding]:
         out["features"] = Binding("features", "output", f"{graph}.{phase}.features", (b, t_max, features), dtype)
     else:
         out["logits"] = Binding("logits", "output", f"{graph}.{phase}.logits", (b, block - 1, vocab), dtype)
+        out["draft_tokens"] = Binding(
+            "draft_tokens", "output", f"{graph}.{phase}.draft_tokens", (b, block - 1), "int64"
+        )
     for name in present_names(layers):
-        out[name] = Binding(name, "output", f"{graph}.{phase}.{name}", (b, t_max, kv, hd), dtype)
+        if graph == DRAFTER and in_place_context(eng):
+            cache = f"{graph}.cache.{name.removeprefix('present.')}"
+            out[name] = Binding(name, "cache", cache, (b, kv, ms, hd), dtype)
+        else:
+            out[name] = Binding(name, "output", f"{graph}.{phase}.{name}", (b, t_max, kv, hd), dtype)
     return out
+
+
+def in_place_context(eng: EngineDir) -> bool:
+    """The drafter graph's plugin flavor (recipe `attention: plugin`): `DFlashContextKVAppend` writes the context
+    caches in place, so present.* are the cache buffers themselves (TensorRT aliases them to past_key_values.*)."""
+    return eng.build.get("attention") == "plugin"
 
 
 def buffer_bytes(eng: EngineDir) -> dict[str, int]:
@@ -449,7 +462,7 @@ class TensorRTTarget(TargetRunner):
         self.lens[: len(n)] += n.to(self.device)
 
 
-class TensorRTDrafter:
+class TensorRTDrafter(DrafterRunner):
     """Drafter runner over `drafter/rank{r}.engine`. The engine fuses KV injection with drafting, so
     `append_context` queues the committed features and the next `draft` injects them and drafts in one run."""
 
@@ -484,8 +497,26 @@ class TensorRTDrafter:
                 self.pending[row, start : start + k] = features[i, :k]
                 self.pending_lens[row] += k
 
-    @torch.inference_mode()
     def draft(self, block: Tensor) -> Tensor:
+        phase = self._run(block)
+        logits = self.s.buffers[f"drafter.{phase}.logits"][: block.shape[0], : block.shape[1] - 1].float().clone()
+        self.s.stream.synchronize()
+        return logits
+
+    def draft_and_propose(
+        self, block: Tensor, params: SamplingParams, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Greedy: the engine's draft_tokens (its argmax on the device), no logits copied."""
+        if not params.greedy:
+            return super().draft_and_propose(block, params, generator)
+        phase = self._run(block)
+        tokens = self.s.buffers[f"drafter.{phase}.draft_tokens"][: block.shape[0], : block.shape[1] - 1].clone()
+        self.s.stream.synchronize()
+        return tokens, None
+
+    @torch.inference_mode()
+    def _run(self, block: Tensor) -> str:
+        """Inject the pending features and run the block pass on the session's stream; returns the phase run."""
         eng, buf = self.s.eng, self.s.buffers
         b, bs = block.shape
         t = max(1, int(self.pending_lens[:b].max()))
@@ -509,19 +540,18 @@ class TensorRTDrafter:
             self.s.engines[DRAFTER].run(
                 phase, shapes, (b, bs, t) if phase == "step" and self.s.use_cuda_graphs else None
             )
-            present = [buf[f"drafter.{phase}.{name}"][:b, :t] for name in present_names(self.layers)]
-            _store(
-                self.s.caches(DRAFTER),
-                present,
-                torch.arange(b, device=self.device),
-                self.lens[:b],
-                self.pending_lens[:b],
-            )
+            if not in_place_context(eng):
+                present = [buf[f"drafter.{phase}.{name}"][:b, :t] for name in present_names(self.layers)]
+                _store(
+                    self.s.caches(DRAFTER),
+                    present,
+                    torch.arange(b, device=self.device),
+                    self.lens[:b],
+                    self.pending_lens[:b],
+                )
             self.lens[:b] += self.pending_lens[:b]
             self.pending_lens[:b] = 0
-            logits = buf[f"drafter.{phase}.logits"][:b, : bs - 1].float().clone()
-        self.s.stream.synchronize()
-        return logits
+        return phase
 
 
 class _AcceptEngine:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from dflash_trt.config import DrafterConfig, TargetConfig
-from dflash_trt.decoding.runners import Capacity, TargetRunner
+from dflash_trt.decoding.runners import Capacity, DrafterRunner, TargetRunner
 from dflash_trt.models.drafter import DFlashDrafter
 from dflash_trt.models.layers import Keys, Rope
 from dflash_trt.models.target import KV, Transformer
@@ -107,7 +107,7 @@ class TorchTarget(TargetRunner):
         self.caches.lens += n
 
 
-class TorchDrafter:
+class TorchDrafter(DrafterRunner):
     """Reference drafter runner: the drafter's weights plus the target's embedding and LM head (shared).
 
     `head_dtype` runs the drafts' LM head in that dtype, on a private cast copy of the target's head. Drafts

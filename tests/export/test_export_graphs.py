@@ -68,7 +68,9 @@ def test_files_checker_and_ops(exported):
             else ["input_ids", "features", "feature_lens", "cache_lens"]
         )
         assert inputs == fixed + past_names(layers)
-        assert outputs == (["logits", "features"] if name == "target" else ["logits"]) + present_names(layers)
+        assert outputs == (["logits", "features"] if name == "target" else ["logits", "draft_tokens"]) + present_names(
+            layers
+        )
         batch_dims = {i.type.tensor_type.shape.dim[0].dim_param for i in model.graph.input}
         assert len(batch_dims) == 1 and "" not in batch_dims  # one dynamic batch axis
     info = json.loads((paths["target"].parent / "export.json").read_text())

@@ -66,6 +66,7 @@ def test_bindings_of_every_graph_and_profile(tmp_path):
         "feature_lens",
         "cache_lens",
         "logits",
+        "draft_tokens",
         *past_names(5),
         *present_names(5),
     }
@@ -75,6 +76,21 @@ def test_bindings_of_every_graph_and_profile(tmp_path):
         for n in past_names(5)
     )
     assert d_step["logits"].shape == (8, 15, vocab) and d_pre["features"].shape == (8, 4096, feat)
+    assert d_step["draft_tokens"].shape == (8, 15) and d_step["draft_tokens"].dtype == "int64"
+    assert all(d_step[n].role == "output" for n in present_names(5))
+
+
+def test_plugin_flavor_binds_present_to_the_context_caches(tmp_path):
+    """attention: plugin: DFlashContextKVAppend writes the caches in place, so each present.* is its cache."""
+    _, eng = write_engine_dir(tmp_path, attention="plugin")
+    assert rt.in_place_context(eng)
+    for phase in ("step", "prefill"):
+        d = rt.plan_bindings(eng, "drafter", phase)
+        for past, present in zip(past_names(5), present_names(5)):
+            assert d[present].role == "cache" and d[present].buffer == d[past].buffer
+            assert d[present].shape == d[past].shape
+    target = rt.plan_bindings(eng, "target", "step")  # the target graph has no plugin flavor
+    assert all(target[n].role == "output" for n in present_names(36))
 
 
 def test_cache_bytes_equal_the_dry_run_plan(tmp_path):
