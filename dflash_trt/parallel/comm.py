@@ -46,6 +46,9 @@ def init_distributed() -> Mapping:
         return Mapping()
     if dist.is_initialized():
         return Mapping(dist.get_world_size(), dist.get_rank())
+    # Open MPI busy-polls inside collectives; with ranks sharing cores that poll takes the core the peer rank
+    # needs (onnxruntime TP on 2 cores: 5x slower per token). Yield when idle unless the launch says otherwise.
+    os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
     try:
         from mpi4py import MPI
     except (ImportError, RuntimeError) as exc:
