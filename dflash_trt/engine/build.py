@@ -46,9 +46,8 @@ TOKENIZER_FILES = (
 )
 NO_DATACENTER = (
     "no datacenter TensorRT on this host (`import tensorrt` failed): no target/rank*.engine or "
-    "drafter/rank*.engine was written. ENGINE_DIR holds the ONNX graphs; TensorRT-RTX built every graph "
-    "on the CPU to verify them. Run `dflash-trt build` again on a GPU host with TensorRT to write the "
-    "engines."
+    "drafter/rank*.engine was written. ENGINE_DIR holds the ONNX graphs{verified}. Run `dflash-trt build` "
+    "again on a GPU host with TensorRT to write the engines."
 )
 
 
@@ -379,7 +378,9 @@ def build(
         report["message"] = (
             f"datacenter TensorRT {trt.__version__} wrote {sum(map(len, engines.values()))} engines"
             if trt
-            else NO_DATACENTER
+            else NO_DATACENTER.format(
+                verified="" if skip_verify else "; TensorRT-RTX built every graph on the CPU to verify them"
+            )
         )
         report["seconds"] = round(time.monotonic() - start, 3)
         (tmp / layout.CONFIG).write_text(json.dumps(config, indent=2) + "\n")

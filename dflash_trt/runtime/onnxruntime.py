@@ -315,6 +315,8 @@ class OrtDrafter(DrafterRunner):
     """Drafter runner over the exported `drafter` graph (KV injection fused with the block pass)."""
 
     def __init__(self, graph: Graph, block_size: int, mask_token_id: int) -> None:
+        if "draft_tokens" not in graph.output_names:
+            raise UserError(f"{graph.path}: no draft_tokens output (an older export); rebuild with `dflash-trt build`")
         self.graph = graph
         self.block_size, self.mask_token_id = block_size, mask_token_id
         self.layers = sum(name.startswith("past_key_values.") for name in graph.input_names) // 2
