@@ -148,6 +148,13 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         help="torch (default; HF directories or --checkpoint), onnxruntime (--engine's ONNX graphs on "
         "CPU) or tensorrt (--engine's engines; needs a GPU)",
     )
+    p.add_argument(
+        "--weight-only",
+        choices=("int4", "int8"),
+        default=None,
+        help="onnxruntime: quantize the graphs' weights at load (MatMulNBits, blocks of 32, int8 compute); "
+        "about 2x faster decoding on CPU, outputs close to but not identical with the fp32 graphs",
+    )
 
 
 def load_engine_args(args: argparse.Namespace, use_drafter: bool) -> Pipeline | None:
@@ -156,7 +163,11 @@ def load_engine_args(args: argparse.Namespace, use_drafter: bool) -> Pipeline | 
     if args.engine is None:
         if args.backend not in (None, "torch"):
             raise UserError(f"--backend {args.backend} runs an engine directory: pass --engine DIR")
+        if args.weight_only:
+            raise UserError("--weight-only quantizes an engine directory's graphs: pass --engine DIR")
         return None
+    if args.weight_only and args.backend not in (None, "onnxruntime"):
+        raise UserError(f"--weight-only is an onnxruntime option; --backend {args.backend} does not take it")
     from dflash_trt.parallel.comm import init_distributed
 
     for flag in ("target", "drafter", "checkpoint"):
@@ -165,14 +176,18 @@ def load_engine_args(args: argparse.Namespace, use_drafter: bool) -> Pipeline | 
     mapping = init_distributed()
     if not mapping.is_first:  # only rank 0 prints
         sys.stdout = sys.stderr = open(os.devnull, "w")
-    return load_engine_pipeline(args.engine, args.backend or "onnxruntime", use_drafter, mapping)
+    return load_engine_pipeline(args.engine, args.backend or "onnxruntime", use_drafter, mapping, args.weight_only)
 
 
 def load_engine_pipeline(
-    engine_dir: Path, backend: str = "onnxruntime", use_drafter: bool = True, mapping=None
+    engine_dir: Path,
+    backend: str = "onnxruntime",
+    use_drafter: bool = True,
+    mapping=None,
+    weight_only: str | None = None,
 ) -> Pipeline:
     """This rank's runners of an engine directory (`dflash-trt build` output) on `backend`, tokenizer from
-    ENGINE_DIR/tokenizer (or the config's "tokenizer" entry)."""
+    ENGINE_DIR/tokenizer (or the config's "tokenizer" entry); `weight_only` quantizes onnxruntime's graphs."""
     engine_dir = Path(engine_dir)
     if backend == "torch":
         raise UserError(
@@ -194,7 +209,7 @@ def load_engine_pipeline(
         target, drafter = load_runners(engine_dir, rank)
         drafter = drafter if use_drafter else None
     else:
-        target, drafter, cfg = load_engine(engine_dir, rank, world, use_drafter)
+        target, drafter, cfg = load_engine(engine_dir, rank, world, use_drafter, weight_only)
     if "format" in cfg:  # written by `dflash-trt build`: the target's HF config is recorded
         from dflash_trt.runtime.engine_dir import read_engine_dir
 

@@ -49,7 +49,7 @@ def session_options():
 class Graph:
     """One exported graph of this rank: a single session, or, with collective nodes, its segments."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, weight_only: str | None = None) -> None:
         import onnx
 
         self.path = Path(path)
@@ -64,8 +64,16 @@ class Graph:
                 "(the recipe had 'attention: plugin'); rebuild with 'attention: native' for --backend onnxruntime"
             )
         self.collectives = [n for n in proto.graph.node if n.domain == COLLECTIVE_DOMAIN]
+        if weight_only and self.collectives:
+            raise UserError(f"{path}: --weight-only runs tp 1 engine directories; this graph is a TP rank's")
+        if weight_only:
+            from dflash_trt.runtime.weight_only import quantize_matmuls
+
+            model = quantize_matmuls(onnx.load(str(path)), weight_only).SerializeToString()
+        else:
+            model = str(path)
         if not self.collectives:
-            self.session = cpu_session(str(path), self.path)
+            self.session = cpu_session(model, self.path)
             self.steps = None
         else:
             self.session = None
@@ -385,14 +393,17 @@ def rank_dir(engine_dir: Path, rank: int) -> Path:
     return Path(engine_dir) / "onnx" / f"rank{rank}"
 
 
-def load_graphs(engine_dir: Path, rank: int, use_drafter: bool = True) -> dict[str, Graph]:
-    """This rank's exported graphs; missing files are user errors naming the file."""
+def load_graphs(
+    engine_dir: Path, rank: int, use_drafter: bool = True, weight_only: str | None = None
+) -> dict[str, Graph]:
+    """This rank's exported graphs (weight-only quantized at load when asked); missing files are user errors
+    naming the file."""
     graphs = {}
     for name in (TARGET, DRAFTER) if use_drafter else (TARGET,):
         path = rank_dir(engine_dir, rank) / f"{name}.onnx"
         if not path.is_file():
             raise UserError(f"{path}: missing; rebuild the engine directory with `dflash-trt build`")
-        graphs[name] = Graph(path)
+        graphs[name] = Graph(path, weight_only)
     return graphs
 
 
@@ -431,9 +442,10 @@ def read_engine_config(engine_dir: Path) -> dict:
 
 
 def load_engine(
-    engine_dir: Path, rank: int = 0, world: int = 1, use_drafter: bool = True
+    engine_dir: Path, rank: int = 0, world: int = 1, use_drafter: bool = True, weight_only: str | None = None
 ) -> tuple[OrtTarget, OrtDrafter | None, dict]:
-    """The onnxruntime runners of this rank of an engine directory, checked against its config.json."""
+    """The onnxruntime runners of this rank of an engine directory, checked against its config.json;
+    `weight_only` ("int4"/"int8", see `runtime.weight_only`) quantizes the graphs' weights at load."""
     engine_dir = Path(engine_dir)
     cfg = read_engine_config(engine_dir)
     path = engine_dir / "config.json"
@@ -445,7 +457,7 @@ def load_engine(
             if tp > 1
             else f"{path}: mapping.tp_size is 1; run without mpirun"
         )
-    graphs = load_graphs(engine_dir, rank, use_drafter)
+    graphs = load_graphs(engine_dir, rank, use_drafter, weight_only)
     target = OrtTarget(graphs[TARGET], build["max_batch_size"], build["max_seq_len"], pre["vocab_size"])
     if target.layers != pre["num_hidden_layers"]:
         raise UserError(
