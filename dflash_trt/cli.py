@@ -52,7 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
     add_sampling_args(p)
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per prompt (default 128)")
-    p.add_argument("--block-size", type=int, help="DFlash block size B (default: the drafter's trained size)")
+    p.add_argument(
+        "--block-size",
+        type=int,
+        help="DFlash block size B (default, greedy: the B, or plain decoding, that the drafter's acceptance.json "
+        "and this machine's cached step costs make fastest; else the drafter's trained size)",
+    )
     p.add_argument("--batch-size", type=int, default=1, help="prompts decoded together (default 1)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weight dtype (default fp32)")
     p.add_argument("--json", action="store_true", help="print one JSON document with texts, tokens and metrics")
@@ -64,6 +69,29 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, help="random seed for sampling")
+
+
+def _auto_block(pipe, args: argparse.Namespace):
+    """(drafter or None, block size) that the drafter's acceptance and this machine's step costs recommend; the
+    drafter's trained block when it ships no acceptance.json."""
+    from dflash_trt.bench.calibration import choose_for
+
+    if args.engine is not None:
+        label = (args.backend or "onnxruntime") + (f" {args.weight_only}" if args.weight_only else "")
+    else:
+        label = f"torch {args.dtype}"
+
+    def log(msg: str) -> None:
+        print(f"dflash-trt: {msg}", file=sys.stderr, flush=True)
+
+    choice = choose_for(pipe, label, log)
+    if choice is None:
+        return pipe.drafter, None
+    log(
+        f"chose {choice.describe()} from the drafter's acceptance and this machine's step costs ({label}, batch 1); "
+        "--block-size N or --no-drafter overrides"
+    )
+    return (pipe.drafter, choice.block) if choice.block else (None, None)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -101,6 +129,9 @@ def run_generate(args: argparse.Namespace) -> int:
             "dflash-trt: no drafter given or shipped for this target: running the autoregressive baseline",
             file=sys.stderr,
         )
+    drafter, block = pipe.drafter, args.block_size
+    if drafter is not None and block is None and params.greedy:
+        drafter, block = _auto_block(pipe, args)
     requests = [
         Request(
             pipe.encode(r.get("messages", r.get("prompt")), chat),
@@ -114,9 +145,7 @@ def run_generate(args: argparse.Namespace) -> int:
     gens = []
     start = time.perf_counter()
     for i in range(0, len(requests), args.batch_size):
-        gens += generate(
-            pipe.target, pipe.drafter, requests[i : i + args.batch_size], params, args.block_size, on_tokens=printer
-        )
+        gens += generate(pipe.target, drafter, requests[i : i + args.batch_size], params, block, on_tokens=printer)
     summary = summarize(gens, time.perf_counter() - start)
     texts = [pipe.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in gens]
     if args.json:
@@ -136,7 +165,7 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         for text in texts:
             print(text, end="\n\n")
-    mode = f"dflash B={gens[0].block_size}" if pipe.drafter else "autoregressive"
+    mode = f"dflash B={gens[0].block_size}" if drafter else "autoregressive"
     print(f"[{mode}] {format_summary(summary)}", file=sys.stderr)
     return 0
 

@@ -1,11 +1,13 @@
-"""torch vs onnxruntime backend on this CPU, side by side on the same prompts: TPOT of autoregressive decoding and
-DFlash (block 4 and 8, batch 1 and 4), the cost of a B-token verify, a one-token decode step and a drafter pass
-per backend, and the engine directory's export time and graph sizes. Writes results/engine.{json,md,png}
+"""torch vs onnxruntime backend (fp32 graphs, and the same graphs with `--weight-only int4`) on this CPU, side by
+side on the same prompts: TPOT of autoregressive decoding and DFlash (block 4 and 8, batch 1 and 4), the cost of a
+B-token verify, a one-token decode step and a drafter pass per backend, and the engine directory's export time and
+graph sizes. Writes results/engine.{json,md,png}
 (`dflash-trt build`'s TensorRT-RTX build times and plan sizes are results/engine_build.md).
 
 The engine is an fp32 build of the embedded pair (`dflash-trt build --no-verify`, recipe written to a temporary
 file) unless --engine names one. The four runs of each prompt batch (torch AR, onnxruntime AR, torch DFlash,
-onnxruntime DFlash) are interleaved, their order rotated batch by batch, so machine noise hits them alike.
+onnxruntime DFlash, and both int4 runs) are interleaved, their order rotated batch by batch, so machine noise hits
+them alike.
 
     .venv/bin/python scripts/bench_engine.py [--engine DIR] [--num-prompts 4] [--max-new-tokens 64]
 """
@@ -27,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from dflash_trt.bench import datasets  # noqa: E402
-from dflash_trt.bench.cli import step_costs  # noqa: E402
+from dflash_trt.bench.calibration import step_costs  # noqa: E402
 from dflash_trt.bench.reporting import RunStart, write_report  # noqa: E402
 from dflash_trt.decoding.metrics import summarize  # noqa: E402
 from dflash_trt.decoding.sampling import SamplingParams  # noqa: E402
@@ -41,7 +43,8 @@ block_size: 8
 dtype: fp32
 tp_size: 1
 """
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int4")
+FP32 = ("torch", "onnxruntime")  # exact backends: all four of their runs must agree
 
 
 def build_engine(out: Path) -> float:
@@ -98,7 +101,11 @@ def main() -> None:
     if engine is None:
         engine = Path(tempfile.mkdtemp(prefix="dflash_engine_")) / "smollm2-fp32"
         build_s = build_engine(engine)
-    pipes = {"torch": load_pipeline(None, None), "onnxruntime": load_engine_pipeline(engine)}
+    pipes = {
+        "torch": load_pipeline(None, None),
+        "onnxruntime": load_engine_pipeline(engine),
+        "onnxruntime-int4": load_engine_pipeline(engine, weight_only="int4"),
+    }
     ref = pipes["torch"]
     texts = [t for name in args.datasets for t in datasets.load(name, args.num_prompts)]
     requests = [ref.request(t, True, args.max_new_tokens) for t in texts]
@@ -134,8 +141,12 @@ def main() -> None:
                     "dflash_tokens_per_s": s[(backend, "dflash")]["tokens_per_s"],
                 }
                 row[backend]["tpot_speedup"] = row[backend]["ar_tpot_ms"] / row[backend]["dflash_tpot_ms"]
-            row["identical_outputs"] = sum(
-                len({tuple(gens[key][j].tokens) for key in gens}) == 1 for j in range(len(requests))
+                row[backend]["identical_ar_dflash"] = sum(
+                    a.tokens == d.tokens for a, d in zip(gens[(backend, "ar")], gens[(backend, "dflash")])
+                )
+            row["identical_fp32"] = sum(
+                len({tuple(gens[(b, m)][j].tokens) for b in FP32 for m in ("ar", "dflash")}) == 1
+                for j in range(len(requests))
             )
             rows.append(row)
             parts = [
@@ -146,7 +157,7 @@ def main() -> None:
             print(
                 f"batch={batch} B={block}: "
                 + "; ".join(parts)
-                + f"; identical {row['identical_outputs']}/{len(requests)}",
+                + f"; fp32 identical {row['identical_fp32']}/{len(requests)}",
                 flush=True,
             )
     costs = {b: [step_costs(pipes[b], block) for block in args.block_sizes] for b in BACKENDS}
@@ -171,31 +182,34 @@ def markdown(data: dict) -> str:
     sizes = ", ".join(f"`{k}` {v / 2**20:.1f} MiB" for k, v in e["file_bytes"].items())
     export = ", ".join(f"{k} {v:.0f} s" for k, v in (e["export_seconds"] or {}).items())
     lines = [
-        "# torch vs onnxruntime backend (embedded SmolLM2-135M-Instruct + its DFlash drafter, fp32, greedy)",
+        "# torch vs onnxruntime backend (embedded SmolLM2-135M-Instruct + its DFlash drafter, greedy)",
         "",
         f"Same prompts ({', '.join(data['datasets'])}, {data['num_prompts']} each, chat template, "
         f"{data['max_new_tokens']} new tokens), runs interleaved. TPOT = decode time per token after the first "
         "(prefill excluded). The torch drafter runs its LM head in "
         f"{data['torch_draft_head_dtype']}; onnxruntime runs the exported fp32 graphs "
         f"(opset {e['opset']}: Attention + RMSNormalization ops) with {data['onnxruntime_threads']} intra-op threads "
-        f"(idle threads do not spin). OMP_WAIT_POLICY: {data['omp_wait_policy'] or 'unset (OpenMP default)'}.",
+        f"(idle threads do not spin); onnxruntime-int4 runs the same graphs with `--weight-only int4` (MatMulNBits, "
+        f"blocks of 32, int8 compute). OMP_WAIT_POLICY: {data['omp_wait_policy'] or 'unset (OpenMP default)'}.",
         "",
-        "| batch | B | torch AR | torch DFlash | torch tau | ORT AR | ORT DFlash | ORT tau | ORT/torch AR "
-        "| ORT/torch DFlash | identical outputs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| batch | B | backend | AR TPOT | DFlash TPOT | tau | DFlash speedup | AR == DFlash |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
-        t, o = r["torch"], r["onnxruntime"]
-        lines.append(
-            f"| {r['batch']} | {r['block']} | {t['ar_tpot_ms']:.1f} ms | {t['dflash_tpot_ms']:.1f} ms | "
-            f"{t['tau']:.2f} | {o['ar_tpot_ms']:.1f} ms | {o['dflash_tpot_ms']:.1f} ms | {o['tau']:.2f} | "
-            f"{t['ar_tpot_ms'] / o['ar_tpot_ms']:.2f}x | {t['dflash_tpot_ms'] / o['dflash_tpot_ms']:.2f}x | "
-            f"{r['identical_outputs']}/{r['requests']} |"
-        )
+        for backend in BACKENDS:
+            b = r[backend]
+            lines.append(
+                f"| {r['batch']} | {r['block']} | {backend} | {b['ar_tpot_ms']:.1f} ms | "
+                f"{b['dflash_tpot_ms']:.1f} ms | {b['tau']:.2f} | {b['tpot_speedup']:.2f}x | "
+                f"{b['identical_ar_dflash']}/{r['requests']} |"
+            )
     lines += [
         "",
-        "ORT/torch > 1 means onnxruntime is faster. Identical outputs: all four runs (torch/ORT x AR/DFlash) "
-        "gave the same tokens.",
+        "DFlash speedup = AR TPOT / DFlash TPOT on the same backend (> 1: DFlash is faster). AR == DFlash: prompts "
+        "whose DFlash output equals AR's on that backend (exact in fp32; int8 compute may round differently at "
+        "M = 1 and M = B). fp32 runs identical across torch and onnxruntime (all four): "
+        + ", ".join(f"b={r['batch']} B={r['block']} {r['identical_fp32']}/{r['requests']}" for r in data["rows"])
+        + ".",
         "",
         "## Verify cost vs decode cost (batch 1, context 256, medians)",
         "",
@@ -228,10 +242,10 @@ def figure(data: dict):
     fig, (ax_tpot, ax_cost) = plt.subplots(1, 2, figsize=(12, 4))
     rows = data["rows"]
     labels = [f"b={r['batch']} B={r['block']}" for r in rows]
-    width = 0.2
+    width = 0.13
     for i, (backend, mode) in enumerate([(b, m) for b in BACKENDS for m in ("ar", "dflash")]):
         ax_tpot.bar(
-            [x + (i - 1.5) * width for x in range(len(rows))],
+            [x + (i - 2.5) * width for x in range(len(rows))],
             [r[backend][f"{mode}_tpot_ms"] for r in rows],
             width,
             label=f"{backend} {mode.upper() if mode == 'ar' else 'DFlash'}",

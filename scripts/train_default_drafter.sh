@@ -4,7 +4,8 @@
 #      target greedy labels on Python stdlib source (no HumanEval anywhere), cached as target features;
 #   2. training per build_configs/train_smollm2_135m.yaml, in stages of STAGE_MIN minutes (each stage
 #      resumes from the last checkpoint and picks up data shards written since);
-#   3. tau of the best checkpoint on the held-out prompts (greedy, block 4 and 8) and the loss curve;
+#   3. tau of the best checkpoint on the held-out prompts (greedy, block 4 and 8; acceptance.json for generate's
+#      block choice) and the loss curve;
 #   4. the checkpoint copied into dflash_trt/assets/drafter/.
 # Every step resumes where it stopped when re-run. Long; run it detached, e.g.
 #   nohup scripts/train_default_drafter.sh > train.log 2>&1 &
@@ -48,10 +49,11 @@ wait $GEN $TF
 # 3. tau on held-out prompts, loss curve, results JSON
 mkdir -p "$RESULTS"
 $PY -m dflash_trt.train.evaluate --drafter "$OUT/best" --prompts "$DATA/heldout_prompts.jsonl" \
-    --block-sizes 4 8 --limit 24 --max-new-tokens 128 --batch-size 12 --json "$RESULTS/tau.json" > /dev/null
+    --block-sizes 4 8 --limit 24 --max-new-tokens 128 --batch-size 12 --json "$RESULTS/tau.json" \
+    --write-acceptance "$OUT/best" > /dev/null
 $PY -m dflash_trt.train.report --log "$OUT/train_log.json" --tau "$RESULTS/tau.json" --out "$RESULTS"
 
 # 4. ship it
 mkdir -p dflash_trt/assets/drafter
-cp "$OUT/best/config.json" "$OUT/best/model.safetensors" dflash_trt/assets/drafter/
+cp "$OUT/best/config.json" "$OUT/best/model.safetensors" "$OUT/best/acceptance.json" dflash_trt/assets/drafter/
 echo "drafter copied to dflash_trt/assets/drafter/ (update its README.md with $RESULTS/summary.json)"

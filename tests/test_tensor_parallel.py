@@ -163,7 +163,7 @@ def test_embedded_pair_tp3_equals_hf_directory(tmp_path, capsys):
         )
         == 0
     )
-    args = ["generate", "--prompt", "def fibonacci(n):", "--max-new-tokens", "48", "--json"]
+    args = ["generate", "--prompt", "def fibonacci(n):", "--max-new-tokens", "48", "--block-size", "8", "--json"]
     assert main(args) == 0
     reference = json.loads(capsys.readouterr().out)["results"][0]
     result = subprocess.run(

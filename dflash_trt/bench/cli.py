@@ -9,12 +9,12 @@ must be identical) and HF transformers prompt-lookup decoding. Writes JSON + Mar
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from dflash_trt.bench.calibration import step_costs
 from dflash_trt.bench.reporting import RESULTS, RunStart, write_report
 from dflash_trt.decoding.metrics import summarize
 from dflash_trt.decoding.sampling import SamplingParams
@@ -139,35 +139,6 @@ def _row_line(r: dict) -> str:
         f"TPOT {r['ar_tpot_ms']:.1f} -> {r['dflash_tpot_ms']:.1f} ms ({r['tpot_speedup']:.2f}x), "
         f"tok/s {r['ar_tokens_per_s']:.1f} -> {r['dflash_tokens_per_s']:.1f}"
     )
-
-
-@torch.inference_mode()
-def step_costs(pipe: Pipeline, block: int, context: int = 256, repeats: int = 15) -> dict:
-    """Median ms of a one-token decode step, a B-token verify and a drafter pass at `context` tokens, batch 1."""
-    target, drafter = pipe.target, pipe.drafter
-    prompt = torch.randint(0, target.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()
-    target.reset(1, context + block + 1)
-    drafter.reset(1, context + block + 1)
-    _, features = target.prefill([prompt])
-    drafter.append_context(features, torch.tensor([context]))
-    blk = torch.full((1, block), drafter.mask_token_id)
-    drafter.draft(blk)  # a backend may inject appended context at its next draft: keep it out of the timings
-    calls = {
-        "decode_ms": lambda: target.verify(blk[:, :1]),
-        "verify_ms": lambda: target.verify(blk),
-        "draft_ms": lambda: drafter.draft(blk),
-    }
-    times = {k: [] for k in calls}
-    for i in range(repeats + 2):
-        for key, call in calls.items():
-            start = time.perf_counter()
-            call()
-            if i >= 2:
-                times[key].append((time.perf_counter() - start) * 1e3)
-    out = {"block": block, "context": context, **{k: statistics.median(v) for k, v in times.items()}}
-    out["verify_over_decode"] = out["verify_ms"] / out["decode_ms"]
-    out["break_even_tau"] = (out["verify_ms"] + out["draft_ms"]) / out["decode_ms"]
-    return out
 
 
 def _run_peers(args, pipe: Pipeline, prompts: dict, block: int, gens_by_key: dict) -> list[dict]:

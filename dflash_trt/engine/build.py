@@ -26,6 +26,7 @@ from typing import Any
 
 from dflash_trt import __version__
 from dflash_trt.atomic import atomic_directory
+from dflash_trt.decoding.choice import ACCEPTANCE_FILE
 from dflash_trt.engine.plan import BuildPlan, plan_dict
 from dflash_trt.engine.recipe import RTX_ARCHS
 from dflash_trt.engine.trt_build import GraphReport, GraphSpec, build_graph, build_with_rtx
@@ -365,6 +366,9 @@ def build(
                             f"{(rep.parser_errors + rep.errors + ['no error logged'])[0]}"
                         )
                     bar.update()
+        acceptance = plan.pair.drafter_dir / ACCEPTANCE_FILE  # the drafter's measured acceptance, for generate's choice
+        if acceptance.is_file():
+            shutil.copy2(acceptance, tmp / ACCEPTANCE_FILE)
         (tmp / layout.TOKENIZER_DIR).mkdir()
         for name in TOKENIZER_FILES:
             if (tok_dir / name).is_file():

@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--write-acceptance",
+        type=Path,
+        metavar="DIR",
+        help="write DIR/acceptance.json (the largest block's per-position acceptance) for generate's block choice",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -108,6 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
+    if args.write_acceptance:
+        from dflash_trt.decoding.choice import ACCEPTANCE_FILE
+
+        block = max(args.block_sizes)
+        acceptance = {
+            "position_acceptance": results[str(block)]["position_acceptance"],
+            "tau": results[str(block)]["tau"],
+            "measured_on": f"{len(prompts)} prompts of {args.prompts.name}, greedy, block {block}, "
+            f"{args.max_new_tokens} new tokens",
+        }
+        (args.write_acceptance / ACCEPTANCE_FILE).write_text(json.dumps(acceptance, indent=1) + "\n")
     print(json.dumps(doc))
     return 0
 

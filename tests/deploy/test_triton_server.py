@@ -74,7 +74,9 @@ def reference(tmp_path_factory, server):
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["generate", "--prompts-file", str(prompts), "--json", "--batch-size", "1"]) == 0
+        assert (
+            main(["generate", "--prompts-file", str(prompts), "--json", "--batch-size", "1", "--block-size", "8"]) == 0
+        )
     return {p: r["text"] for (p, _), r in zip(PROMPTS, json.loads(out.getvalue())["results"])}
 
 

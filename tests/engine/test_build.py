@@ -59,7 +59,9 @@ def test_engine_dir_layout(built):
         "onnx/rank0/export.json",
         "tokenizer/tokenizer.json",
         "tokenizer/tokenizer_config.json",
+        "acceptance.json",  # the embedded drafter's, for generate's block choice on this engine directory
     } <= set(files), files
+    assert (root / "acceptance.json").read_bytes() == (ROOT / "dflash_trt/assets/drafter/acceptance.json").read_bytes()
     assert not (root / "target").exists() and not (root / "drafter").exists()  # no datacenter TensorRT here
     assert not [p for p in root.parent.iterdir() if ".dflash-partial-" in p.name]
     cfg = json.loads((root / "config.json").read_text())

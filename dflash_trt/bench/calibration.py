@@ -1,0 +1,118 @@
+"""Step costs of this machine (a one-token decode, a B-token verify, a drafter pass), measured once per machine,
+backend and model pair and cached in `$DFLASH_TRT_CACHE/calibration.json` (default ~/.cache/dflash-trt), and the
+block size they recommend with the drafter's per-position acceptance (`decoding.choice`).
+
+A drafter directory (or an engine directory built from it) may ship `acceptance.json`:
+{"position_acceptance": [P(accepted >= 1), ..., P(accepted >= B-1)], "measured_on": "..."}, greedy acceptance
+on held-out prompts (`python -m dflash_trt.train.evaluate ... --write-acceptance DIR` writes it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from dflash_trt.atomic import write_text_atomically
+from dflash_trt.decoding.choice import ACCEPTANCE_FILE, Choice, StepCosts, choose_block
+from dflash_trt.embedded import default_cache_dir
+from dflash_trt.pipeline import Pipeline
+
+CACHE_FILE = "calibration.json"
+REPEATS = 5
+
+
+@torch.inference_mode()
+def step_costs(pipe: Pipeline, block: int, context: int = 256, repeats: int = 15) -> dict:
+    """Median ms of a one-token decode step, a B-token verify and a drafter pass at `context` tokens, batch 1."""
+    target, drafter = pipe.target, pipe.drafter
+    prompt = torch.randint(0, target.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()
+    target.reset(1, context + block + 1)
+    drafter.reset(1, context + block + 1)
+    _, features = target.prefill([prompt])
+    drafter.append_context(features, torch.tensor([context]))
+    blk = torch.full((1, block), drafter.mask_token_id)
+    drafter.draft(blk)  # a backend may inject appended context at its next draft: keep it out of the timings
+    calls = {
+        "decode_ms": lambda: target.verify(blk[:, :1]),
+        "verify_ms": lambda: target.verify(blk),
+        "draft_ms": lambda: drafter.draft(blk),
+    }
+    times = {k: [] for k in calls}
+    for i in range(repeats + 2):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if i >= 2:
+                times[key].append((time.perf_counter() - start) * 1e3)
+    out = {"block": block, "context": context, **{k: statistics.median(v) for k, v in times.items()}}
+    out["verify_over_decode"] = out["verify_ms"] / out["decode_ms"]
+    out["break_even_tau"] = (out["verify_ms"] + out["draft_ms"]) / out["decode_ms"]
+    return out
+
+
+def read_acceptance(directory: Path | None) -> list[float] | None:
+    """`position_acceptance` of DIRECTORY/acceptance.json, or None when there is none."""
+    path = Path(directory or "") / ACCEPTANCE_FILE
+    if directory is None or not path.is_file():
+        return None
+    from dflash_trt.config import read_json
+
+    values = read_json(path).get("position_acceptance")
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in values):
+        from dflash_trt.errors import UserError
+
+        raise UserError(f"{path}: field 'position_acceptance' must be a list of probabilities")
+    return [float(v) for v in values]
+
+
+def machine_key() -> str:
+    """What step costs depend on besides the models: CPU model, cores, torch version and threads."""
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} x{torch.get_num_threads()}"
+
+
+def cached_step_costs(pipe: Pipeline, label: str, blocks: list[int], log: Callable[[str], None]) -> StepCosts:
+    """Step costs of `pipe` (`label`: backend and dtype) at `blocks`, from the cache or measured and cached."""
+    path = default_cache_dir() / CACHE_FILE
+    key = f"{machine_key()} | {label} | {pipe.target_dir} | {pipe.drafter_dir}"
+    cache = json.loads(path.read_text()) if path.is_file() else {}
+    entry = cache.get(key)
+    if entry is None or not set(map(str, blocks)) <= set(entry["verify_ms"]):
+        log(f"calibrating step costs once for this machine and {label} (B={blocks[0]}..{blocks[-1]}); cached in {path}")
+        start = time.perf_counter()
+        rows = [step_costs(pipe, b, repeats=REPEATS) for b in blocks]
+        entry = {
+            "decode_ms": statistics.median(r["decode_ms"] for r in rows),
+            "verify_ms": {str(r["block"]): r["verify_ms"] for r in rows},
+            "draft_ms": {str(r["block"]): r["draft_ms"] for r in rows},
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        cache[key] = entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(path, json.dumps(cache, indent=2) + "\n")
+    return StepCosts(
+        entry["decode_ms"],
+        {int(b): v for b, v in entry["verify_ms"].items()},
+        {int(b): v for b, v in entry["draft_ms"].items()},
+    )
+
+
+def choose_for(pipe: Pipeline, label: str, log: Callable[[str], None]) -> Choice | None:
+    """The recommended block size (or plain decoding) for `pipe`, or None when its drafter has no acceptance."""
+    acceptance = read_acceptance(pipe.drafter_dir)
+    if acceptance is None or pipe.drafter is None:
+        return None
+    blocks = list(range(2, min(pipe.drafter.block_size, len(acceptance) + 1) + 1))
+    return choose_block(acceptance, cached_step_costs(pipe, label, blocks, log))

@@ -1,0 +1,75 @@
+"""Block-size choice: expected tokens per step from per-position acceptance, the fastest block against step costs
+(plain decoding when no block wins), and `generate` acting on a drafter's acceptance.json with step costs measured
+once and cached."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dflash_trt.cli import main
+from dflash_trt.decoding.choice import StepCosts, choose_block, tokens_per_step
+from tiny import hf_config, save_hf_target, save_tiny_tokenizer, save_zlab_drafter
+
+
+def test_tokens_per_step_adds_the_acceptance_of_the_drafted_positions():
+    acceptance = [0.5, 0.25, 0.125]
+    assert [tokens_per_step(acceptance, b) for b in (1, 2, 3, 4)] == [1.0, 1.5, 1.75, 1.875]
+    with pytest.raises(ValueError):
+        tokens_per_step(acceptance, 5)
+
+
+def test_choose_block_takes_the_largest_expected_speedup_or_plain_decoding():
+    costs = StepCosts(decode_ms=10.0, verify_ms={2: 12.0, 3: 13.0, 4: 20.0}, draft_ms={2: 2.0, 3: 2.0, 4: 2.0})
+    good = choose_block([0.8, 0.6, 0.1], costs)  # 10 * tokens / (verify + draft): 18/14, 24/15, 25/22
+    assert good.block == 3 and good.speedups == pytest.approx({2: 18 / 14, 3: 1.6, 4: 25 / 22})
+    assert "B=3" in good.describe() and "1.60x" in good.describe()
+    poor = choose_block([0.1, 0.05, 0.01], costs)  # 11/14, 11.5/15, 11.6/22: all below 1, best at B=2
+    assert poor.block is None and "autoregressive" in poor.describe() and "0.79x, at B=2" in poor.describe()
+
+
+@pytest.fixture()
+def pair(tmp_path, monkeypatch):
+    monkeypatch.setenv("DFLASH_TRT_CACHE", str(tmp_path / "cache"))
+    target = save_hf_target(tmp_path / "target", "qwen3")
+    save_tiny_tokenizer(target)
+    drafter = save_zlab_drafter(tmp_path / "drafter", hf_config("qwen3"), block_size=4, layer_ids=(0, 2))
+    return target, drafter, tmp_path / "cache" / "calibration.json"
+
+
+def generate(capsys, target, drafter) -> tuple[dict, str]:
+    argv = ["generate", "--target", str(target), "--drafter", str(drafter), "--prompt", "w1 w2 w3"]
+    assert main([*argv, "--max-new-tokens", "12", "--json"]) == 0
+    out, err = capsys.readouterr()
+    return json.loads(out), err
+
+
+def test_generate_follows_the_acceptance_and_caches_the_step_costs(pair, capsys):
+    target, drafter, cache = pair
+    _, err = generate(capsys, target, drafter)
+    assert "chose" not in err and not cache.exists()  # no acceptance.json: the drafter's trained block, no calibration
+
+    (drafter / "acceptance.json").write_text(json.dumps({"position_acceptance": [1.0, 1.0, 1.0]}))
+    doc, err = generate(capsys, target, drafter)
+    assert "calibrating step costs once" in err and "chose " in err
+    entries = json.loads(cache.read_text())
+    (key, entry), *others = entries.items()
+    assert not others and sorted(entry["verify_ms"]) == ["2", "3", "4"] and entry["decode_ms"] > 0
+
+    # the same cache entry with known costs (as if calibrated on a machine where they are these): the choice
+    # follows them and the acceptance, and nothing is measured again
+    entry |= {"decode_ms": 10.0, "verify_ms": {"2": 12.0, "3": 13.0, "4": 14.0}, "draft_ms": dict.fromkeys("234", 2.0)}
+    cache.write_text(json.dumps({key: entry}))
+    doc, err = generate(capsys, target, drafter)  # tokens per step 2, 3, 4 -> 20/14, 30/15, 40/16
+    assert "calibrating" not in err and "chose DFlash B=4 (expected 2.50x" in err
+    assert doc["summary"]["block_size"] == 4
+
+    (drafter / "acceptance.json").write_text(json.dumps({"position_acceptance": [0.0, 0.0, 0.0]}))
+    doc, err = generate(capsys, target, drafter)  # 10/14, 10/15, 10/16: plain decoding wins
+    assert "chose autoregressive decoding (DFlash expected at best 0.71x, at B=2)" in err
+    assert doc["summary"]["block_size"] == 1 and "[autoregressive]" in err
+
+    (drafter / "acceptance.json").write_text(json.dumps({"position_acceptance": [2.0]}))
+    assert main(["generate", "--target", str(target), "--drafter", str(drafter), "--prompt", "w1"]) == 2
+    assert "position_acceptance" in capsys.readouterr().err
