@@ -3,9 +3,9 @@
 `dflash_trt::all_reduce` (sum over the TP group) and `dflash_trt::all_gather` (concatenate the ranks'
 tensors along the last dimension, in rank order). Eager bodies are torch.distributed collectives (gloo on
 CPU); under export they become the ONNX nodes `dflash_trt::AllReduce` / `dflash_trt::AllGather` with the
-attributes `group_size`, `reduce_op` / `axis`, `plugin_namespace` and `plugin_version`. On a GPU they map to
-NCCL (TensorRT-RTX `add_dist_collective`, or TensorRT-LLM's AllReduce/AllGather plugins); the onnxruntime
-backend runs them with MPI between standard-op graph segments (`dflash_trt.runtime.onnxruntime`).
+attributes `group_size`, `reduce_op` / `axis`, `plugin_namespace` and `plugin_version`. TensorRT builds them as
+this project's `AllReduce` / `AllGather` plugins (NCCL on the GPU, plugins/); the onnxruntime backend runs them
+with MPI between standard-op graph segments (`dflash_trt.runtime.onnxruntime`).
 """
 
 from __future__ import annotations

@@ -413,8 +413,8 @@ ALL_GATHER = OpContract(
     semantics=(
         "y = concat([x of rank 0, ..., x of rank group_size - 1], axis) (NCCL all-gather on the enqueue stream, "
         "then, when the dims before axis hold more than one element, a transpose kernel from the workspace). "
-        "The plugin takes x of any rank >= 1 and any axis in [-rank, rank); the shapes here are those of axis = -1, the "
-        "only one the export emits."
+        "The plugin takes x of any rank >= 1 and any axis in [-rank, rank); the shapes here are those of axis = -1, "
+        "the only one the export emits."
     ),
 )
 
