@@ -57,6 +57,24 @@ def test_bench_end_to_end(tmp_path):
             assert row["identical_outputs"] == row["requests"] == 3
     peer = report["peers"][0]
     assert peer["zlab_identical_outputs"] == 3 and peer["prompt_lookup_tau"] >= 1.0
+    assert peer["zlab_drafter_class"] == "DFlashDraftModel"
     assert all(c["break_even_tau"] > 0 for c in report["step_costs"])
     assert (tmp_path / "out" / "tiny.png").stat().st_size > 0
     assert "| dataset |" in (tmp_path / "out" / "tiny.md").read_text()
+
+
+def test_bench_compares_a_dflash2_drafter_with_zlab(tmp_path):
+    """--compare-zlab loads the class the checkpoint names: z-lab's DFlash2DraftModel for a DFlash2 drafter."""
+    from tiny_dflash2 import save_zlab_drafter2
+
+    target = save_hf_target(tmp_path / "t", "qwen3")
+    save_tiny_tokenizer(target)
+    drafter = save_zlab_drafter2(tmp_path / "d", hf_config("qwen3"), block_size=4, layer_ids=(0, 2))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"w{i} w{i + 2}"}) for i in range(3)))
+    argv = ["bench", "--target", str(target), "--drafter", str(drafter), "--datasets", str(prompts)]
+    argv += ["--num-prompts", "3", "--max-new-tokens", "12", "--batch-sizes", "1", "--block-sizes", "4"]
+    argv += ["--temperatures", "0", "--compare-zlab", "--output-dir", str(tmp_path / "out"), "--name", "v2"]
+    assert main(argv) == 0
+    peer = json.loads((tmp_path / "out" / "v2.json").read_text())["peers"][0]
+    assert peer["zlab_identical_outputs"] == 3 and peer["zlab_drafter_class"] == "DFlash2DraftModel"

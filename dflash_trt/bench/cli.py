@@ -171,6 +171,7 @@ def _run_peers(args, pipe: Pipeline, prompts: dict, block: int, gens_by_key: dic
                 "zlab_tokens_per_s": ours_tokens / zlab_s,
                 "ours_vs_zlab_speed": zlab_s / ours_s,
                 "zlab_identical_outputs": identical,
+                "zlab_drafter_class": type(zlab.drafter).__name__,
             }
         if args.compare_prompt_lookup:
             row |= {

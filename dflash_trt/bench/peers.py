@@ -58,15 +58,20 @@ class HFTarget:
 
 
 class ZLabDFlash:
-    """z-lab's reference loop (`dflash.model.dflash_generate`, batch 1) with its own drafter class."""
+    """z-lab's reference loop (`dflash.model.dflash_generate`, batch 1) with its own drafter class: the one the
+    checkpoint's `architectures` names (`DFlashDraftModel` or `DFlash2DraftModel`)."""
 
     def __init__(self, target: HFTarget, drafter_dir: Path) -> None:
         try:
-            from dflash.model import DFlashDraftModel
+            from dflash import model as zlab
         except ImportError:
             raise UserError("--compare-zlab needs z-lab's package: pip install --no-deps dflash==0.1.0") from None
+        from dflash_trt.config import DRAFTER_ARCHITECTURES, read_json
+
+        archs = read_json(Path(drafter_dir) / "config.json").get("architectures") or ["DFlashDraftModel"]
+        name = next((a for a in archs if a in DRAFTER_ARCHITECTURES), "DFlashDraftModel")
         self.target = target
-        self.drafter = DFlashDraftModel.from_pretrained(str(drafter_dir), dtype=torch.float32).eval()
+        self.drafter = getattr(zlab, name).from_pretrained(str(drafter_dir), dtype=torch.float32).eval()
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], max_new_tokens: int, stop_ids: tuple[int, ...], block_size: int) -> PeerRun:
