@@ -70,11 +70,11 @@ class ServePlan:
 
 def draft_context_bytes(pair, max_batch: int, max_seq_len: int, block: int, tp: int) -> int:
     """TensorRT-LLM's dense drafter context buffer per rank (issue 16005), bf16."""
-    from dflash_trt.engine.plan import _kv_per_rank
+    from dflash_trt.engine.plan import kv_per_rank
 
     d = pair.drafter
     max_ctx = min(max_seq_len, d.max_position_embeddings)
-    return max_batch * (max_ctx + block) * d.num_layers * 2 * _kv_per_rank(d, tp) * d.head_dim * 2
+    return max_batch * (max_ctx + block) * d.num_layers * 2 * kv_per_rank(d, tp) * d.head_dim * 2
 
 
 def plan_serve(pair, gpu: str, tp: int, max_batch: int, max_seq_len: int, block: int) -> ServePlan:

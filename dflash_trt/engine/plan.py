@@ -198,10 +198,11 @@ class BuildPlan:
 
     @property
     def kv_heads_per_rank(self) -> dict[str, int]:
-        return {TARGET: _kv_per_rank(self.pair.target, self.tp), DRAFTER: _kv_per_rank(self.pair.drafter, self.tp)}
+        return {TARGET: kv_per_rank(self.pair.target, self.tp), DRAFTER: kv_per_rank(self.pair.drafter, self.tp)}
 
 
-def _kv_per_rank(cfg: TargetConfig | DrafterConfig, tp: int) -> int:
+def kv_per_rank(cfg: TargetConfig | DrafterConfig, tp: int) -> int:
+    """KV heads each of `tp` ranks holds (replicated when tp exceeds the KV heads)."""
     return FusedQKV(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim).kv_heads_per_rank(tp)
 
 
@@ -291,7 +292,7 @@ def graph_profiles(pair: Pair, recipe: BuildRecipe, block: int, tp: int, source:
             return tuple(tuple(d[i] if isinstance(d, tuple) else d for d in dims) for i in range(3))
 
         for graph, cfg in ((TARGET, pair.target), (DRAFTER, pair.drafter)):
-            past = shape(b, _kv_per_rank(cfg, tp), p, cfg.head_dim)
+            past = shape(b, kv_per_rank(cfg, tp), p, cfg.head_dim)
             prof: Profile = {}
             if graph == TARGET:
                 prof["input_ids"] = shape(b, t)
@@ -328,7 +329,7 @@ def _weights(pair: Pair, dtype: DType, tp: int) -> tuple[int, int]:
 def _memory(pair: Pair, recipe: BuildRecipe, dtype: DType, block: int, tp: int) -> RankMemory:
     mb, mi, ms, size = recipe.max_batch_size, recipe.max_input_len, recipe.max_seq_len, dtype.itemsize
     t, d = pair.target, pair.drafter
-    t_kv, d_kv = _kv_per_rank(t, tp), _kv_per_rank(d, tp)
+    t_kv, d_kv = kv_per_rank(t, tp), kv_per_rank(d, tp)
     target_kv = mb * ms * t.num_layers * 2 * t_kv * t.head_dim * size
     drafter_kv = mb * ms * d.num_layers * 2 * d_kv * d.head_dim * size
     tokens = mb * max(mi, block)  # the largest forward

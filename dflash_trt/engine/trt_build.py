@@ -3,8 +3,8 @@
 The same function serves datacenter TensorRT (`import tensorrt`, on a GPU host: the engines of ENGINE_DIR) and
 TensorRT-RTX (`tensorrt_rtx`, on any host: a verification build). TensorRT-RTX runs in a child interpreter because
 its wheel ships only `libtensorrt_rtx.so.1` while its ONNX parser dlopens `libtensorrt_rtx.so` (the process aborts
-when a plugin is imported): the parent puts a symlink directory on `LD_LIBRARY_PATH` before the child starts
-(the same fix as `dflash_trt.plugins.trt_rtx`, which builds the one-node plugin graphs).
+when a plugin is imported): `dflash_trt.plugins.trt_rtx.run_rtx_child` puts a symlink directory on
+`LD_LIBRARY_PATH` before the child starts.
 
 What the report proves, each point read from the build itself:
 - the graph parses (parser errors otherwise) and the plugin library binds (`register_plugins` checks every
@@ -20,13 +20,9 @@ CLI (the child): `python -m dflash_trt.engine.trt_build SPEC.json REPORT.json`.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -183,40 +179,16 @@ def build_graph(trt: ModuleType, spec: GraphSpec) -> GraphReport:
     return report
 
 
-def rtx_available() -> bool:
-    return importlib.util.find_spec("tensorrt_rtx") is not None and importlib.util.find_spec("tensorrt_rtx_libs")
-
-
 def build_with_rtx(spec: GraphSpec, *, timeout: float = 1800.0) -> GraphReport:
     """`build_graph` with TensorRT-RTX in a child interpreter (see the module docstring for why)."""
-    libs = importlib.util.find_spec("tensorrt_rtx_libs")
-    if libs is None or importlib.util.find_spec("tensorrt_rtx") is None:
-        raise UserError(
-            "tensorrt_rtx is not installed (the CPU verification build needs it): pip install 'dflash-trt[tensorrt]'"
-        )
-    lib_dir = Path(next(iter(libs.submodule_search_locations)))
-    with tempfile.TemporaryDirectory(prefix="dflash_trt_build_") as tmp:
-        (Path(tmp) / "libtensorrt_rtx.so").symlink_to(lib_dir / "libtensorrt_rtx.so.1")
-        spec_path, report_path = Path(tmp) / "spec.json", Path(tmp) / "report.json"
+    from dflash_trt.plugins.trt_rtx import run_rtx_child
+
+    def args(report: Path) -> list[str]:
+        spec_path = report.with_name("spec.json")
         spec_path.write_text(json.dumps(asdict(spec)))
-        env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [tmp, env.get("LD_LIBRARY_PATH")]))
-        proc = subprocess.run(
-            [sys.executable, "-m", "dflash_trt.engine.trt_build", str(spec_path), str(report_path)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
-        if proc.returncode == 2 and last.startswith("error: "):
-            raise UserError(last.removeprefix("error: "))
-        if not report_path.is_file():
-            raise RuntimeError(
-                f"TensorRT-RTX build of {spec.onnx} died (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
-            )
-        return GraphReport(**json.loads(report_path.read_text()))
+        return [str(spec_path), str(report)]
+
+    return GraphReport(**run_rtx_child("dflash_trt.engine.trt_build", args, timeout, spec.onnx))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -71,35 +72,39 @@ def build_engine(
     onnx_path, plan_path = Path(onnx_path).resolve(), Path(plan_path).resolve()  # the child runs elsewhere
     if not onnx_path.is_file():
         raise UserError(f"{onnx_path}: no such ONNX file")
+
+    def args(report: Path) -> list[str]:
+        out = [str(onnx_path), str(plan_path), "--plugin-lib", str(lib), "--report", str(report)]
+        for name, shapes in profile.items():
+            out += ["--profile", f"{name}=" + ":".join("x".join(map(str, s)) for s in shapes)]
+        return out + ([] if aliased_plugin_io else ["--no-aliased-plugin-io"])
+
+    return BuildReport(**run_rtx_child("dflash_trt.plugins.trt_rtx", args, timeout, str(onnx_path)))
+
+
+def run_rtx_child(module: str, args: Callable[[Path], list[str]], timeout: float, what: str) -> dict:
+    """Run `python -m module *args(report)` with libtensorrt_rtx.so on LD_LIBRARY_PATH (see the module
+    docstring for why a child) and return the JSON report it wrote to `report`. A child's one-line `error: `
+    with exit code 2 is a UserError; a child that dies without a report is a RuntimeError naming `what`."""
     with tempfile.TemporaryDirectory(prefix="dflash_trt_rtx_") as tmp:
         (Path(tmp) / "libtensorrt_rtx.so").symlink_to(_lib_dir() / "libtensorrt_rtx.so.1")
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [tmp, env.get("LD_LIBRARY_PATH")]))
-        report_path = Path(tmp) / "report.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "dflash_trt.plugins.trt_rtx",
-            str(onnx_path),
-            str(plan_path),
-            "--plugin-lib",
-            str(lib),
-            "--report",
-            str(report_path),
-        ]
-        for name, shapes in profile.items():
-            cmd += ["--profile", f"{name}=" + ":".join("x".join(map(str, s)) for s in shapes)]
-        if not aliased_plugin_io:
-            cmd.append("--no-aliased-plugin-io")
+        report = Path(tmp) / "report.json"
         proc = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[2]
+            [sys.executable, "-m", module, *args(report)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=Path(__file__).resolve().parents[2],
         )
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
         if proc.returncode == 2 and last.startswith("error: "):
             raise UserError(last.removeprefix("error: "))
-        if not report_path.is_file():
-            raise RuntimeError(f"TensorRT-RTX build process died (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-        return BuildReport(**json.loads(report_path.read_text()))
+        if not report.is_file():
+            raise RuntimeError(f"TensorRT-RTX build of {what} died (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        return json.loads(report.read_text())
 
 
 def _desc(tensor) -> list:
