@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 
 from dflash_trt.atomic import write_text_atomically
+from dflash_trt.config import read_json
 from dflash_trt.decoding.choice import ACCEPTANCE_FILE, Choice, StepCosts, choose_block
 from dflash_trt.embedded import default_cache_dir
+from dflash_trt.errors import UserError
 from dflash_trt.pipeline import Pipeline
 
 CACHE_FILE = "calibration.json"
@@ -59,15 +61,11 @@ def step_costs(pipe: Pipeline, block: int, context: int = 256, repeats: int = 15
 
 def read_acceptance(directory: Path | None) -> list[float] | None:
     """`position_acceptance` of DIRECTORY/acceptance.json, or None when there is none."""
-    path = Path(directory or "") / ACCEPTANCE_FILE
-    if directory is None or not path.is_file():
+    if directory is None or not (Path(directory) / ACCEPTANCE_FILE).is_file():
         return None
-    from dflash_trt.config import read_json
-
+    path = Path(directory) / ACCEPTANCE_FILE
     values = read_json(path).get("position_acceptance")
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in values):
-        from dflash_trt.errors import UserError
-
         raise UserError(f"{path}: field 'position_acceptance' must be a list of probabilities")
     return [float(v) for v in values]
 
