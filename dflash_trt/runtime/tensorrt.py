@@ -499,9 +499,8 @@ class TensorRTDrafter(DrafterRunner):
 
     def draft(self, block: Tensor) -> Tensor:
         phase = self._run(block)
-        logits = self.s.buffers[f"drafter.{phase}.logits"][: block.shape[0], : block.shape[1] - 1].float().clone()
-        self.s.stream.synchronize()
-        return logits
+        self.s.stream.synchronize()  # the engine ran on the session's stream; the copy below is on the current one
+        return self.s.buffers[f"drafter.{phase}.logits"][: block.shape[0], : block.shape[1] - 1].float().clone()
 
     def draft_and_propose(
         self, block: Tensor, params: SamplingParams, generator: torch.Generator | None
@@ -510,9 +509,8 @@ class TensorRTDrafter(DrafterRunner):
         if not params.greedy:
             return super().draft_and_propose(block, params, generator)
         phase = self._run(block)
-        tokens = self.s.buffers[f"drafter.{phase}.draft_tokens"][: block.shape[0], : block.shape[1] - 1].clone()
         self.s.stream.synchronize()
-        return tokens, None
+        return self.s.buffers[f"drafter.{phase}.draft_tokens"][: block.shape[0], : block.shape[1] - 1].clone(), None
 
     @torch.inference_mode()
     def _run(self, block: Tensor) -> str:
