@@ -153,7 +153,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         choices=("int4", "int8"),
         default=None,
         help="onnxruntime: quantize the graphs' weights at load (MatMulNBits, blocks of 32, int8 compute); "
-        "about 2x faster decoding on CPU, outputs close to but not identical with the fp32 graphs",
+        "2-3x faster decoding on this CPU (results/engine.md), outputs close to but not identical with fp32",
     )
 
 
