@@ -1,7 +1,7 @@
 """`dflash-trt build` with recipe `attention: plugin`: the drafter graph's plugin flavor (one
 `DFlashContextKVAppend` and one `DFlashBlockAttention` node per draft layer, no ONNX Attention) built whole by
-TensorRT-RTX on this CPU with the host plugin library, in fp16 and bf16. A tiny pair keeps it quick; the onnxruntime
-backend refuses such an engine directory with one line (it has no custom-op library for the plugins)."""
+TensorRT-RTX on this CPU with the host plugin library (fp16; a tiny pair keeps it quick). The onnxruntime backend
+refuses such an engine directory with one line (it has no custom-op library for the plugins)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def recipe(root, dtype: str):
     return path
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", ["fp16"])  # bf16 builds: the embedded recipe (test_build.py); ~100 s each here
 def test_plugin_attention_drafter_builds_whole(pair, plugin_lib, dtype):
     root, target, drafter = pair
     out = root / f"engine-{dtype}"
@@ -87,7 +87,4 @@ def test_plugin_attention_drafter_builds_whole(pair, plugin_lib, dtype):
     refused = run_cli("generate", "--engine", str(out), "--backend", "onnxruntime", "--prompt", "hi")
     assert refused.returncode == 2
     line = refused.stderr.strip().splitlines()[-1]
-    if dtype == "fp16":  # the plugin nodes are what onnxruntime refuses
-        assert "drafter.onnx" in line and BLOCK_ATTENTION.name in line and "attention: native" in line
-    else:  # onnxruntime's CPU provider has no bf16 MatMul: the target graph is refused first
-        assert "target.onnx" in line and "MatMul" in line and "dtype fp32 or fp16" in line
+    assert "drafter.onnx" in line and BLOCK_ATTENTION.name in line and "attention: native" in line

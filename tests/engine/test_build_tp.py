@@ -43,7 +43,7 @@ def collectives(counter: collections.Counter) -> dict:
     return {op: counter[op] for op in (ALL_REDUCE, ALL_GATHER)}
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", ["fp16"])  # bf16: the embedded build (test_build.py) and one-node collective builds
 def test_every_rank_graph_is_verified_with_the_collective_plugins(pair, plugin_lib, dtype):
     root, target, drafter = pair
     out = root / f"engine-{dtype}"

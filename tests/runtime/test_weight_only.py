@@ -101,3 +101,20 @@ def test_cli_runs_and_refuses_what_it_does_not_serve(engine, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_a_graph_the_cpu_provider_cannot_run_is_refused_naming_the_file(tmp_path):
+    """onnxruntime's CPU provider has no bf16 MatMul: a bf16 engine directory gets one line, not a traceback."""
+    from onnx import TensorProto, helper
+
+    from dflash_trt.errors import UserError
+
+    x = helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [2, 4])
+    w = helper.make_tensor("w", TensorProto.BFLOAT16, [4, 4], [0] * 16)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    path = tmp_path / "target.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(UserError, match="MatMul") as err:
+        Graph(path)
+    assert str(path) in str(err.value) and "dtype fp32 or fp16" in str(err.value)
