@@ -1,6 +1,8 @@
 """Step costs of this machine (a one-token decode, a B-token verify, a drafter pass), measured once per machine,
 backend and model pair and cached in `$DFLASH_TRT_CACHE/calibration.json` (default ~/.cache/dflash-trt), and the
-block size they recommend with the drafter's per-position acceptance (`decoding.choice`).
+block size they recommend with the drafter's per-position acceptance (`decoding.choice`). Each entry records the
+load average it was measured under; a later run on a quieter machine measures again and replaces it, so a
+calibration taken while other work ran does not stay the machine's forever.
 
 A drafter directory (or an engine directory built from it) may ship `acceptance.json`:
 {"position_acceptance": [P(accepted >= 1), ..., P(accepted >= B-1)], "measured_on": "..."}, greedy acceptance
@@ -28,6 +30,7 @@ from dflash_trt.pipeline import Pipeline
 
 CACHE_FILE = "calibration.json"
 REPEATS = 5
+QUIETER_BY = 0.5  # re-measure when the 1-minute load average is this much below the cached entry's
 
 
 @torch.inference_mode()
@@ -87,8 +90,15 @@ def cached_step_costs(pipe: Pipeline, label: str, blocks: list[int], log: Callab
     key = f"{machine_key()} | {label} | {pipe.target_dir} | {pipe.drafter_dir}"
     cache = json.loads(path.read_text()) if path.is_file() else {}
     entry = cache.get(key)
+    load = os.getloadavg()[0]
+    if entry is not None and load + QUIETER_BY < entry.get("load", float("inf")):
+        then = f"load average {entry['load']:.1f}" if "load" in entry else "an unrecorded load"
+        log(f"the cached step costs were measured under {then}, now {load:.1f}: measuring again")
+        entry = None
     if entry is None or not set(map(str, blocks)) <= set(entry["verify_ms"]):
         log(f"calibrating step costs once for this machine and {label} (B={blocks[0]}..{blocks[-1]}); cached in {path}")
+        if load >= 0.5 * (os.cpu_count() or 1):
+            log(f"the machine is busy (load average {load:.1f}): these costs, and the choice, may not hold when quiet")
         start = time.perf_counter()
         rows = [step_costs(pipe, b, repeats=REPEATS) for b in blocks]
         entry = {
@@ -96,6 +106,7 @@ def cached_step_costs(pipe: Pipeline, label: str, blocks: list[int], log: Callab
             "verify_ms": {str(r["block"]): r["verify_ms"] for r in rows},
             "draft_ms": {str(r["block"]): r["draft_ms"] for r in rows},
             "seconds": round(time.perf_counter() - start, 1),
+            "load": round(load, 2),
         }
         cache[key] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
