@@ -75,11 +75,9 @@ def _auto_block(pipe, args: argparse.Namespace):
     """(drafter or None, block size) that the drafter's acceptance and this machine's step costs recommend; the
     drafter's trained block when it ships no acceptance.json."""
     from dflash_trt.bench.calibration import choose_for
+    from dflash_trt.pipeline import backend_label
 
-    if args.engine is not None:
-        label = (args.backend or "onnxruntime") + (f" {args.weight_only}" if args.weight_only else "")
-    else:
-        label = f"torch {args.dtype}"
+    label = backend_label(args)
 
     def log(msg: str) -> None:
         print(f"dflash-trt: {msg}", file=sys.stderr, flush=True)

@@ -157,6 +157,13 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def backend_label(args: argparse.Namespace) -> str:
+    """What step costs depend on besides the models: the backend, and its weight dtype or quantization."""
+    if args.engine is not None:
+        return (args.backend or "onnxruntime") + (f" {args.weight_only}" if args.weight_only else "")
+    return f"torch {getattr(args, 'dtype', 'fp32')}"  # bench has no --dtype: fp32
+
+
 def load_engine_args(args: argparse.Namespace, use_drafter: bool) -> Pipeline | None:
     """The Pipeline of --engine on --backend (default onnxruntime), this rank's under mpirun; None without
     --engine (then --backend must be torch)."""

@@ -63,18 +63,36 @@ def test_bench_end_to_end(tmp_path):
     assert "| dataset |" in (tmp_path / "out" / "tiny.md").read_text()
 
 
-def test_bench_compares_a_dflash2_drafter_with_zlab(tmp_path):
-    """--compare-zlab loads the class the checkpoint names: z-lab's DFlash2DraftModel for a DFlash2 drafter."""
+def test_bench_compares_v1_and_dflash2_drafters_side_by_side(tmp_path, monkeypatch):
+    """Two --drafter directories on one target: rows and z-lab peers for each (z-lab's own class per checkpoint:
+    DFlash2DraftModel for the DFlash2 drafter); without --block-sizes each runs at its block choice, or at its
+    trained block size when it ships no acceptance.json."""
     from tiny_dflash2 import save_zlab_drafter2
 
+    monkeypatch.setenv("DFLASH_TRT_CACHE", str(tmp_path / "cache"))
     target = save_hf_target(tmp_path / "t", "qwen3")
     save_tiny_tokenizer(target)
-    drafter = save_zlab_drafter2(tmp_path / "d", hf_config("qwen3"), block_size=4, layer_ids=(0, 2))
+    v1 = save_zlab_drafter(tmp_path / "v1", hf_config("qwen3"), block_size=8, layer_ids=(0, 2))
+    v2 = save_zlab_drafter2(tmp_path / "v2", hf_config("qwen3"), block_size=4, layer_ids=(0, 2))
+    (v2 / "acceptance.json").write_text(json.dumps({"position_acceptance": [1.0, 1.0, 1.0]}))
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": f"w{i} w{i + 2}"}) for i in range(3)))
-    argv = ["bench", "--target", str(target), "--drafter", str(drafter), "--datasets", str(prompts)]
-    argv += ["--num-prompts", "3", "--max-new-tokens", "12", "--batch-sizes", "1", "--block-sizes", "4"]
-    argv += ["--temperatures", "0", "--compare-zlab", "--output-dir", str(tmp_path / "out"), "--name", "v2"]
+    argv = ["bench", "--target", str(target), "--drafter", str(v1), str(v2), "--datasets", str(prompts)]
+    argv += ["--num-prompts", "3", "--max-new-tokens", "12", "--batch-sizes", "1", "--temperatures", "0"]
+    argv += ["--compare-zlab", "--output-dir", str(tmp_path / "out"), "--name", "v2"]
     assert main(argv) == 0
-    peer = json.loads((tmp_path / "out" / "v2.json").read_text())["peers"][0]
-    assert peer["zlab_identical_outputs"] == 3 and peer["zlab_drafter_class"] == "DFlash2DraftModel"
+    report = json.loads((tmp_path / "out" / "v2.json").read_text())
+    first, second = report["drafters"]
+    assert (first["name"], first["blocks"]) == ("DFlashDraftModel", [8]) and "no acceptance.json" in first["choice"]
+    assert second["name"] == "DFlash2DraftModel" and second["choice"].startswith("block choice for torch fp32")
+    assert second["blocks"][0] in (2, 3, 4)
+    assert [(r["drafter"], r["identical_outputs"]) for r in report["rows"]] == [
+        ("DFlashDraftModel", 3),
+        ("DFlash2DraftModel", 3),
+    ]
+    assert [(p["zlab_drafter_class"], p["zlab_identical_outputs"]) for p in report["peers"]] == [
+        ("DFlashDraftModel", 3),
+        ("DFlash2DraftModel", 3),
+    ]
+    assert [c["drafter"] for c in report["step_costs"]] == ["DFlashDraftModel", "DFlash2DraftModel"]
+    assert "| DFlash2DraftModel |" in (tmp_path / "out" / "v2.md").read_text()

@@ -2,8 +2,12 @@
 
 Both run on the same backend, weights and prompts, interleaved batch by batch so machine noise hits them
 alike. Speedup is z-lab's: mean TPOT (decode only, prefill excluded) of the baseline / that of DFlash.
-Optionally, side by side at batch 1 and T=0: z-lab's own `dflash_generate` on identical weights (outputs
-must be identical) and HF transformers prompt-lookup decoding. Writes JSON + Markdown + PNG to results/.
+Without --block-sizes each drafter runs at the block size its acceptance.json and this machine's step costs
+recommend (as `generate` does; the best-expected block when plain decoding is expected to win, so the table
+still measures DFlash), and the report says which. Several --drafter directories are compared side by side on
+the same target and prompts. Optionally, side by side at batch 1 and T=0: z-lab's own `dflash_generate` on
+identical weights (outputs must be identical) and HF transformers prompt-lookup decoding. Writes JSON +
+Markdown + PNG to results/.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from pathlib import Path
 
 import torch
 
-from dflash_trt.bench.calibration import step_costs
+from dflash_trt.bench.calibration import choose_for, step_costs
 from dflash_trt.bench.reporting import RESULTS, RunStart, write_report
+from dflash_trt.config import read_json
 from dflash_trt.decoding.metrics import summarize
 from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.decoding.speculative import Request, generate
 from dflash_trt.errors import UserError
-from dflash_trt.pipeline import Pipeline, add_engine_args, load_engine_args, load_pipeline
+from dflash_trt.pipeline import Pipeline, add_engine_args, backend_label, load_engine_args, load_pipeline
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--target", type=Path, help="HF target directory (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--drafter", type=Path, help="z-lab drafter directory (default: the embedded drafter)")
+    p.add_argument(
+        "--drafter",
+        type=Path,
+        nargs="+",
+        help="z-lab drafter directories, compared side by side (default: the embedded drafter)",
+    )
     add_engine_args(p)
     p.add_argument(
         "--datasets",
@@ -42,7 +52,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--num-prompts", type=int, default=16, help="prompts per dataset (default 16)")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--block-sizes", type=int, nargs="+", help="block sizes to run (default: the trained one)")
+    p.add_argument(
+        "--block-sizes",
+        type=int,
+        nargs="+",
+        help="block sizes to run (default: the one acceptance.json and this machine's step costs recommend, "
+        "else the drafter's trained one)",
+    )
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     p.add_argument("--top-k", type=int, default=0)
@@ -67,33 +83,40 @@ def run_bench(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     if args.engine is not None and (args.compare_zlab or args.compare_prompt_lookup):
         raise UserError("--compare-zlab/--compare-prompt-lookup run HF directories; drop them with --engine")
-    pipe = load_engine_args(args, True) or load_pipeline(args.target, args.drafter)
-    if pipe.drafter is None:
+    if args.engine is not None and args.drafter:
+        raise UserError("--engine brings its own drafter; drop --drafter")
+    engine = load_engine_args(args, True)
+    pipes = [engine] if engine else [load_pipeline(args.target, d) for d in args.drafter or [None]]
+    if pipes[0].drafter is None:
         raise UserError("bench needs a drafter: pass --drafter DIR (no drafter is shipped for this target)")
-    blocks = args.block_sizes or [pipe.drafter.block_size]
+    label = backend_label(args)
     prompts = {name: datasets.load(name, args.num_prompts) for name in args.datasets}
-    rows, gens_by_key = [], {}
-    for name, texts in prompts.items():
-        requests = [pipe.request(t, not args.no_chat, args.max_new_tokens) for t in texts]
-        for temperature in args.temperatures:
-            params = SamplingParams(temperature, args.top_k, args.top_p, args.seed)
-            for batch in args.batch_sizes:
-                for block in blocks:
-                    row, gens = _run_pair(pipe, requests, params, batch, block)
-                    rows.append({"dataset": name, "temperature": temperature, "batch": batch, **row})
-                    gens_by_key[(name, temperature, batch, block)] = gens
-                    print(_row_line(rows[-1]))
-    costs = [step_costs(pipe, block) for block in blocks]
+    rows, drafters = [], []
+    for pipe in pipes:
+        name = drafter_name(pipe)
+        blocks, choice = _blocks(args, pipe, label)
+        drafters.append({"name": name, "dir": str(pipe.drafter_dir), "blocks": blocks, "choice": choice})
+        print(f"{name}: B={blocks} ({choice})")
+        for dataset, texts in prompts.items():
+            requests = [pipe.request(t, not args.no_chat, args.max_new_tokens) for t in texts]
+            for temperature in args.temperatures:
+                params = SamplingParams(temperature, args.top_k, args.top_p, args.seed)
+                for batch in args.batch_sizes:
+                    for block in blocks:
+                        row = _run_pair(pipe, requests, params, batch, block)
+                        rows.append({"dataset": dataset, "drafter": name, "temperature": temperature, "batch": batch})
+                        rows[-1] |= row
+                        print(_row_line(rows[-1]))
+    costs = [{"drafter": d["name"]} | step_costs(p, b) for p, d in zip(pipes, drafters) for b in d["blocks"]]
     compare = args.compare_zlab or args.compare_prompt_lookup
-    peers = _run_peers(args, pipe, prompts, blocks[0], gens_by_key) if compare else []
-    target_dtype = pipe.target.dtype
-    head_dtype = pipe.drafter.head_dtype
+    peers = _run_peers(args, pipes, drafters, prompts) if compare else []
+    pipe = pipes[0]
     data = {
         "target": str(pipe.target_dir),
-        "drafter": str(pipe.drafter_dir),
-        "backend": args.backend or ("onnxruntime" if args.engine else "torch"),
-        "target_dtype": str(target_dtype).removeprefix("torch."),
-        "draft_head_dtype": str(head_dtype).removeprefix("torch."),
+        "drafters": drafters,
+        "backend": label,
+        "target_dtype": str(pipe.target.dtype).removeprefix("torch."),
+        "draft_head_dtype": str(pipe.drafter.head_dtype).removeprefix("torch."),
         "max_new_tokens": args.max_new_tokens,
         "num_prompts": args.num_prompts,
         "rows": rows,
@@ -130,7 +153,24 @@ def _run_pair(pipe: Pipeline, requests: list[Request], params: SamplingParams, b
         "identical_outputs": sum(a.tokens == b.tokens for a, b in zip(ar, spec)),
         "requests": len(requests),
     }
-    return row, spec
+    return row
+
+
+def drafter_name(pipe: Pipeline) -> str:
+    """The drafter's architecture as its config.json names it (DFlashDraftModel, DFlash2DraftModel); an engine
+    directory's name for an engine."""
+    return read_json(pipe.drafter_dir / "config.json").get("architectures", [pipe.drafter_dir.name])[0]
+
+
+def _blocks(args: argparse.Namespace, pipe: Pipeline, label: str) -> tuple[list[int], str]:
+    """Block sizes to run and why: --block-sizes, else the block choice (`generate`'s), else the trained one."""
+    if args.block_sizes:
+        return args.block_sizes, "--block-sizes"
+    choice = choose_for(pipe, label, lambda msg: print(f"dflash-trt: {msg}", flush=True))
+    if choice is None:
+        return [pipe.drafter.block_size], "trained block size; the drafter ships no acceptance.json"
+    best = choice.block or max(choice.speedups, key=choice.speedups.get)
+    return [best], f"block choice for {label}: {choice.describe()}"
 
 
 def _row_line(r: dict) -> str:
@@ -141,78 +181,88 @@ def _row_line(r: dict) -> str:
     )
 
 
-def _run_peers(args, pipe: Pipeline, prompts: dict, block: int, gens_by_key: dict) -> list[dict]:
+def _run_peers(args, pipes: list[Pipeline], drafters: list[dict], prompts: dict) -> list[dict]:
     from dflash_trt.bench.peers import HFTarget, ZLabDFlash
 
-    hf = HFTarget(pipe.target_dir)
-    zlab = ZLabDFlash(hf, pipe.drafter_dir) if args.compare_zlab else None
+    hf = HFTarget(pipes[0].target_dir)
     rows = []
     params = SamplingParams(0.0)
-    for name, texts in prompts.items():
-        requests = [pipe.request(t, not args.no_chat, args.max_new_tokens) for t in texts]
-        ours_s, zlab_s, pld_s, identical, pld_tokens, pld_calls, ours_tokens = 0.0, 0.0, 0.0, 0, 0, 0, 0
-        for r in requests:
-            start = time.perf_counter()
-            ours = generate(pipe.target, pipe.drafter, [r], params, block)[0]
-            ours_s += time.perf_counter() - start
-            ours_tokens += len(ours.tokens)
+    for pipe, drafter in zip(pipes, drafters):
+        block = drafter["blocks"][0]
+        zlab = ZLabDFlash(hf, pipe.drafter_dir) if args.compare_zlab else None
+        for name, texts in prompts.items():
+            requests = [pipe.request(t, not args.no_chat, args.max_new_tokens) for t in texts]
+            ours_s, zlab_s, pld_s, identical, pld_tokens, pld_calls, ours_tokens = 0.0, 0.0, 0.0, 0, 0, 0, 0
+            for r in requests:
+                start = time.perf_counter()
+                ours = generate(pipe.target, pipe.drafter, [r], params, block)[0]
+                ours_s += time.perf_counter() - start
+                ours_tokens += len(ours.tokens)
+                if zlab:
+                    run = zlab.generate(r.prompt, r.max_new_tokens, r.stop_token_ids, block)
+                    zlab_s += run.seconds
+                    identical += run.tokens == ours.tokens
+                if args.compare_prompt_lookup:
+                    run = hf.prompt_lookup(r.prompt, r.max_new_tokens, r.stop_token_ids)
+                    pld_s += run.seconds
+                    pld_tokens += len(run.tokens)
+                    pld_calls += run.target_forwards
+            row = {
+                "dataset": name,
+                "drafter": drafter["name"],
+                "block": block,
+                "requests": len(requests),
+                "ours_tokens_per_s": ours_tokens / ours_s,
+            }
             if zlab:
-                run = zlab.generate(r.prompt, r.max_new_tokens, r.stop_token_ids, block)
-                zlab_s += run.seconds
-                identical += run.tokens == ours.tokens
+                row |= {
+                    "zlab_tokens_per_s": ours_tokens / zlab_s,
+                    "ours_vs_zlab_speed": zlab_s / ours_s,
+                    "zlab_identical_outputs": identical,
+                    "zlab_drafter_class": type(zlab.drafter).__name__,
+                }
             if args.compare_prompt_lookup:
-                run = hf.prompt_lookup(r.prompt, r.max_new_tokens, r.stop_token_ids)
-                pld_s += run.seconds
-                pld_tokens += len(run.tokens)
-                pld_calls += run.target_forwards
-        row = {"dataset": name, "block": block, "requests": len(requests), "ours_tokens_per_s": ours_tokens / ours_s}
-        if zlab:
-            row |= {
-                "zlab_tokens_per_s": ours_tokens / zlab_s,
-                "ours_vs_zlab_speed": zlab_s / ours_s,
-                "zlab_identical_outputs": identical,
-                "zlab_drafter_class": type(zlab.drafter).__name__,
-            }
-        if args.compare_prompt_lookup:
-            row |= {
-                "prompt_lookup_tau": pld_tokens / max(pld_calls, 1),
-                "prompt_lookup_tokens_per_s": pld_tokens / pld_s,
-            }
-        rows.append(row)
-        print(
-            f"peers {name}: "
-            + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-        )
+                row |= {
+                    "prompt_lookup_tau": pld_tokens / max(pld_calls, 1),
+                    "prompt_lookup_tokens_per_s": pld_tokens / pld_s,
+                }
+            rows.append(row)
+            print(
+                f"peers {name}: "
+                + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+            )
     return rows
 
 
 def _markdown(data: dict) -> str:
     lines = [
-        f"# DFlash benchmark\n\nTarget `{data['target']}`, drafter `{data['drafter']}`, "
+        f"# DFlash benchmark\n\nTarget `{data['target']}`, {data['backend']} backend, "
         f"{data['num_prompts']} prompts per dataset, up to {data['max_new_tokens']} new tokens, "
         f"{data['target_dtype']} target, "
         f"drafts' LM head {data['draft_head_dtype']} (lossless: drafts are only proposals). "
         "Speedup = baseline TPOT / DFlash TPOT (decode only, prefill excluded), same backend, run side by side.\n",
-        "| dataset | T | batch | B | tau | accept@1,2,3 | AR TPOT ms | DFlash TPOT ms | TPOT speedup | AR tok/s "
-        "| DFlash tok/s | greedy-identical |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *(f"- {d['name']} `{d['dir']}`: B={d['blocks']} ({d['choice']})" for d in data["drafters"]),
+        "",
+        "| dataset | drafter | T | batch | B | tau | accept@1,2,3 | AR TPOT ms | DFlash TPOT ms | TPOT speedup "
+        "| AR tok/s | DFlash tok/s | greedy-identical |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         acc = ", ".join(f"{a:.2f}" for a in r["position_acceptance"][:3])
         same = f"{r['identical_outputs']}/{r['requests']}" if r["temperature"] == 0 else "n/a (sampled)"
         lines.append(
-            f"| {r['dataset']} | {r['temperature']:g} | {r['batch']} | {r['block']} | {r['tau']:.2f} "
+            f"| {r['dataset']} | {r['drafter']} | {r['temperature']:g} | {r['batch']} | {r['block']} | {r['tau']:.2f} "
             f"| {acc} | "
             f"{r['ar_tpot_ms']:.1f} | {r['dflash_tpot_ms']:.1f} | **{r['tpot_speedup']:.2f}x** | "
             f"{r['ar_tokens_per_s']:.1f} | {r['dflash_tokens_per_s']:.1f} | {same} |"
         )
     lines += [
         "\n## Cost of one step (batch 1, context 256)\n",
-        "| B | decode ms | verify(B) ms | draft(B) ms | break-even tau |",
-        "|---|---|---|---|---|",
+        "| drafter | B | decode ms | verify(B) ms | draft(B) ms | break-even tau |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {c['block']} | {c['decode_ms']:.1f} | {c['verify_ms']:.1f} | {c['draft_ms']:.1f} "
+        f"| {c['drafter']} | {c['block']} | {c['decode_ms']:.1f} | {c['verify_ms']:.1f} | {c['draft_ms']:.1f} "
         f"| {c['break_even_tau']:.2f} |"
         for c in data["step_costs"]
     ]
@@ -220,10 +270,10 @@ def _markdown(data: dict) -> str:
     if data["peers"]:
         lines += [
             "\n## Side by side at batch 1, T=0 (same weights, same prompts)\n",
-            "| dataset | B | ours tok/s | z-lab dflash_generate tok/s | ours / z-lab speed "
+            "| dataset | drafter | B | ours tok/s | z-lab dflash_generate tok/s | ours / z-lab speed "
             "| identical to z-lab | "
             "HF prompt-lookup tau | HF prompt-lookup tok/s |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for p in data["peers"]:
 
@@ -232,11 +282,15 @@ def _markdown(data: dict) -> str:
 
             same = f"{p['zlab_identical_outputs']}/{p['requests']}" if "zlab_identical_outputs" in p else "-"
             lines.append(
-                f"| {p['dataset']} | {p['block']} | {p['ours_tokens_per_s']:.1f} "
+                f"| {p['dataset']} | {p['drafter']} | {p['block']} | {p['ours_tokens_per_s']:.1f} "
                 f"| {f('zlab_tokens_per_s', '{:.1f}')} | {f('ours_vs_zlab_speed')}x | {same} "
                 f"| {f('prompt_lookup_tau')} | {f('prompt_lookup_tokens_per_s', '{:.1f}')} |"
             )
     return "\n".join(lines)
+
+
+def _short(row: dict) -> str:
+    return row["drafter"].removesuffix("DraftModel")
 
 
 def _figure(rows: list[dict]):
@@ -253,13 +307,13 @@ def _figure(rows: list[dict]):
                 range(1, len(r["histogram"]) + 1),
                 [h / total for h in r["histogram"]],
                 marker="o",
-                label=f"{r['dataset']} B={r['block']}",
+                label=f"{r['dataset']} {_short(r)} B={r['block']}",
             )
     ax_hist.set_xlabel("tokens committed per verify step")
     ax_hist.set_ylabel("fraction of steps")
     ax_hist.set_title("Acceptance histogram (T=0)")
     ax_hist.legend()
-    labels = [f"{r['dataset']}\nT={r['temperature']:g} b={r['batch']} B={r['block']}" for r in rows]
+    labels = [f"{r['dataset']} {_short(r)}\nT={r['temperature']:g} b={r['batch']} B={r['block']}" for r in rows]
     ax_bar.bar(range(len(rows)), [r["tpot_speedup"] for r in rows], color="tab:blue")
     ax_bar.axhline(1.0, color="grey", ls=":")
     ax_bar.set_xticks(range(len(rows)), labels, fontsize=7, rotation=45, ha="right")
