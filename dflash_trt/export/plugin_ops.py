@@ -109,7 +109,7 @@ def with_plugin_attention(drafter: DFlashDrafter, rope_cos: Tensor, rope_sin: Te
 
 
 def onnx_translations() -> dict:
-    from dflash_trt.export.plugin_onnx import block_attention_onnx, context_kv_append_onnx
+    from dflash_trt.plugins.onnx_translations import block_attention_onnx, context_kv_append_onnx
 
     return {
         torch.ops.dflash_trt.context_kv_append.default: context_kv_append_onnx,

@@ -1,17 +1,18 @@
 """ONNX export of the plugin ops and an onnxruntime (CPU) runner for the exported graphs.
 
-The exported node is ``DFlashBlockAttention`` in domain ``ai.onnx.contrib`` with the contract's
-attributes plus ``plugin_namespace``/``plugin_version``. That domain is the one onnxruntime-extensions
-gives its Python custom ops; TensorRT's ONNX parser imports an unknown op as the plugin whose name is
-the op type, looked up in the namespace named by ``plugin_namespace``, and turns every other attribute
-into a plugin field.
+The exported node is ``DFlashBlockAttention`` (the translation the drafter graphs use,
+`plugins.onnx_translations`) with the contract's attributes plus ``plugin_namespace``/``plugin_version``.
+TensorRT's ONNX parser imports an unknown op as the plugin whose name is the op type, looked up in the
+namespace named by ``plugin_namespace``, and turns every other attribute into a plugin field. To run the
+graph under onnxruntime, `ort_session` moves the node into ``ai.onnx.contrib``, the domain
+onnxruntime-extensions gives its Python custom ops.
 """
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Mapping, Sequence, TypeVar, Union
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,60 +21,18 @@ from torch import Tensor
 from dflash_trt.errors import UserError
 from dflash_trt.models.layers import Rope
 from dflash_trt.plugins.contracts import BLOCK_ATTENTION
+from dflash_trt.plugins.onnx_translations import block_attention_onnx
 from dflash_trt.plugins.reference import dflash_block_attention
 
 try:
     import onnx
     import onnxruntime as ort
-    import onnxscript
     from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
-    from onnxscript import BFLOAT16, FLOAT, FLOAT16, INT32
 except ImportError as exc:  # optional dependencies
     raise UserError(f"module '{exc.name}' is missing: pip install 'dflash-trt[onnx]'") from exc
 
-DOMAIN = "ai.onnx.contrib"
+ORT_DOMAIN = "ai.onnx.contrib"
 DYNAMIC_DIMS = ("b", "S")  # batch and context capacity vary at run time; block and RoPE table do not
-
-_CONTRIB = onnxscript.values.Opset(DOMAIN, 1)
-_T = TypeVar("_T", bound=Union[FLOAT, FLOAT16, BFLOAT16])
-
-
-@onnxscript.script(onnxscript.values.Opset("dflash_trt.export", 1))
-def _block_attention_onnx(
-    qkv: _T,
-    q_norm_weight: _T,
-    k_norm_weight: _T,
-    rope_cos: FLOAT,
-    rope_sin: FLOAT,
-    k_cache: _T,
-    v_cache: _T,
-    ctx_lens: INT32,
-    num_heads: int,
-    num_kv_heads: int,
-    head_dim: int,
-    window: int,
-    qk_norm: int,
-    eps: float,
-) -> _T:
-    # plugin_namespace/plugin_version must equal BLOCK_ATTENTION.namespace/.version (tested)
-    return _CONTRIB.DFlashBlockAttention(
-        qkv,
-        q_norm_weight,
-        k_norm_weight,
-        rope_cos,
-        rope_sin,
-        k_cache,
-        v_cache,
-        ctx_lens,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        window=window,
-        qk_norm=qk_norm,
-        eps=eps,
-        plugin_namespace="dflash_trt",
-        plugin_version="1",
-    )
 
 
 class BlockAttention(torch.nn.Module):
@@ -155,7 +114,7 @@ def export_block_attention(
         module,
         tuple(example),
         dynamo=True,
-        custom_translation_table={torch.ops.dflash_trt.block_attention.default: _block_attention_onnx},
+        custom_translation_table={torch.ops.dflash_trt.block_attention.default: block_attention_onnx},
         dynamic_shapes=dynamic_shapes,
         output_names=[spec.name for spec in BLOCK_ATTENTION.outputs],
         verbose=False,
@@ -197,10 +156,16 @@ def ort_session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
             f"{onnx.TensorProto.DataType.Name(elem).lower()}; export with dtype=torch.float32 to run it here"
         )
     _register_ort_op()
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())  # a copy: the caller's graph stays as exported
+    for node in proto.graph.node:
+        if node.op_type == BLOCK_ATTENTION.name:
+            node.domain = ORT_DOMAIN
+    for opset in proto.opset_import:
+        if opset.domain == BLOCK_ATTENTION.namespace:
+            opset.domain = ORT_DOMAIN
     options = ort.SessionOptions()
     options.register_custom_ops_library(get_library_path())
-    data = proto.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def run_onnxruntime(session: ort.InferenceSession, inputs: Sequence[Tensor]) -> Tensor:

@@ -12,7 +12,6 @@ import numpy_reference
 from dflash_trt.errors import UserError
 from dflash_trt.plugins.contracts import BLOCK_ATTENTION
 from dflash_trt.plugins.onnx import (
-    DOMAIN,
     example_inputs,
     export_block_attention,
     ort_session,
@@ -44,8 +43,8 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
 def test_graph_is_one_plugin_node(fp16_model):
     onnx.checker.check_model(fp16_model)
     (node,) = fp16_model.graph.node
-    assert (node.op_type, node.domain) == (BLOCK_ATTENTION.name, DOMAIN)
-    assert {o.domain: o.version for o in fp16_model.opset_import}[DOMAIN] == 1
+    assert (node.op_type, node.domain) == (BLOCK_ATTENTION.name, BLOCK_ATTENTION.namespace)
+    assert {o.domain: o.version for o in fp16_model.opset_import}[BLOCK_ATTENTION.namespace] == 1
     assert list(node.input) == [spec.name for spec in BLOCK_ATTENTION.inputs]
     assert list(node.output) == [spec.name for spec in BLOCK_ATTENTION.outputs]
 
