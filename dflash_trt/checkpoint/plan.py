@@ -27,8 +27,8 @@ class ModelPlan:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Everything `convert` will write, known before reading any weights."""
+class ConfigPair:
+    """The target and drafter of a pair: directories, typed configs and the config.json dicts they came from."""
 
     target_dir: Path
     drafter_dir: Path
@@ -36,6 +36,12 @@ class Plan:
     drafter: DrafterConfig
     target_hf: dict[str, Any]
     drafter_hf: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan(ConfigPair):
+    """Everything `convert` will write, known before reading any weights."""
+
     tp: int
     dtype: DType
     models: tuple[ModelPlan, ModelPlan]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dflash_trt.checkpoint.layout import drafter_entries, rank_specs, target_entries
-from dflash_trt.checkpoint.plan import human_bytes
+from dflash_trt.checkpoint.plan import ConfigPair, human_bytes
 from dflash_trt.checkpoint.sharding import FusedQKV, check_parallel, pad_to_multiple
 from dflash_trt.config import DrafterConfig, TargetConfig, check_pair, read_json
 from dflash_trt.dtypes import DType, dtype_named
@@ -57,15 +57,9 @@ class MoE:
 
 
 @dataclass(frozen=True)
-class Pair:
+class Pair(ConfigPair):
     """The target and drafter configs of a build (HF directories or a `convert` checkpoint)."""
 
-    target_dir: Path
-    drafter_dir: Path
-    target: TargetConfig
-    drafter: DrafterConfig
-    target_hf: dict[str, Any]
-    drafter_hf: dict[str, Any]
     architecture: str  # the target's HF architecture name
     moe: MoE | None = None
     checkpoint: Path | None = None  # a `convert` output these configs were read from
