@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from engine_paths import ROOT, SMOLLM2_RECIPE
+from engine_paths import ROOT, write_recipe
 
 
 def _plugin_conftest():
@@ -55,8 +55,7 @@ def built(tmp_path_factory, plugin_lib) -> dict[str, Built]:
     root = tmp_path_factory.mktemp("engines")
     out = {}
     for dtype in ("fp16", "bf16"):
-        recipe = root / f"smollm2_{dtype}.yaml"
-        recipe.write_text(SMOLLM2_RECIPE.read_text().replace("dtype: fp16", f"dtype: {dtype}"))
+        recipe = write_recipe(root / f"smollm2_{dtype}.yaml", dtype=dtype)
         engine_dir = root / f"smollm2-{dtype}"
         proc = run_cli("build", "--config", str(recipe), "--output", str(engine_dir), "--plugin-lib", str(plugin_lib))
         out[dtype] = Built(dtype, engine_dir, proc.returncode, proc.stderr)

@@ -10,7 +10,7 @@ import json
 
 import onnx
 import pytest
-from engine_paths import SMOLLM2_RECIPE
+from engine_paths import TINY_PAIR_SHAPES, write_recipe
 
 from conftest import run_cli
 from dflash_trt.embedded import ensure_default_target
@@ -37,13 +37,7 @@ def pair(tmp_path_factory):
 
 
 def recipe(root, dtype: str):
-    path = root / f"plugin_{dtype}.yaml"
-    text = SMOLLM2_RECIPE.read_text().replace("dtype: fp16", f"dtype: {dtype}")
-    text = text.replace("attention: native", "attention: plugin").replace("block_size: 8", "block_size: 4")
-    path.write_text(
-        text.replace("max_seq_len: 1024", "max_seq_len: 256").replace("max_input_len: 512", "max_input_len: 128")
-    )
-    return path
+    return write_recipe(root / f"plugin_{dtype}.yaml", dtype=dtype, attention="plugin", **TINY_PAIR_SHAPES)
 
 
 @pytest.mark.parametrize("dtype", ["fp16"])  # bf16 builds: the embedded recipe (test_build.py); ~100 s each here

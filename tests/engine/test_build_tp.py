@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import collections
 import json
-import subprocess
-import sys
 
 import onnx
 import pytest
-from engine_paths import ROOT, SMOLLM2_RECIPE
+from engine_paths import TINY_PAIR_SHAPES, write_recipe
 
+from conftest import run_cli
 from dflash_trt.embedded import ensure_default_target
 from dflash_trt.engine.trt_build import GraphReport
 from dflash_trt.parallel.ops import ALL_GATHER, ALL_REDUCE, DOMAIN
@@ -32,11 +31,7 @@ def pair(tmp_path_factory):
 
 
 def recipe(root, dtype: str):
-    path = root / f"tp{TP}_{dtype}.yaml"
-    text = SMOLLM2_RECIPE.read_text().replace("dtype: fp16", f"dtype: {dtype}").replace("tp_size: 1", f"tp_size: {TP}")
-    text = text.replace("block_size: 8", "block_size: 4").replace("max_seq_len: 1024", "max_seq_len: 256")
-    path.write_text(text.replace("max_input_len: 512", "max_input_len: 128"))
-    return path
+    return write_recipe(root / f"tp{TP}_{dtype}.yaml", dtype=dtype, tp_size=str(TP), **TINY_PAIR_SHAPES)
 
 
 def collectives(counter: collections.Counter) -> dict:
@@ -47,29 +42,20 @@ def collectives(counter: collections.Counter) -> dict:
 def test_every_rank_graph_is_verified_with_the_collective_plugins(pair, plugin_lib, dtype):
     root, target, drafter = pair
     out = root / f"engine-{dtype}"
-    proc = subprocess.run(  # the real CLI; `conftest` names clash across test directories, hence no shared helper
-        [
-            sys.executable,
-            "-m",
-            "dflash_trt.cli",
-            "build",
-            "--target",
-            str(target),
-            "--drafter",
-            str(drafter),
-            "--config",
-            str(recipe(root, dtype)),
-            "--tokenizer",
-            str(ensure_default_target(progress=False)),
-            "--output",
-            str(out),
-            "--plugin-lib",
-            str(plugin_lib),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=1800,
+    proc = run_cli(
+        "build",
+        "--target",
+        str(target),
+        "--drafter",
+        str(drafter),
+        "--config",
+        str(recipe(root, dtype)),
+        "--tokenizer",
+        str(ensure_default_target(progress=False)),
+        "--output",
+        str(out),
+        "--plugin-lib",
+        str(plugin_lib),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "verification skipped" not in proc.stderr
