@@ -31,6 +31,9 @@ class Recipe:
     mask_token_id: int = -1  # -1 = required unless the target is embedded (then 16, `<empty_output>`)
     target_layer_ids: list[int] = field(default_factory=list)  # empty = z-lab spread of 5 features
     init_from_target_layers: list[int] = field(default_factory=list)  # warm start draft layer i from these
+    # or fine-tune: start from this z-lab drafter directory (same layers and heads; a v1 drafter can start a
+    # dflash2 one, whose extras then start as no-ops)
+    init_from: str = ""
     # "dflash" (z-lab v1) or "dflash2" (grouped dynamic causal convs + candidate selector; keys below)
     architecture: str = "dflash"
     conv_kernel_size: int = 2
@@ -71,6 +74,8 @@ class Recipe:
         for name in ("conv_kernel_size", "conv_group_size", "selector_rank", "selector_top_k"):
             if getattr(self, name) < 1:
                 raise UserError(f"recipe field '{name}' is {getattr(self, name)}; use a positive integer")
+        if self.init_from and self.init_from_target_layers:
+            raise UserError("recipe fields 'init_from' and 'init_from_target_layers' exclude each other; keep one")
         if self.init_from_target_layers and len(self.init_from_target_layers) != self.num_layers:
             raise UserError(
                 f"recipe field 'init_from_target_layers' has {len(self.init_from_target_layers)} ids; "

@@ -22,7 +22,7 @@ from dflash_trt.errors import UserError
 from dflash_trt.models.drafter import DFlashDrafter
 from dflash_trt.models.drafter2 import make_drafter
 from dflash_trt.models.target import Transformer
-from dflash_trt.runtime.loading import load_target
+from dflash_trt.runtime.loading import load_drafter, load_target
 from dflash_trt.train.blocks import decay_weights
 from dflash_trt.train.dataset import load_sequences, make_batch, step_batch
 from dflash_trt.train.export import save_zlab
@@ -98,6 +98,22 @@ def drafter_config(recipe: Recipe, target: TargetConfig, embedded: bool) -> Draf
     )
 
 
+def start_from(drafter: DFlashDrafter, directory: Path, target: TargetConfig) -> None:
+    """Load the weights of the z-lab drafter in `directory` into `drafter` (recipe field 'init_from'). Every
+    weight of the checkpoint must fit; a DFlash2 drafter may keep its own convs and selector (a v1 start)."""
+    source = load_drafter(directory, target)
+    shapes = {k: v.shape for k, v in drafter.state_dict().items()}
+    for key, value in source.state_dict().items():
+        if shapes.get(key) != value.shape:
+            raise UserError(
+                f"recipe field 'init_from': {directory}'s {key} is {list(value.shape)}, the recipe's drafter has "
+                f"{list(shapes[key]) if key in shapes else 'none'}; match num_layers/intermediate_size/heads"
+            )
+    missing, _ = drafter.load_state_dict(source.state_dict(), strict=False)
+    if missing and not drafter.cfg.is_dflash2:
+        raise UserError(f"recipe field 'init_from': {directory} has no {missing[0]}")
+
+
 def init_drafter(cfg: DrafterConfig, target: Transformer, from_layers: list[int]) -> DFlashDrafter:
     """A fresh drafter for the target; optionally warm-started from target decoder layers.
 
@@ -137,6 +153,8 @@ class Trainer:
         self.cfg = drafter_config(recipe, target.cfg, recipe.target == "embedded")
         torch.manual_seed(recipe.seed)
         self.drafter = init_drafter(self.cfg, target, recipe.init_from_target_layers)
+        if recipe.init_from:
+            start_from(self.drafter, Path(recipe.init_from).expanduser(), target.cfg)
         self.embed, self.lm_head = target.embed, target.lm_head  # frozen, shared with the target
         min_len = recipe.block_size
         self.train_seqs = load_sequences(
@@ -259,6 +277,8 @@ class Trainer:
         r = self.recipe
         started = time.monotonic()
         end = min(r.steps, stop_at) if stop_at else r.steps
+        if not self.log["val"]:  # where the run starts from (the warm start's quality)
+            self.log["val"].append(self.evaluate())
         bar = tqdm(total=r.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         ema = None
         while self.step < end:

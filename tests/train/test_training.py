@@ -107,3 +107,27 @@ def test_cli_registers_train_and_reports_user_errors(tmp_path):
     args = parser.parse_args(["train", "--config", str(tmp_path / "missing.yaml")])
     with pytest.raises(UserError, match="missing.yaml"):
         args.func(args)
+
+
+def test_init_from_starts_where_a_trained_drafter_ended(tiny_target, tiny_data, tiny_recipe, tmp_path):
+    """Recipe field 'init_from' fine-tunes a z-lab checkpoint: the new run's step-0 validation equals the
+    checkpoint's own (same data, same anchors); a DFlash2 run started from it drafts alike at step 0
+    (its convs and selector start as no-ops); a checkpoint that does not fit is refused naming the field."""
+    first = tiny_recipe(tiny_target, tiny_data, tmp_path / "first")
+    best = train(first)
+    log = json.loads((tmp_path / "first" / "train_log.json").read_text())
+    assert log["val"][0]["step"] == 0  # every run logs where it starts from
+    last = max(log["val"][1:], key=lambda v: v["tau_est"])  # best/ is the first best validation
+
+    common = dict(init_from=str(best), init_from_target_layers=[])
+    again = Trainer(tiny_recipe(tiny_target, tiny_data, tmp_path / "again", **common))
+    start = again.evaluate()
+    # checkpoints hold bf16 weights: the loss moves in its 5th digit, the accuracies not at all
+    assert start["acc"] == last["acc"] and start["loss"] == pytest.approx(last["loss"], rel=1e-4)
+    v2 = Trainer(tiny_recipe(tiny_target, tiny_data, tmp_path / "v2", architecture="dflash2", **common))
+    assert v2.evaluate()["acc"] == last["acc"]
+
+    with pytest.raises(UserError, match="'init_from'.*intermediate_size"):
+        Trainer(tiny_recipe(tiny_target, tiny_data, tmp_path / "bad", intermediate_size=72, **common))
+    with pytest.raises(UserError, match="exclude each other"):
+        tiny_recipe(tiny_target, tiny_data, tmp_path / "both", init_from=str(best))
