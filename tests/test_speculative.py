@@ -120,3 +120,37 @@ def test_sampling_is_reproducible_with_a_seed(pair):
     a = generate(target, drafter, _requests(2, 1), params, block_size=4)
     b = generate(target, drafter, _requests(2, 1), params, block_size=4)
     assert [g.tokens for g in a] == [g.tokens for g in b]
+
+
+class RecordingDrafter(TorchDrafter):
+    """The real torch drafter, keeping each step's context length, block and drafts (a spy, not a mock)."""
+
+    def __init__(self, runner: TorchDrafter) -> None:
+        super().__init__(runner.model, runner.embed, runner.head)
+        self.calls: list[tuple[int, list[int], list[int]]] = []
+
+    def draft(self, block: torch.Tensor) -> torch.Tensor:
+        logits = super().draft(block)
+        self.calls.append((int(self.caches.lens[0]), block[0].tolist(), logits[0].argmax(-1).tolist()))
+        return logits
+
+
+@pytest.mark.parametrize("block", [3, 8])
+def test_every_step_drafts_like_a_fresh_drafter_on_the_committed_tokens(pair, block):
+    """Each step's draft is what a drafter prefilled from scratch with the committed tokens proposes for
+    [last token, MASK ...]: the loop's incremental context is exact and no earlier draft leaks into a block
+    (a block still holding the previous step's drafts lowered acceptance without changing the output)."""
+    target, drafter = pair
+    spy = RecordingDrafter(drafter)
+    (request,) = _requests(1, seed=block)
+    (gen,) = generate(target, spy, [request], block_size=block)
+    tokens = request.prompt + gen.tokens
+    assert len(spy.calls) == len(gen.step_lengths) > 3
+    fresh = TorchDrafter(drafter.model, drafter.embed, drafter.head)
+    for context, block_ids, drafts in spy.calls:
+        assert block_ids == [tokens[context]] + [drafter.mask_token_id] * (block - 1)
+        target.reset(1, context + block)
+        fresh.reset(1, context + block)
+        _, features = target.prefill([tokens[:context]])
+        fresh.append_context(features, torch.tensor([context]))
+        assert fresh.draft(torch.tensor([block_ids]))[0].argmax(-1).tolist() == drafts

@@ -198,6 +198,8 @@ class SpeculativeBatch:
             return []
         tokens, block = self.tokens, self.block
         tokens[:, 0] = self.x_start
+        if block > 1:  # the drafter sees [last token, MASK ...]: clear the previous step's drafts
+            tokens[:, 1:] = self.drafter.mask_token_id
         groups = self._groups(live)
         if len(groups) == 1:  # every live row samples alike: the whole batch in one call (idle rows ride along)
             (params, gen), _ = groups[0]
