@@ -4,13 +4,17 @@
 #      target greedy labels on Python stdlib source (no HumanEval anywhere), cached as target features;
 #   2. training per build_configs/train_smollm2_135m.yaml, in stages of STAGE_MIN minutes (each stage
 #      resumes from the last checkpoint and picks up data shards written since);
-#   3. tau of the best checkpoint on the held-out prompts (greedy, block 4 and 8; acceptance.json for generate's
-#      block choice) and the loss curve;
-#   4. the checkpoint copied into dflash_trt/assets/drafter/.
+#   3. tau of the best checkpoint on the held-out prompts (greedy, block 4 and 8) and the loss curve;
+#   4. stage 2: the target's answers to 1,536 more diverse prompts (the v2 data), and a fine-tune of stage 1's
+#      best checkpoint on them (build_configs/train_smollm2_135m_finetune.yaml); its held-out acceptance
+#      (acceptance.json, for generate's block choice);
+#   5. the stage-2 checkpoint copied into dflash_trt/assets/drafter/.
 # Every step resumes where it stopped when re-run. Long; run it detached, e.g.
 #   nohup scripts/train_default_drafter.sh > train.log 2>&1 &
 # Env: PYTHON (default python), DATA, OUT (default: the recipe's paths), GEN_LIMIT / TF_LIMIT (prompts /
 # windows, default 1216 / 576 as in the shipped run), STAGE_MIN (default 15), RESULTS (default results/train_smollm2).
+# Stage 2 uses the paths of its recipe (~/.cache/dflash-trt/train/smollm2-data-v2, smollm2-drafter-ft) and reads
+# stage 1's checkpoint from ~/.cache/dflash-trt/train/smollm2-drafter/best: keep OUT at its default for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -49,11 +53,23 @@ wait $GEN $TF
 # 3. tau on held-out prompts, loss curve, results JSON
 mkdir -p "$RESULTS"
 $PY -m dflash_trt.train.evaluate --drafter "$OUT/best" --prompts "$DATA/heldout_prompts.jsonl" \
-    --block-sizes 4 8 --limit 24 --max-new-tokens 128 --batch-size 12 --json "$RESULTS/tau.json" \
-    --write-acceptance "$OUT/best" > /dev/null
+    --block-sizes 4 8 --limit 24 --max-new-tokens 128 --batch-size 12 --json "$RESULTS/tau.json" > /dev/null
 $PY -m dflash_trt.train.report --log "$OUT/train_log.json" --tau "$RESULTS/tau.json" --out "$RESULTS"
 
-# 4. ship it
+# 4. stage 2: v2 data (the first 48 prompts held out: their answers validate, 24 of them measure acceptance)
+#    and the fine-tune
+DATA2=$HOME/.cache/dflash-trt/train/smollm2-data-v2
+OUT2=$HOME/.cache/dflash-trt/train/smollm2-drafter-ft
+$PY scripts/make_train_data.py --source generated --out "$DATA2" --threads 1 --batch-size 64 \
+    --max-new-tokens 256 --heldout 48 --limit 1536
+RESUME=""
+[ -f "$OUT2/train_state.pt" ] && RESUME=--resume
+$PY -m dflash_trt.cli train --config build_configs/train_smollm2_135m_finetune.yaml $RESUME
+$PY -m dflash_trt.train.evaluate --drafter "$OUT2/best" --prompts "$DATA2/heldout_prompts.jsonl" \
+    --block-sizes 8 --limit 24 --max-new-tokens 128 --batch-size 12 --json "$RESULTS/tau_stage2.json" \
+    --write-acceptance "$OUT2/best" > /dev/null
+
+# 5. ship it
 mkdir -p dflash_trt/assets/drafter
-cp "$OUT/best/config.json" "$OUT/best/model.safetensors" "$OUT/best/acceptance.json" dflash_trt/assets/drafter/
+cp "$OUT2/best/config.json" "$OUT2/best/model.safetensors" "$OUT2/best/acceptance.json" dflash_trt/assets/drafter/
 echo "drafter copied to dflash_trt/assets/drafter/ (update its README.md with $RESULTS/summary.json)"
