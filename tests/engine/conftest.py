@@ -49,6 +49,27 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def build_pair(target: Path, drafter: Path, recipe: Path, out: Path, plugin_lib: Path) -> subprocess.CompletedProcess:
+    """`dflash-trt build` of an HF pair through the real CLI, tokenizer from the embedded target."""
+    from dflash_trt.embedded import ensure_default_target
+
+    return run_cli(
+        "build",
+        "--target",
+        str(target),
+        "--drafter",
+        str(drafter),
+        "--config",
+        str(recipe),
+        "--tokenizer",
+        str(ensure_default_target(progress=False)),
+        "--output",
+        str(out),
+        "--plugin-lib",
+        str(plugin_lib),
+    )
+
+
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, plugin_lib) -> dict[str, Built]:
     """The embedded recipe built in fp16 and in bf16 through the real CLI (no datacenter TensorRT here)."""

@@ -12,8 +12,7 @@ import onnx
 import pytest
 from engine_paths import TINY_PAIR_SHAPES, write_recipe
 
-from conftest import run_cli
-from dflash_trt.embedded import ensure_default_target
+from conftest import build_pair, run_cli
 from dflash_trt.engine.trt_build import GraphReport
 from dflash_trt.plugins.contracts import BLOCK_ATTENTION, CONTEXT_KV_APPEND
 from tiny import hf_config, save_hf_target, save_zlab_drafter
@@ -44,21 +43,7 @@ def recipe(root, dtype: str):
 def test_plugin_attention_drafter_builds_whole(pair, plugin_lib, dtype):
     root, target, drafter = pair
     out = root / f"engine-{dtype}"
-    proc = run_cli(
-        "build",
-        "--target",
-        str(target),
-        "--drafter",
-        str(drafter),
-        "--config",
-        str(recipe(root, dtype)),
-        "--tokenizer",
-        str(ensure_default_target(progress=False)),
-        "--output",
-        str(out),
-        "--plugin-lib",
-        str(plugin_lib),
-    )
+    proc = build_pair(target, drafter, recipe(root, dtype), out, plugin_lib)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = onnx.load(str(out / "onnx" / "rank0" / "drafter.onnx"), load_external_data=False)
     ops = collections.Counter(n.op_type for n in model.graph.node)

@@ -11,8 +11,7 @@ import onnx
 import pytest
 from engine_paths import TINY_PAIR_SHAPES, write_recipe
 
-from conftest import run_cli
-from dflash_trt.embedded import ensure_default_target
+from conftest import build_pair
 from dflash_trt.engine.trt_build import GraphReport
 from dflash_trt.parallel.ops import ALL_GATHER, ALL_REDUCE, DOMAIN
 from tiny import hf_config, save_hf_target, save_zlab_drafter
@@ -42,21 +41,7 @@ def collectives(counter: collections.Counter) -> dict:
 def test_every_rank_graph_is_verified_with_the_collective_plugins(pair, plugin_lib, dtype):
     root, target, drafter = pair
     out = root / f"engine-{dtype}"
-    proc = run_cli(
-        "build",
-        "--target",
-        str(target),
-        "--drafter",
-        str(drafter),
-        "--config",
-        str(recipe(root, dtype)),
-        "--tokenizer",
-        str(ensure_default_target(progress=False)),
-        "--output",
-        str(out),
-        "--plugin-lib",
-        str(plugin_lib),
-    )
+    proc = build_pair(target, drafter, recipe(root, dtype), out, plugin_lib)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "verification skipped" not in proc.stderr
     report = json.loads((out / "build_report.json").read_text())
