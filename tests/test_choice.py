@@ -59,18 +59,18 @@ def test_generate_follows_the_acceptance_and_caches_the_step_costs(pair, capsys)
 
     # the same cache entry with known costs (as if calibrated on a machine where they are these): the choice
     # follows them and the acceptance, and nothing is measured again
-    assert isinstance(entry["load"], float)  # the load average it was measured under
+    assert isinstance(entry["busy_cores"], float)  # how many cores other processes kept busy meanwhile
     entry |= {"decode_ms": 10.0, "verify_ms": {"2": 12.0, "3": 13.0, "4": 14.0}, "draft_ms": dict.fromkeys("234", 2.0)}
-    cache.write_text(json.dumps({key: entry | {"load": 0.0}}))  # measured on an idle machine: kept
+    cache.write_text(json.dumps({key: entry | {"busy_cores": 0.0}}))  # measured on an idle machine: kept
     doc, err = generate(capsys, target, drafter)  # tokens per step 2, 3, 4 -> 20/14, 30/15, 40/16
     assert "calibrating" not in err and "chose DFlash B=4 (expected 2.50x" in err
     assert doc["summary"]["block_size"] == 4
 
-    cache.write_text(json.dumps({key: entry | {"load": 1e6}}))  # measured under heavy load: measured again now
+    cache.write_text(json.dumps({key: entry | {"busy_cores": 1e6}}))  # measured under heavy load: measured again
     _, err = generate(capsys, target, drafter)
-    assert "measured under load average 1000000.0" in err and "calibrating" in err
-    assert json.loads(cache.read_text())[key]["load"] < 1e6
-    cache.write_text(json.dumps({key: entry | {"load": 0.0}}))
+    assert "kept 1000000.0 cores busy" in err and "calibrating" in err
+    assert json.loads(cache.read_text())[key]["busy_cores"] < 1e6
+    cache.write_text(json.dumps({key: entry | {"busy_cores": 0.0}}))
 
     (drafter / "acceptance.json").write_text(json.dumps({"position_acceptance": [0.0, 0.0, 0.0]}))
     doc, err = generate(capsys, target, drafter)  # 10/14, 10/15, 10/16: plain decoding wins

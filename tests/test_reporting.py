@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,31 @@ def test_importing_reporting_reads_nothing(monkeypatch):
     assert reads == []
     reporting.RunStart.now()
     assert "loadavg" in reads and (not Path("/proc/stat").exists() or "/proc/stat" in reads)
+
+
+def test_others_busy_cores_leaves_out_this_process(monkeypatch):
+    """Busy time over the window minus this process's own, in cores: 2 cores x 100 ticks pass, 150 ticks busy,
+    100 of them this process's -> other processes kept 0.5 of a core busy."""
+    stat = iter([AT_START, (1120, 0, 230, 5050, 0, 0, 0, 100)])
+    own = iter([10, 110])
+    monkeypatch.setattr(reporting, "_cpu_jiffies", lambda: next(stat))
+    monkeypatch.setattr(reporting, "_own_cpu_ticks", lambda: next(own))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert reporting.others_busy_cores(0.0) == pytest.approx(0.5)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads Linux /proc")
+def test_own_cpu_time_counts_this_process_and_a_spinning_process_counts_as_other():
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    before, end = reporting._own_cpu_ticks(), time.process_time() + 0.3
+    while time.process_time() < end:  # 0.3 s of this process's CPU time
+        pass
+    assert reporting._own_cpu_ticks() - before >= 0.2 * ticks_per_s
+    spin = "import time\nend = time.time() + 5\nwhile time.time() < end: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.3)
+        assert reporting.others_busy_cores(1.0) >= 0.4  # a whole core while it runs, less if CPUs are shared
+    finally:
+        spinner.kill()
+        spinner.wait()

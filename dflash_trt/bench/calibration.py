@@ -1,8 +1,9 @@
 """Step costs of this machine (a one-token decode, a B-token verify, a drafter pass), measured once per machine,
 backend and model pair and cached in `$DFLASH_TRT_CACHE/calibration.json` (default ~/.cache/dflash-trt), and the
-block size they recommend with the drafter's per-position acceptance (`decoding.choice`). Each entry records the
-load average it was measured under; a later run on a quieter machine measures again and replaces it, so a
-calibration taken while other work ran does not stay the machine's forever.
+block size they recommend with the drafter's per-position acceptance (`decoding.choice`). Each entry records how many
+cores other processes kept busy when it was measured; a later run on a quieter machine measures again and
+replaces it, so a calibration taken while other work ran does not stay the machine's forever. Costs are the
+fastest of a few repeats: the least disturbed, which is what they cost on a quiet machine.
 
 A drafter directory (or an engine directory built from it) may ship `acceptance.json`:
 {"position_acceptance": [P(accepted >= 1), ..., P(accepted >= B-1)], "measured_on": "..."}, greedy acceptance
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from dflash_trt.atomic import write_text_atomically
+from dflash_trt.bench.reporting import others_busy_cores
 from dflash_trt.config import read_json
 from dflash_trt.decoding.choice import ACCEPTANCE_FILE, Choice, StepCosts, choose_block
 from dflash_trt.embedded import default_cache_dir
@@ -30,12 +32,19 @@ from dflash_trt.pipeline import Pipeline
 
 CACHE_FILE = "calibration.json"
 REPEATS = 5
-QUIETER_BY = 0.5  # re-measure when the 1-minute load average is this much below the cached entry's
+QUIETER_BY = 0.5  # re-measure when other processes keep this many fewer cores busy than when an entry was taken
 
 
 @torch.inference_mode()
-def step_costs(pipe: Pipeline, block: int, context: int = 256, repeats: int = 15) -> dict:
-    """Median ms of a one-token decode step, a B-token verify and a drafter pass at `context` tokens, batch 1."""
+def step_costs(
+    pipe: Pipeline,
+    block: int,
+    context: int = 256,
+    repeats: int = 15,
+    reduce: Callable[[list[float]], float] = statistics.median,
+) -> dict:
+    """ms of a one-token decode step, a B-token verify and a drafter pass at `context` tokens, batch 1: the
+    median of `repeats` (or `reduce` of them)."""
     target, drafter = pipe.target, pipe.drafter
     prompt = torch.randint(0, target.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()
     target.reset(1, context + block + 1)
@@ -56,7 +65,7 @@ def step_costs(pipe: Pipeline, block: int, context: int = 256, repeats: int = 15
             call()
             if i >= 2:
                 times[key].append((time.perf_counter() - start) * 1e3)
-    out = {"block": block, "context": context, **{k: statistics.median(v) for k, v in times.items()}}
+    out = {"block": block, "context": context, **{k: reduce(v) for k, v in times.items()}}
     out["verify_over_decode"] = out["verify_ms"] / out["decode_ms"]
     out["break_even_tau"] = (out["verify_ms"] + out["draft_ms"]) / out["decode_ms"]
     return out
@@ -90,23 +99,29 @@ def cached_step_costs(pipe: Pipeline, label: str, blocks: list[int], log: Callab
     key = f"{machine_key()} | {label} | {pipe.target_dir} | {pipe.drafter_dir}"
     cache = json.loads(path.read_text()) if path.is_file() else {}
     entry = cache.get(key)
-    load = os.getloadavg()[0]
-    if entry is not None and load + QUIETER_BY < entry.get("load", float("inf")):
-        then = f"load average {entry['load']:.1f}" if "load" in entry else "an unrecorded load"
-        log(f"the cached step costs were measured under {then}, now {load:.1f}: measuring again")
+    busy = others_busy_cores()
+    if entry is not None and busy + QUIETER_BY < entry.get("busy_cores", float("inf")):
+        then = f"{entry['busy_cores']:.1f}" if "busy_cores" in entry else "an unrecorded number of"
+        log(
+            f"the cached step costs were measured while other processes kept {then} cores busy, now {busy:.1f}: "
+            "measuring again"
+        )
         entry = None
     if entry is None or not set(map(str, blocks)) <= set(entry["verify_ms"]):
         log(f"calibrating step costs once for this machine and {label} (B={blocks[0]}..{blocks[-1]}); cached in {path}")
-        if load >= 0.5 * (os.cpu_count() or 1):
-            log(f"the machine is busy (load average {load:.1f}): these costs, and the choice, may not hold when quiet")
+        if busy >= QUIETER_BY:
+            log(
+                f"the machine is busy (other processes keep {busy:.1f} of {os.cpu_count()} cores busy): these costs, "
+                "and the choice, may not hold when quiet"
+            )
         start = time.perf_counter()
-        rows = [step_costs(pipe, b, repeats=REPEATS) for b in blocks]
+        rows = [step_costs(pipe, b, repeats=REPEATS, reduce=min) for b in blocks]
         entry = {
-            "decode_ms": statistics.median(r["decode_ms"] for r in rows),
+            "decode_ms": min(r["decode_ms"] for r in rows),
             "verify_ms": {str(r["block"]): r["verify_ms"] for r in rows},
             "draft_ms": {str(r["block"]): r["draft_ms"] for r in rows},
             "seconds": round(time.perf_counter() - start, 1),
-            "load": round(load, 2),
+            "busy_cores": round(busy, 2),
         }
         cache[key] = entry
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +22,31 @@ def _cpu_jiffies() -> tuple[int, ...]:
         return tuple(int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:])
     except (OSError, ValueError):
         return ()
+
+
+def _own_cpu_ticks() -> int:
+    """CPU time (clock ticks, all threads) this process has used: utime + stime of /proc/self/stat."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def others_busy_cores(seconds: float = 0.3) -> float:
+    """How many cores other processes keep busy, sampled over `seconds`: busy CPU time from /proc/stat minus
+    this process's own. Unlike the load average it leaves out this process's threads and reflects now, not the
+    last minute. Falls back to the 1-minute load average where /proc is absent."""
+    try:
+        before, own_before = _cpu_jiffies(), _own_cpu_ticks()
+        time.sleep(seconds)
+        after, own_after = _cpu_jiffies(), _own_cpu_ticks()
+    except (OSError, IndexError, ValueError):
+        return os.getloadavg()[0]
+    if len(before) < 5 or len(after) < 5:
+        return os.getloadavg()[0]
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta[:8])
+    busy = total - delta[3] - delta[4]  # all but idle and iowait
+    cores = os.cpu_count() or 1
+    return max(0.0, (busy - (own_after - own_before)) * cores / max(1, total))
 
 
 @dataclass(frozen=True)
