@@ -43,7 +43,8 @@ def measure_tau(
     max_new_tokens: int,
     batch_size: int,
 ) -> dict:
-    """Greedy tau and per-position acceptance per block size (fp32 target, macro average over prompts)."""
+    """Greedy tau (macro average over prompts, and per prompt) and per-position acceptance per block size
+    (fp32 target)."""
     from transformers import AutoTokenizer
 
     target_dir = resolve_target(target)
@@ -63,7 +64,7 @@ def measure_tau(
         summary = summarize(gens, time.perf_counter() - start)
         results[str(block)] = {
             k: summary[k] for k in ("requests", "output_tokens", "tau", "position_acceptance", "histogram", "wall_s")
-        }
+        } | {"tau_per_prompt": [g.tau for g in gens]}  # in prompt order: drafters compare prompt by prompt
         print(
             f"block {block}: tau {summary['tau']:.3f} accept@pos "
             + ",".join(f"{a:.2f}" for a in summary["position_acceptance"]),
