@@ -148,19 +148,25 @@ def selector_scores(
 
 
 def greedy_walk(
-    selector: CandidateSelector, hidden: Tensor, logits: Tensor, anchors: Tensor
+    selector: CandidateSelector, hidden: Tensor, logits: Tensor, anchors: Tensor, steps: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The selector's greedy walk from anchors [b]: (path [b, n], scores [b, n, k] along it, candidates)."""
+    """The selector's greedy walk from anchors [b]: (path [b, n], scores [b, n, k] along it, candidates).
+
+    The walk runs a fixed `steps` >= n iterations (past the last position it repeats it, and the extra rows are
+    dropped): a loop count that does not depend on n keeps n, the block size, a dynamic dimension when the
+    drafter is exported to ONNX."""
+    n = logits.shape[1]
     unary, candidates = logits.topk(selector.top_k, dim=-1)
     query = selector.proj(hidden.to(selector.proj.weight.dtype))  # [b, n, r]
     succ = selector.succ(candidates)  # [b, n, k, r]
     prev, path, scores = anchors, [], []
-    for i in range(logits.shape[1]):
-        s = unary[:, i].float() + torch.einsum("br,bkr->bk", selector.pred(prev) * query[:, i], succ[:, i]).float()
-        prev = candidates[:, i].gather(-1, s.argmax(-1, keepdim=True))[:, 0]
+    for i in range(steps):
+        j = torch.sym_min(i, n - 1)
+        s = unary[:, j].float() + torch.einsum("br,bkr->bk", selector.pred(prev) * query[:, j], succ[:, j]).float()
+        prev = candidates[:, j].gather(-1, s.argmax(-1, keepdim=True))[:, 0]
         path.append(prev)
         scores.append(s)
-    return torch.stack(path, 1), torch.stack(scores, 1), candidates
+    return torch.stack(path, 1)[:, :n], torch.stack(scores, 1)[:, :n], candidates
 
 
 class DFlash2Drafter(DFlashDrafter):
@@ -175,7 +181,8 @@ class DFlash2Drafter(DFlashDrafter):
     def proposal_logits(self, hidden: Tensor, head_logits: Tensor, anchors: Tensor) -> Tensor:
         """Selector scores [b, B-1, V] (fp32) along the greedy walk from `anchors`, -inf off the candidates
         (see the module docstring: greedy = z-lab's proposals; sampling from them is lossless)."""
-        _, scores, candidates = greedy_walk(self.selector, hidden, output_logits(self.cfg, head_logits), anchors)
+        logits = output_logits(self.cfg, head_logits)
+        _, scores, candidates = greedy_walk(self.selector, hidden, logits, anchors, self.cfg.block_size - 1)
         out = torch.full(head_logits.shape, float("-inf"), dtype=torch.float32, device=head_logits.device)
         return out.scatter(-1, candidates, scores)
 

@@ -49,8 +49,11 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
-def build_pair(target: Path, drafter: Path, recipe: Path, out: Path, plugin_lib: Path) -> subprocess.CompletedProcess:
-    """`dflash-trt build` of an HF pair through the real CLI, tokenizer from the embedded target."""
+def build_pair(
+    target: Path, drafter: Path, recipe: Path, out: Path, plugin_lib: Path, tokenizer: Path | None = None
+) -> subprocess.CompletedProcess:
+    """`dflash-trt build` of an HF pair through the real CLI, tokenizer from `tokenizer` (default: the embedded
+    target's)."""
     from dflash_trt.embedded import ensure_default_target
 
     return run_cli(
@@ -62,7 +65,7 @@ def build_pair(target: Path, drafter: Path, recipe: Path, out: Path, plugin_lib:
         "--config",
         str(recipe),
         "--tokenizer",
-        str(ensure_default_target(progress=False)),
+        str(tokenizer or ensure_default_target(progress=False)),
         "--output",
         str(out),
         "--plugin-lib",
