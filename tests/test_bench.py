@@ -1,4 +1,5 @@
-"""`dflash-trt bench` runs end to end on a tiny model, with both peers, and writes its reports."""
+"""`dflash-trt bench` runs end to end on a tiny model, with its peers (z-lab, HF static cache, HF prompt lookup),
+and writes its reports."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def test_bench_end_to_end(tmp_path):
             "0",
             "1",
             "--compare-zlab",
+            "--compare-hf",
             "--compare-prompt-lookup",
             "--output-dir",
             str(tmp_path / "out"),
@@ -58,6 +60,7 @@ def test_bench_end_to_end(tmp_path):
     peer = report["peers"][0]
     assert peer["zlab_identical_outputs"] == 3 and peer["prompt_lookup_tau"] >= 1.0
     assert peer["zlab_drafter_class"] == "DFlashDraftModel"
+    assert peer["hf_static_identical_outputs"] == 3 and peer["hf_static_tokens_per_s"] > 0  # ours == HF greedy
     assert all(c["break_even_tau"] > 0 for c in report["step_costs"])
     assert (tmp_path / "out" / "tiny.png").stat().st_size > 0
     assert "| dataset |" in (tmp_path / "out" / "tiny.md").read_text()

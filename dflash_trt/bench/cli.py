@@ -6,7 +6,8 @@ Without --block-sizes each drafter runs at the block size its acceptance.json an
 recommend (as `generate` does; the best-expected block when plain decoding is expected to win, so the table
 still measures DFlash), and the report says which. Several --drafter directories are compared side by side on
 the same target and prompts. Optionally, side by side at batch 1 and T=0: z-lab's own `dflash_generate` on
-identical weights (outputs must be identical) and HF transformers prompt-lookup decoding. Writes JSON +
+identical weights (outputs must be identical), HF transformers' plain greedy decoding with a static cache (our
+greedy output must equal it) and HF prompt-lookup decoding. Writes JSON +
 Markdown + PNG to results/.
 """
 
@@ -67,6 +68,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--compare-zlab", action="store_true", help="also run z-lab's dflash_generate (batch 1, T=0)")
     p.add_argument(
+        "--compare-hf",
+        action="store_true",
+        help="also run HF transformers greedy generate with a static cache (batch 1, T=0): its speed, and whether "
+        "our outputs equal its",
+    )
+    p.add_argument(
         "--compare-prompt-lookup",
         action="store_true",
         help="also run HF transformers prompt-lookup decoding (batch 1, T=0)",
@@ -81,8 +88,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
     start = RunStart.now()
     torch.manual_seed(args.seed)
-    if args.engine is not None and (args.compare_zlab or args.compare_prompt_lookup):
-        raise UserError("--compare-zlab/--compare-prompt-lookup run HF directories; drop them with --engine")
+    compare = args.compare_zlab or args.compare_hf or args.compare_prompt_lookup
+    if args.engine is not None and compare:
+        raise UserError(
+            "--compare-zlab/--compare-hf/--compare-prompt-lookup run HF directories; drop them with --engine"
+        )
     if args.engine is not None and args.drafter:
         raise UserError("--engine brings its own drafter; drop --drafter")
     engine = load_engine_args(args, True)
@@ -108,7 +118,6 @@ def run_bench(args: argparse.Namespace) -> int:
                         rows[-1] |= row
                         print(_row_line(rows[-1]))
     costs = [{"drafter": d["name"]} | step_costs(p, b) for p, d in zip(pipes, drafters) for b in d["blocks"]]
-    compare = args.compare_zlab or args.compare_prompt_lookup
     peers = _run_peers(args, pipes, drafters, prompts) if compare else []
     pipe = pipes[0]
     data = {
@@ -185,7 +194,7 @@ def _run_peers(args, pipes: list[Pipeline], drafters: list[dict], prompts: dict)
     from dflash_trt.bench.peers import HFTarget, ZLabDFlash
 
     hf = HFTarget(pipes[0].target_dir)
-    rows = []
+    rows, static = [], {}  # static-cache runs per (dataset, prompt): the same for every drafter
     params = SamplingParams(0.0)
     for pipe, drafter in zip(pipes, drafters):
         block = drafter["blocks"][0]
@@ -193,7 +202,8 @@ def _run_peers(args, pipes: list[Pipeline], drafters: list[dict], prompts: dict)
         for name, texts in prompts.items():
             requests = [pipe.request(t, not args.no_chat, args.max_new_tokens) for t in texts]
             ours_s, zlab_s, pld_s, identical, pld_tokens, pld_calls, ours_tokens = 0.0, 0.0, 0.0, 0, 0, 0, 0
-            for r in requests:
+            hf_s, hf_tokens, hf_identical = 0.0, 0, 0
+            for i, r in enumerate(requests):
                 start = time.perf_counter()
                 ours = generate(pipe.target, pipe.drafter, [r], params, block)[0]
                 ours_s += time.perf_counter() - start
@@ -202,6 +212,13 @@ def _run_peers(args, pipes: list[Pipeline], drafters: list[dict], prompts: dict)
                     run = zlab.generate(r.prompt, r.max_new_tokens, r.stop_token_ids, block)
                     zlab_s += run.seconds
                     identical += run.tokens == ours.tokens
+                if args.compare_hf:
+                    if (name, i) not in static:
+                        static[name, i] = hf.static_cache(r.prompt, r.max_new_tokens, r.stop_token_ids)
+                    run = static[name, i]
+                    hf_s += run.seconds
+                    hf_tokens += len(run.tokens)
+                    hf_identical += run.tokens == ours.tokens
                 if args.compare_prompt_lookup:
                     run = hf.prompt_lookup(r.prompt, r.max_new_tokens, r.stop_token_ids)
                     pld_s += run.seconds
@@ -221,6 +238,8 @@ def _run_peers(args, pipes: list[Pipeline], drafters: list[dict], prompts: dict)
                     "zlab_identical_outputs": identical,
                     "zlab_drafter_class": type(zlab.drafter).__name__,
                 }
+            if args.compare_hf:
+                row |= {"hf_static_tokens_per_s": hf_tokens / hf_s, "hf_static_identical_outputs": hf_identical}
             if args.compare_prompt_lookup:
                 row |= {
                     "prompt_lookup_tau": pld_tokens / max(pld_calls, 1),
@@ -271,19 +290,23 @@ def _markdown(data: dict) -> str:
         lines += [
             "\n## Side by side at batch 1, T=0 (same weights, same prompts)\n",
             "| dataset | drafter | B | ours tok/s | z-lab dflash_generate tok/s | ours / z-lab speed "
-            "| identical to z-lab | "
+            "| identical to z-lab | HF static-cache AR tok/s | identical to HF | "
             "HF prompt-lookup tau | HF prompt-lookup tok/s |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in data["peers"]:
 
             def f(key, fmt="{:.2f}"):
                 return fmt.format(p[key]) if key in p else "-"
 
-            same = f"{p['zlab_identical_outputs']}/{p['requests']}" if "zlab_identical_outputs" in p else "-"
+            same, same_hf = (
+                f"{p[key]}/{p['requests']}" if key in p else "-"
+                for key in ("zlab_identical_outputs", "hf_static_identical_outputs")
+            )
             lines.append(
                 f"| {p['dataset']} | {p['drafter']} | {p['block']} | {p['ours_tokens_per_s']:.1f} "
                 f"| {f('zlab_tokens_per_s', '{:.1f}')} | {f('ours_vs_zlab_speed')}x | {same} "
+                f"| {f('hf_static_tokens_per_s', '{:.1f}')} | {same_hf} "
                 f"| {f('prompt_lookup_tau')} | {f('prompt_lookup_tokens_per_s', '{:.1f}')} |"
             )
     return "\n".join(lines)

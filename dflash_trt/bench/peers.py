@@ -1,5 +1,6 @@
 """Peer implementations run side by side with ours in `dflash-trt bench`, on the same weights and prompts:
-z-lab's `dflash` package (`dflash_generate`) and HF transformers prompt-lookup decoding."""
+z-lab's `dflash` package (`dflash_generate`), and HF transformers' greedy `generate` with a static cache and with
+prompt-lookup decoding."""
 
 from __future__ import annotations
 
@@ -38,10 +39,8 @@ class HFTarget:
         self.counter = _ForwardCounter(self.model)
 
     @torch.inference_mode()
-    def prompt_lookup(
-        self, prompt: list[int], max_new_tokens: int, stop_ids: tuple[int, ...], lookup_tokens: int = 10
-    ) -> PeerRun:
-        """Greedy HF `generate` with prompt-lookup decoding (n-gram drafts from the prompt)."""
+    def generate(self, prompt: list[int], max_new_tokens: int, stop_ids: tuple[int, ...], **options) -> PeerRun:
+        """Greedy HF `generate` with `options` (e.g. `cache_implementation="static"`)."""
         ids = torch.tensor([prompt])
         self.counter.calls = 0
         start = time.perf_counter()
@@ -50,11 +49,21 @@ class HFTarget:
             max_new_tokens=max_new_tokens,
             do_sample=False,
             eos_token_id=list(stop_ids),
-            prompt_lookup_num_tokens=lookup_tokens,
             pad_token_id=stop_ids[0] if stop_ids else 0,
+            **options,
         )
         seconds = time.perf_counter() - start
         return PeerRun(out[0, len(prompt) :].tolist(), seconds, self.counter.calls - 1)
+
+    def static_cache(self, prompt: list[int], max_new_tokens: int, stop_ids: tuple[int, ...]) -> PeerRun:
+        """Plain greedy decoding with transformers' static (fixed-shape, preallocated) KV cache."""
+        return self.generate(prompt, max_new_tokens, stop_ids, cache_implementation="static")
+
+    def prompt_lookup(
+        self, prompt: list[int], max_new_tokens: int, stop_ids: tuple[int, ...], lookup_tokens: int = 10
+    ) -> PeerRun:
+        """Greedy prompt-lookup decoding (n-gram drafts from the prompt)."""
+        return self.generate(prompt, max_new_tokens, stop_ids, prompt_lookup_num_tokens=lookup_tokens)
 
 
 class ZLabDFlash:
