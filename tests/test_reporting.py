@@ -31,7 +31,8 @@ def test_report_records_machine_load_and_steal(tmp_path):
     assert m["cores"] >= 1 and m["load_average_1m_at_start"] == round(start.load_average_1m, 2) >= 0
     assert 0 <= m["cpu_steal_percent"] <= 100
     header = paths[1].read_text().splitlines()
-    assert f"load average {m['load_average_1m_at_start']} at start" in header[2]
+    assert f"load average {m['load_average_1m_at_start']} at start (other processes kept " in header[2]
+    assert m["others_busy_cores_at_start"] >= 0
     assert f"{m['cpu_steal_percent']}% of CPU time stolen by the hypervisor" in header[2]
     assert header[-1] == "body"
 
@@ -49,8 +50,8 @@ def test_load_and_steal_are_measured_from_the_start_snapshot(tmp_path, monkeypat
     assert m["load_average_1m_at_start"] == 3.25
     assert m["cpu_steal_percent"] == 5.0
     assert (
-        "load average 3.25 at start, 5.0% of CPU time stolen by the hypervisor during the run"
-        in (paths[1].read_text().splitlines()[2])
+        "load average 3.25 at start (other processes kept 0.0 cores busy), 5.0% of CPU time stolen by the "
+        "hypervisor during the run" in (paths[1].read_text().splitlines()[2])
     )
 
 
@@ -59,7 +60,7 @@ def test_steal_is_left_out_when_cpu_counters_are_unavailable(tmp_path, monkeypat
     paths = write_report(RunStart.now(), "demo", {}, "body", out_dir=tmp_path)
     assert json.loads(paths[0].read_text())["machine"]["cpu_steal_percent"] is None
     line = paths[1].read_text().splitlines()[2]
-    assert line.endswith(" at start") and "stolen" not in line
+    assert line.endswith(" cores busy)") and "stolen" not in line
 
 
 def test_importing_reporting_reads_nothing(monkeypatch):

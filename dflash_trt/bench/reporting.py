@@ -51,16 +51,18 @@ def others_busy_cores(seconds: float = 0.3) -> float:
 
 @dataclass(frozen=True)
 class RunStart:
-    """What the machine was doing when a benchmark command started: its 1-minute load average and CPU
-    counters. A benchmark takes it first thing (`RunStart.now()`) and hands it to `write_report`, which
-    reports the load at start and the CPU steal between then and the report."""
+    """What the machine was doing when a benchmark command started: its 1-minute load average, how many
+    cores other processes kept busy right then, and CPU counters. A benchmark takes it first thing
+    (`RunStart.now()`) and hands it to `write_report`, which reports the load at start and the CPU steal
+    between then and the report."""
 
     load_average_1m: float
     cpu_jiffies: tuple[int, ...]
+    others_busy_cores: float
 
     @classmethod
     def now(cls) -> RunStart:
-        return cls(os.getloadavg()[0], _cpu_jiffies())
+        return cls(os.getloadavg()[0], _cpu_jiffies(), others_busy_cores())
 
     def cpu_steal_percent(self) -> float | None:
         """Share of CPU time the hypervisor gave to other guests since this snapshot (None if unknown)."""
@@ -98,6 +100,7 @@ def machine(start: RunStart) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "gpu": "none",
         "load_average_1m_at_start": round(start.load_average_1m, 2),
+        "others_busy_cores_at_start": round(start.others_busy_cores, 2),
         "cpu_steal_percent": start.cpu_steal_percent(),
     }
 
@@ -120,7 +123,8 @@ def write_report(
         f"Command: `{meta['command']}`  \nDate: {meta['date']}  \n"
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, no GPU; "
         f"torch {m['torch']} ({m['torch_threads']} threads); "
-        f"load average {m['load_average_1m_at_start']} at start"
+        f"load average {m['load_average_1m_at_start']} at start "
+        f"(other processes kept {m['others_busy_cores_at_start']} cores busy)"
         + (
             f", {m['cpu_steal_percent']}% of CPU time stolen by the hypervisor during the run"
             if m["cpu_steal_percent"] is not None
