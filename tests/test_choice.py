@@ -80,3 +80,30 @@ def test_generate_follows_the_acceptance_and_caches_the_step_costs(pair, capsys)
     (drafter / "acceptance.json").write_text(json.dumps({"position_acceptance": [2.0]}))
     assert main(["generate", "--target", str(target), "--drafter", str(drafter), "--prompt", "w1"]) == 2
     assert "position_acceptance" in capsys.readouterr().err
+
+
+def test_generate_chooses_for_the_batch_it_decodes(pair, capsys, tmp_path):
+    """Step costs are measured and cached per batch size: a verify of B tokens for b rows is a b*B-row GEMM, so
+    a block that pays at batch 1 may not at batch 2; the choice follows the batch's own costs."""
+    target, drafter, cache = pair
+    (drafter / "acceptance.json").write_text(json.dumps({"position_acceptance": [0.5, 0.5, 0.5]}))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"w{i} w{i + 1}"}) for i in range(3)))
+    argv = ["generate", "--target", str(target), "--drafter", str(drafter), "--max-new-tokens", "8", "--json"]
+    for batch in ("1", "2"):
+        assert main([*argv, "--prompts-file", str(prompts), "--batch-size", batch]) == 0
+        assert f"batch {batch}" in capsys.readouterr().err
+    entries = json.loads(cache.read_text())
+    by_batch = {next(p for p in key.split(" | ") if p.startswith("batch ")): key for key in entries}
+    assert sorted(by_batch) == ["batch 1", "batch 2"]
+
+    costs = {"draft_ms": dict.fromkeys("234", 1.0), "busy_cores": 0.0}
+    cheap = {"decode_ms": 10.0, "verify_ms": dict.fromkeys("234", 11.0)} | costs  # 1.5 tokens per 12 ms at B=2
+    dear = {"decode_ms": 10.0, "verify_ms": dict.fromkeys("234", 30.0)} | costs  # verifying 2 rows costs more
+    cache.write_text(json.dumps({by_batch["batch 1"]: cheap, by_batch["batch 2"]: dear}))
+    assert main([*argv, "--prompts-file", str(prompts), "--batch-size", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["block_size"] == 4  # 10 * 2.5 / 12 = 2.08x at B=4
+    assert main([*argv, "--prompts-file", str(prompts), "--batch-size", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "chose autoregressive decoding" in err and "batch 2" in err  # at best 10 * 2.5 / 31 = 0.81x
+    assert json.loads(out)["summary"]["block_size"] == 1

@@ -42,16 +42,17 @@ def step_costs(
     context: int = 256,
     repeats: int = 15,
     reduce: Callable[[list[float]], float] = statistics.median,
+    batch: int = 1,
 ) -> dict:
-    """ms of a one-token decode step, a B-token verify and a drafter pass at `context` tokens, batch 1: the
-    median of `repeats` (or `reduce` of them)."""
+    """ms of a one-token decode step, a B-token verify and a drafter pass at `context` tokens for `batch` rows:
+    the median of `repeats` (or `reduce` of them)."""
     target, drafter = pipe.target, pipe.drafter
     prompt = torch.randint(0, target.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()
-    target.reset(1, context + block + 1)
-    drafter.reset(1, context + block + 1)
-    _, features = target.prefill([prompt])
-    drafter.append_context(features, torch.tensor([context]))
-    blk = torch.full((1, block), drafter.mask_token_id)
+    target.reset(batch, context + block + 1)
+    drafter.reset(batch, context + block + 1)
+    _, features = target.prefill([prompt] * batch)
+    drafter.append_context(features, torch.full((batch,), context))
+    blk = torch.full((batch, block), drafter.mask_token_id)
     drafter.draft(blk)  # a backend may inject appended context at its next draft: keep it out of the timings
     calls = {
         "decode_ms": lambda: target.verify(blk[:, :1]),
@@ -65,7 +66,7 @@ def step_costs(
             call()
             if i >= 2:
                 times[key].append((time.perf_counter() - start) * 1e3)
-    out = {"block": block, "context": context, **{k: reduce(v) for k, v in times.items()}}
+    out = {"block": block, "context": context, "batch": batch, **{k: reduce(v) for k, v in times.items()}}
     out["verify_over_decode"] = out["verify_ms"] / out["decode_ms"]
     out["break_even_tau"] = (out["verify_ms"] + out["draft_ms"]) / out["decode_ms"]
     return out
@@ -93,10 +94,13 @@ def machine_key() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} x{torch.get_num_threads()}"
 
 
-def cached_step_costs(pipe: Pipeline, label: str, blocks: list[int], log: Callable[[str], None]) -> StepCosts:
-    """Step costs of `pipe` (`label`: backend and dtype) at `blocks`, from the cache or measured and cached."""
+def cached_step_costs(
+    pipe: Pipeline, label: str, blocks: list[int], log: Callable[[str], None], batch: int = 1
+) -> StepCosts:
+    """Step costs of `pipe` (`label`: backend and dtype) at `blocks` and `batch` rows, from the cache or measured
+    and cached."""
     path = default_cache_dir() / CACHE_FILE
-    key = f"{machine_key()} | {label} | {pipe.target_dir} | {pipe.drafter_dir}"
+    key = f"{machine_key()} | {label} | batch {batch} | {pipe.target_dir} | {pipe.drafter_dir}"
     cache = json.loads(path.read_text()) if path.is_file() else {}
     entry = cache.get(key)
     busy = others_busy_cores()
@@ -108,14 +112,17 @@ def cached_step_costs(pipe: Pipeline, label: str, blocks: list[int], log: Callab
         )
         entry = None
     if entry is None or not set(map(str, blocks)) <= set(entry["verify_ms"]):
-        log(f"calibrating step costs once for this machine and {label} (B={blocks[0]}..{blocks[-1]}); cached in {path}")
+        log(
+            f"calibrating step costs once for this machine and {label}, batch {batch} (B={blocks[0]}..{blocks[-1]}); "
+            f"cached in {path}"
+        )
         if busy >= QUIETER_BY:
             log(
                 f"the machine is busy (other processes keep {busy:.1f} of {os.cpu_count()} cores busy): these costs, "
                 "and the choice, may not hold when quiet"
             )
         start = time.perf_counter()
-        rows = [step_costs(pipe, b, repeats=REPEATS, reduce=min) for b in blocks]
+        rows = [step_costs(pipe, b, repeats=REPEATS, reduce=min, batch=batch) for b in blocks]
         entry = {
             "decode_ms": min(r["decode_ms"] for r in rows),
             "verify_ms": {str(r["block"]): r["verify_ms"] for r in rows},
@@ -133,10 +140,12 @@ def cached_step_costs(pipe: Pipeline, label: str, blocks: list[int], log: Callab
     )
 
 
-def choose_for(pipe: Pipeline, label: str, log: Callable[[str], None]) -> Choice | None:
-    """The recommended block size (or plain decoding) for `pipe`, or None when its drafter has no acceptance."""
+def choose_for(pipe: Pipeline, label: str, log: Callable[[str], None], batch: int = 1) -> Choice | None:
+    """The recommended block size (or plain decoding) for `pipe` decoding `batch` rows together, or None when its
+    drafter has no acceptance. (A verify of B tokens for b rows is a b*B-row GEMM: what pays at batch 1 may not
+    at batch 4.)"""
     acceptance = read_acceptance(pipe.drafter_dir)
     if acceptance is None or pipe.drafter is None:
         return None
     blocks = list(range(2, min(pipe.drafter.block_size, len(acceptance) + 1) + 1))
-    return choose_block(acceptance, cached_step_costs(pipe, label, blocks, log))
+    return choose_block(acceptance, cached_step_costs(pipe, label, blocks, log, batch))
