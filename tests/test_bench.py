@@ -86,9 +86,10 @@ def test_bench_compares_v1_and_dflash2_drafters_side_by_side(tmp_path, monkeypat
     assert main(argv) == 0
     report = json.loads((tmp_path / "out" / "v2.json").read_text())
     first, second = report["drafters"]
-    assert (first["name"], first["blocks"]) == ("DFlashDraftModel", [8]) and "no acceptance.json" in first["choice"]
-    assert second["name"] == "DFlash2DraftModel" and second["choice"].startswith("block choice for torch fp32")
-    assert second["blocks"][0] in (2, 3, 4)
+    assert (first["name"], first["blocks"]) == ("DFlashDraftModel", {"1": [8]})
+    assert "no acceptance.json" in first["choice"]["1"]
+    assert second["name"] == "DFlash2DraftModel" and second["choice"]["1"].startswith("block choice for torch fp32")
+    assert second["blocks"]["1"][0] in (2, 3, 4)
     assert [(r["drafter"], r["identical_outputs"]) for r in report["rows"]] == [
         ("DFlashDraftModel", 3),
         ("DFlash2DraftModel", 3),
@@ -99,3 +100,30 @@ def test_bench_compares_v1_and_dflash2_drafters_side_by_side(tmp_path, monkeypat
     ]
     assert [c["drafter"] for c in report["step_costs"]] == ["DFlashDraftModel", "DFlash2DraftModel"]
     assert "| DFlash2DraftModel |" in (tmp_path / "out" / "v2.md").read_text()
+
+
+def test_bench_runs_each_batch_at_its_own_block_choice(tmp_path, monkeypatch):
+    """Without --block-sizes, each batch size runs at the block its own step costs recommend (seeded here, as if
+    measured: verifying 2 rows costs more), or at the best-expected block when plain decoding would win."""
+    monkeypatch.setenv("DFLASH_TRT_CACHE", str(tmp_path / "cache"))
+    target = save_hf_target(tmp_path / "t", "qwen3")
+    save_tiny_tokenizer(target)
+    drafter = save_zlab_drafter(tmp_path / "d", hf_config("qwen3"), block_size=4, layer_ids=(0, 2))
+    (drafter / "acceptance.json").write_text(json.dumps({"position_acceptance": [0.5, 0.5, 0.5]}))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"w{i} w{i + 2}"}) for i in range(2)))
+    argv = ["bench", "--target", str(target), "--drafter", str(drafter), "--datasets", str(prompts)]
+    argv += ["--num-prompts", "2", "--max-new-tokens", "8", "--batch-sizes", "1", "2", "--temperatures", "0"]
+    argv += ["--output-dir", str(tmp_path / "out")]
+    assert main(argv) == 0  # calibrates batch 1 and batch 2
+    cache = tmp_path / "cache" / "calibration.json"
+    keys = {next(p for p in key.split(" | ") if p.startswith("batch ")): key for key in json.loads(cache.read_text())}
+    other = {"draft_ms": {"2": 1.0, "3": 1.0, "4": 1.0}, "busy_cores": 0.0, "decode_ms": 10.0}
+    cheap = {"verify_ms": {"2": 11.0, "3": 11.0, "4": 11.0}} | other  # 10 * 2.5 / 12 at B=4: the best
+    dear = {"verify_ms": {"2": 30.0, "3": 60.0, "4": 90.0}} | other  # 15 / 31 at B=2: the best, below 1
+    cache.write_text(json.dumps({keys["batch 1"]: cheap, keys["batch 2"]: dear}))
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    (d,) = report["drafters"]
+    assert d["blocks"] == {"1": [4], "2": [2]} and "autoregressive" in d["choice"]["2"]
+    assert [(r["batch"], r["block"]) for r in report["rows"]] == [(1, 4), (2, 2)]

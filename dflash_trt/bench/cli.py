@@ -2,8 +2,8 @@
 
 Both run on the same backend, weights and prompts, interleaved batch by batch so machine noise hits them
 alike. Speedup is z-lab's: mean TPOT (decode only, prefill excluded) of the baseline / that of DFlash.
-Without --block-sizes each drafter runs at the block size its acceptance.json and this machine's step costs
-recommend (as `generate` does; the best-expected block when plain decoding is expected to win, so the table
+Without --block-sizes each drafter runs, at each batch size, at the block size its acceptance.json and this
+machine's step costs at that batch recommend (as `generate` does; the best-expected block when plain decoding is expected to win, so the table
 still measures DFlash), and the report says which. Several --drafter directories are compared side by side on
 the same target and prompts. Optionally, side by side at batch 1 and T=0: z-lab's own `dflash_generate` on
 identical weights (outputs must be identical), HF transformers' plain greedy decoding with a static cache (our
@@ -104,21 +104,30 @@ def run_bench(args: argparse.Namespace) -> int:
     rows, drafters = [], []
     for pipe in pipes:
         name = drafter_name(pipe)
-        blocks, choice = _blocks(args, pipe, label)
-        drafters.append({"name": name, "dir": str(pipe.drafter_dir), "blocks": blocks, "choice": choice})
-        print(f"{name}: B={blocks} ({choice})")
+        chosen = {batch: _blocks(args, pipe, label, batch) for batch in args.batch_sizes}
+        drafters.append(
+            {
+                "name": name,
+                "dir": str(pipe.drafter_dir),
+                "blocks": {str(b): blocks for b, (blocks, _) in chosen.items()},
+                "choice": {str(b): why for b, (_, why) in chosen.items()},
+            }
+        )
+        for batch, (blocks, why) in chosen.items():
+            print(f"{name}, batch {batch}: B={blocks} ({why})")
         for dataset, texts in prompts.items():
             requests = [pipe.request(t, not args.no_chat, args.max_new_tokens) for t in texts]
             for temperature in args.temperatures:
                 params = SamplingParams(temperature, args.top_k, args.top_p, args.seed)
                 for batch in args.batch_sizes:
-                    for block in blocks:
+                    for block in chosen[batch][0]:
                         row = _run_pair(pipe, requests, params, batch, block)
                         rows.append({"dataset": dataset, "drafter": name, "temperature": temperature, "batch": batch})
                         rows[-1] |= row
                         print(_row_line(rows[-1]))
-    costs = [{"drafter": d["name"]} | step_costs(p, b) for p, d in zip(pipes, drafters) for b in d["blocks"]]
-    peers = _run_peers(args, pipes, drafters, prompts) if compare else []
+    first = str(min(args.batch_sizes))  # step costs (batch 1) and peers (batch 1) at the smallest batch's blocks
+    costs = [{"drafter": d["name"]} | step_costs(p, b) for p, d in zip(pipes, drafters) for b in d["blocks"][first]]
+    peers = _run_peers(args, pipes, [d["blocks"][first][0] for d in drafters], prompts) if compare else []
     pipe = pipes[0]
     data = {
         "target": str(pipe.target_dir),
@@ -171,11 +180,12 @@ def drafter_name(pipe: Pipeline) -> str:
     return read_json(pipe.drafter_dir / "config.json").get("architectures", [pipe.drafter_dir.name])[0]
 
 
-def _blocks(args: argparse.Namespace, pipe: Pipeline, label: str) -> tuple[list[int], str]:
-    """Block sizes to run and why: --block-sizes, else the block choice (`generate`'s), else the trained one."""
+def _blocks(args: argparse.Namespace, pipe: Pipeline, label: str, batch: int) -> tuple[list[int], str]:
+    """Block sizes to run at `batch` and why: --block-sizes, else the block choice (`generate`'s at that batch),
+    else the trained one."""
     if args.block_sizes:
         return args.block_sizes, "--block-sizes"
-    choice = choose_for(pipe, label, lambda msg: print(f"dflash-trt: {msg}", flush=True))
+    choice = choose_for(pipe, label, lambda msg: print(f"dflash-trt: {msg}", flush=True), batch)
     if choice is None:
         return [pipe.drafter.block_size], "trained block size; the drafter ships no acceptance.json"
     best = choice.block or max(choice.speedups, key=choice.speedups.get)
@@ -190,14 +200,13 @@ def _row_line(r: dict) -> str:
     )
 
 
-def _run_peers(args, pipes: list[Pipeline], drafters: list[dict], prompts: dict) -> list[dict]:
+def _run_peers(args, pipes: list[Pipeline], blocks: list[int], prompts: dict) -> list[dict]:
     from dflash_trt.bench.peers import HFTarget, ZLabDFlash
 
     hf = HFTarget(pipes[0].target_dir)
     rows, static = [], {}  # static-cache runs per (dataset, prompt): the same for every drafter
     params = SamplingParams(0.0)
-    for pipe, drafter in zip(pipes, drafters):
-        block = drafter["blocks"][0]
+    for pipe, block in zip(pipes, blocks):
         zlab = ZLabDFlash(hf, pipe.drafter_dir) if args.compare_zlab else None
         for name, texts in prompts.items():
             requests = [pipe.request(t, not args.no_chat, args.max_new_tokens) for t in texts]
@@ -226,7 +235,7 @@ def _run_peers(args, pipes: list[Pipeline], drafters: list[dict], prompts: dict)
                     pld_calls += run.target_forwards
             row = {
                 "dataset": name,
-                "drafter": drafter["name"],
+                "drafter": drafter_name(pipe),
                 "block": block,
                 "requests": len(requests),
                 "ours_tokens_per_s": ours_tokens / ours_s,
@@ -260,7 +269,11 @@ def _markdown(data: dict) -> str:
         f"{data['target_dtype']} target, "
         f"drafts' LM head {data['draft_head_dtype']} (lossless: drafts are only proposals). "
         "Speedup = baseline TPOT / DFlash TPOT (decode only, prefill excluded), same backend, run side by side.\n",
-        *(f"- {d['name']} `{d['dir']}`: B={d['blocks']} ({d['choice']})" for d in data["drafters"]),
+        *(
+            f"- {d['name']} `{d['dir']}`: "
+            + "; ".join(f"batch {b} B={d['blocks'][b]} ({d['choice'][b]})" for b in d["blocks"])
+            for d in data["drafters"]
+        ),
         "",
         "| dataset | drafter | T | batch | B | tau | accept@1,2,3 | AR TPOT ms | DFlash TPOT ms | TPOT speedup "
         "| AR tok/s | DFlash tok/s | greedy-identical |",
