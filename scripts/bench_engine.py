@@ -141,8 +141,10 @@ def main() -> None:
                     "dflash_tokens_per_s": s[(backend, "dflash")]["tokens_per_s"],
                 }
                 row[backend]["tpot_speedup"] = row[backend]["ar_tpot_ms"] / row[backend]["dflash_tpot_ms"]
-                row[backend]["identical_ar_dflash"] = sum(
-                    a.tokens == d.tokens for a, d in zip(gens[(backend, "ar")], gens[(backend, "dflash")])
+                pairs = list(zip(gens[(backend, "ar")], gens[(backend, "dflash")]))
+                row[backend]["identical_ar_dflash"] = sum(a.tokens == d.tokens for a, d in pairs)
+                row[backend]["first_divergence"] = sorted(
+                    first_divergence(a.tokens, d.tokens) for a, d in pairs if a.tokens != d.tokens
                 )
             row["identical_fp32"] = sum(
                 len({tuple(gens[(b, m)][j].tokens) for b in FP32 for m in ("ar", "dflash")}) == 1
@@ -177,6 +179,11 @@ def main() -> None:
     print("wrote " + ", ".join(map(str, paths)))
 
 
+def first_divergence(a: list[int], b: list[int]) -> int:
+    """The first output position where two generations differ (the shorter length if one is a prefix)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def markdown(data: dict) -> str:
     e = data["engine"]
     sizes = ", ".join(f"`{k}` {v / 2**20:.1f} MiB" for k, v in e["file_bytes"].items())
@@ -192,8 +199,8 @@ def markdown(data: dict) -> str:
         f"(idle threads do not spin); onnxruntime-int4 runs the same graphs with `--weight-only int4` (MatMulNBits, "
         f"blocks of 32, int8 compute). OMP_WAIT_POLICY: {data['omp_wait_policy'] or 'unset (OpenMP default)'}.",
         "",
-        "| batch | B | backend | AR TPOT | DFlash TPOT | tau | DFlash speedup | AR == DFlash |",
-        "|---|---|---|---|---|---|---|---|",
+        "| batch | B | backend | AR TPOT | DFlash TPOT | tau | DFlash speedup | AR == DFlash | first divergence |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         for backend in BACKENDS:
@@ -201,13 +208,15 @@ def markdown(data: dict) -> str:
             lines.append(
                 f"| {r['batch']} | {r['block']} | {backend} | {b['ar_tpot_ms']:.1f} ms | "
                 f"{b['dflash_tpot_ms']:.1f} ms | {b['tau']:.2f} | {b['tpot_speedup']:.2f}x | "
-                f"{b['identical_ar_dflash']}/{r['requests']} |"
+                f"{b['identical_ar_dflash']}/{r['requests']} | "
+                f"{', '.join(map(str, b.get('first_divergence', []))) or '-'} |"
             )
     lines += [
         "",
         "DFlash speedup = AR TPOT / DFlash TPOT on the same backend (> 1: DFlash is faster). AR == DFlash: prompts "
         "whose DFlash output equals AR's on that backend (exact in fp32; int8 compute may round differently at "
-        "M = 1 and M = B). fp32 runs identical across torch and onnxruntime (all four): "
+        "M = 1 and M = B); first divergence: for each prompt whose outputs differ, the first output token where "
+        "they do. fp32 runs identical across torch and onnxruntime (all four): "
         + ", ".join(f"b={r['batch']} B={r['block']} {r['identical_fp32']}/{r['requests']}" for r in data["rows"])
         + ".",
         "",

@@ -39,9 +39,8 @@ def main() -> int:
     means = sorted(statistics.mean(rng.choices(diff, k=len(diff))) for _ in range(args.resamples))
     low, high = means[int(0.025 * len(means))], means[int(0.975 * len(means))]
     print(f"| drafter | prompts | tau (B={args.block}) |\n|---|---|---|")
-    print(
-        f"| A: `{name_a}` | {len(a)} | {statistics.mean(a):.3f} |\n| B: `{name_b}` | {len(b)} | {statistics.mean(b):.3f} |"
-    )
+    for label, name, taus in (("A", name_a, a), ("B", name_b, b)):
+        print(f"| {label}: `{name}` | {len(taus)} | {statistics.mean(taus):.3f} |")
     print(
         f"\nB - A: {statistics.mean(diff):+.3f} tau (bootstrap 95% interval {low:+.3f} .. {high:+.3f}); "
         f"B ahead on {sum(d > 0 for d in diff)} prompts, behind on {sum(d < 0 for d in diff)}, "

@@ -3,12 +3,12 @@
 Both run on the same backend, weights and prompts, interleaved batch by batch so machine noise hits them
 alike. Speedup is z-lab's: mean TPOT (decode only, prefill excluded) of the baseline / that of DFlash.
 Without --block-sizes each drafter runs, at each batch size, at the block size its acceptance.json and this
-machine's step costs at that batch recommend (as `generate` does; the best-expected block when plain decoding is expected to win, so the table
-still measures DFlash), and the report says which. Several --drafter directories are compared side by side on
-the same target and prompts. Optionally, side by side at batch 1 and T=0: z-lab's own `dflash_generate` on
-identical weights (outputs must be identical), HF transformers' plain greedy decoding with a static cache (our
-greedy output must equal it) and HF prompt-lookup decoding. Writes JSON +
-Markdown + PNG to results/.
+machine's step costs at that batch recommend (as `generate` does; the best-expected block when plain decoding
+is expected to win, so the table still measures DFlash), and the report says which. Several --drafter
+directories are compared side by side on the same target and prompts. Optionally, side by side at batch 1 and
+T=0: z-lab's own `dflash_generate` on identical weights (outputs must be identical), HF transformers' plain
+greedy decoding with a static cache (our greedy output must equal it) and HF prompt-lookup decoding. Writes
+JSON + Markdown + PNG to results/.
 """
 
 from __future__ import annotations
