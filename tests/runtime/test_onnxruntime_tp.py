@@ -1,6 +1,6 @@
 """Tensor parallel on the onnxruntime backend: each rank runs its own exported graphs, split at their
 AllReduce/AllGather nodes into standard-op segments with MPI collectives between them. TP=2 under mpirun
-generates exactly the tokens of TP=1 (onnxruntime) and of the torch backend."""
+generates exactly the tokens of TP=1 (onnxruntime) and of the torch backend, with a v1 and a DFlash2 drafter."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 from dflash_trt.cli import main
 from ort_engine import make_engine_dir
 from tiny import hf_config, save_hf_target, save_tiny_tokenizer, save_zlab_drafter
+from tiny_dflash2 import save_zlab_drafter2
 
 pytestmark = pytest.mark.mpi
 TESTS = Path(__file__).parents[1]
@@ -30,12 +31,15 @@ def mpirun() -> list[str]:
     return [found, "--allow-run-as-root", "--oversubscribe"]
 
 
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ort_tp")
+@pytest.fixture(scope="module", params=["dflash", "dflash2"])
+def engines(tmp_path_factory, request):
+    """TP=1 and TP=2 engine directories of a tiny pair, with a v1 and with a DFlash2 drafter (its convs and
+    selector replicated on every rank)."""
+    root = tmp_path_factory.mktemp(f"ort_tp_{request.param}")
     target = save_hf_target(root / "t", "qwen3", heads=8, kv_heads=2)
     save_tiny_tokenizer(target)
-    drafter = save_zlab_drafter(
+    save = save_zlab_drafter2 if request.param == "dflash2" else save_zlab_drafter
+    drafter = save(
         root / "d", hf_config("qwen3", heads=8, kv_heads=2), block_size=8, layer_ids=(0, 2), heads=4, kv_heads=2
     )
     assert (
