@@ -107,3 +107,22 @@ def test_generate_chooses_for_the_batch_it_decodes(pair, capsys, tmp_path):
     out, err = capsys.readouterr()
     assert "chose autoregressive decoding" in err and "batch 2" in err  # at best 10 * 2.5 / 31 = 0.81x
     assert json.loads(out)["summary"]["block_size"] == 1
+
+
+def test_a_quiet_entry_is_used_without_sampling_the_machine(pair, capsys, monkeypatch):
+    """Sampling how busy the machine is takes 0.3 s; an entry measured on a quiet machine cannot be replaced by a
+    quieter run, so generate uses it without sampling. An entry taken under load is checked."""
+    from dflash_trt.bench import calibration
+
+    target, drafter, cache = pair
+    (drafter / "acceptance.json").write_text(json.dumps({"position_acceptance": [1.0, 1.0, 1.0]}))
+    generate(capsys, target, drafter)  # calibrates
+    samples = []
+    monkeypatch.setattr(calibration, "others_busy_cores", lambda: samples.append(1) or 0.0)
+    (key, entry), *_ = json.loads(cache.read_text()).items()
+    cache.write_text(json.dumps({key: entry | {"busy_cores": 0.0}}))
+    _, err = generate(capsys, target, drafter)
+    assert samples == [] and "calibrating" not in err
+    cache.write_text(json.dumps({key: entry | {"busy_cores": 1.5}}))
+    _, err = generate(capsys, target, drafter)
+    assert samples == [1] and "measuring again" in err

@@ -103,15 +103,18 @@ def cached_step_costs(
     key = f"{machine_key()} | {label} | batch {batch} | {pipe.target_dir} | {pipe.drafter_dir}"
     cache = json.loads(path.read_text()) if path.is_file() else {}
     entry = cache.get(key)
-    busy = others_busy_cores()
-    if entry is not None and busy + QUIETER_BY < entry.get("busy_cores", float("inf")):
-        then = f"{entry['busy_cores']:.1f}" if "busy_cores" in entry else "an unrecorded number of"
+    stale = entry is None or not set(map(str, blocks)) <= set(entry["verify_ms"])
+    then_busy = float("inf") if entry is None else entry.get("busy_cores", float("inf"))
+    # sampling the machine takes 0.3 s: only to calibrate, or to see whether an entry taken under load can go
+    busy = others_busy_cores() if stale or then_busy >= QUIETER_BY else None
+    if not stale and busy is not None and busy + QUIETER_BY < then_busy:
+        then = f"{then_busy:.1f}" if "busy_cores" in entry else "an unrecorded number of"
         log(
             f"the cached step costs were measured while other processes kept {then} cores busy, now {busy:.1f}: "
             "measuring again"
         )
-        entry = None
-    if entry is None or not set(map(str, blocks)) <= set(entry["verify_ms"]):
+        stale = True
+    if stale:
         log(
             f"calibrating step costs once for this machine and {label}, batch {batch} (B={blocks[0]}..{blocks[-1]}); "
             f"cached in {path}"
