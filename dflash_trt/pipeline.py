@@ -20,6 +20,7 @@ from dflash_trt.errors import UserError
 from dflash_trt.hardware import cpu_has_bf16_matmul
 from dflash_trt.models.drafter import DFlashDrafter
 from dflash_trt.models.target import Transformer
+from dflash_trt.runtime import prepacked
 from dflash_trt.runtime.loading import load_converted, load_drafter, load_target
 from dflash_trt.runtime.torch import TorchDrafter, TorchTarget
 
@@ -72,11 +73,18 @@ def torch_runners(
     vocab_size: int | None = None,
 ) -> tuple[TorchTarget, TorchDrafter | None]:
     """The torch runners of a loaded pair: the target captures the drafter's layers, the drafter borrows
-    the target's embedding and LM head (run in `head_dtype` when given, see `TorchDrafter`)."""
+    the target's embedding and LM head (run in `head_dtype` when given, see `TorchDrafter`). Their fp32
+    linears then run multi-row inputs on oneDNN with prepacked weights (`runtime.prepacked`)."""
     if drafter is None:
-        return TorchTarget(target, vocab_size=vocab_size), None
-    runner = TorchTarget(target, drafter.cfg.target_layer_ids, vocab_size)
-    return runner, TorchDrafter(drafter, target.embed, target.lm_head, head_dtype)
+        runners = TorchTarget(target, vocab_size=vocab_size), None
+    else:
+        runner = TorchTarget(target, drafter.cfg.target_layer_ids, vocab_size)
+        runners = runner, TorchDrafter(drafter, target.embed, target.lm_head, head_dtype)
+    if prepacked.available():  # after TorchDrafter took its cast copy of the head
+        for model in (target, drafter):
+            if model is not None:
+                prepacked.prepack_linears(model)
+    return runners
 
 
 def load_pipeline(

@@ -1,0 +1,52 @@
+"""`runtime.prepacked`: fp32 linears that run 1-3 rows on MKL and 4+ rows on oneDNN with a prepacked weight equal
+a float64 product to fp32 rounding at every row count, keep their forward hooks (tensor-parallel collectives), and
+are what the torch runners use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dflash_trt.pipeline import load_pipeline
+from dflash_trt.runtime import prepacked
+from tiny import hf_config, save_hf_target, save_zlab_drafter
+
+pytestmark = pytest.mark.skipif(not prepacked.available(), reason="this torch build has no oneDNN")
+
+
+@pytest.mark.parametrize("shape", [(64, 32, True), (96, 576, False), (1536, 576, False)])
+def test_every_row_count_equals_a_float64_product(shape):
+    out_features, in_features, bias = shape
+    torch.manual_seed(0)
+    linear = nn.Linear(in_features, out_features, bias=bias)
+    packed = prepacked.PrepackedLinear(linear)
+    for rows in (1, 2, 3, 4, 5, 8, 17, 64):
+        x = torch.randn(2, rows, in_features)
+        exact = x.double() @ linear.weight.double().T + (linear.bias.double() if bias else 0)
+        with torch.inference_mode():
+            got = packed(x)
+        assert got.shape == exact.shape and got.dtype == torch.float32
+        assert ((got.double() - exact).abs().max() / exact.abs().max()).item() < 1e-5, rows
+
+
+def test_forward_hooks_move_with_the_layer_and_only_fp32_linears_are_replaced():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8).to(torch.bfloat16), nn.Embedding(4, 8))
+    seen = []
+    model[0].register_forward_hook(lambda _m, _i, out: seen.append(out.shape) or out * 2)
+    x = torch.randn(5, 8)
+    want = model[0](x)
+    prepacked.prepack_linears(model)
+    assert isinstance(model[0], prepacked.PrepackedLinear) and type(model[1]) is nn.Linear
+    with torch.inference_mode():
+        torch.testing.assert_close(model[0](x), want, rtol=1e-5, atol=1e-5)
+    assert seen == [torch.Size([5, 8])] * 2
+
+
+def test_torch_runners_run_prepacked_linears(tmp_path):
+    target = save_hf_target(tmp_path / "t", "qwen3")
+    drafter = save_zlab_drafter(tmp_path / "d", hf_config("qwen3"), block_size=4, layer_ids=(0, 2))
+    pipe = load_pipeline(target, drafter)
+    for model in (pipe.target.model, pipe.drafter.model):
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear | prepacked.PrepackedLinear)]
+        assert linears and all(isinstance(m, prepacked.PrepackedLinear) for m in linears)
