@@ -32,6 +32,7 @@ from dflash_trt.pipeline import Pipeline
 
 CACHE_FILE = "calibration.json"
 REPEATS = 5
+RUNNERS_VERSION = 2  # part of every key: bump when the runners' kernels change (2: prepacked fp32 linears)
 QUIETER_BY = 0.5  # re-measure when other processes keep this many fewer cores busy than when an entry was taken
 
 
@@ -100,7 +101,9 @@ def cached_step_costs(
     """Step costs of `pipe` (`label`: backend and dtype) at `blocks` and `batch` rows, from the cache or measured
     and cached."""
     path = default_cache_dir() / CACHE_FILE
-    key = f"{machine_key()} | {label} | batch {batch} | {pipe.target_dir} | {pipe.drafter_dir}"
+    key = (
+        f"{machine_key()} | {label} runners v{RUNNERS_VERSION} | batch {batch} | {pipe.target_dir} | {pipe.drafter_dir}"
+    )
     cache = json.loads(path.read_text()) if path.is_file() else {}
     entry = cache.get(key)
     stale = entry is None or not set(map(str, blocks)) <= set(entry["verify_ms"])
