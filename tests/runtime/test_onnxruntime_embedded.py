@@ -1,5 +1,5 @@
 """The embedded pair (SmolLM2-135M-Instruct + the shipped drafter) exported once and run on onnxruntime:
-the graphs equal the torch runners (fp32 logits within 1e-4, features, written K/V) and greedy generation
+the graphs equal the torch runners (fp32 logits within 3e-4, features, written K/V) and greedy generation
 equals the torch backend token for token over 8 prompts at batch 1 and 4, block 4 and 8."""
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ pytestmark = pytest.mark.slow
 
 
 def close(got, want, what: str) -> None:
-    """fp32 agreement: within 1e-4, plus 1e-6 of the largest magnitude. SmolLM2's residual stream carries
+    """fp32 agreement: within 3e-4, plus 1e-6 of the largest magnitude. SmolLM2's residual stream carries
     activations near 2.5e4 (one fp32 ulp: 2e-3), so logits of magnitude ~40 differ by up to ~1e-4 between two
-    correct fp32 evaluation orders."""
+    correct fp32 evaluation orders; the torch runners' multi-row GEMMs (oneDNN, `runtime.prepacked`) and
+    onnxruntime's MLAS differ by up to 1.5e-4 on the drafter's K/V (magnitude ~36, fc over 2880 inputs)."""
     got, want = np.asarray(got), np.asarray(want)
     err, scale = np.abs(got - want).max(), np.abs(want).max()
-    assert err <= 1e-4 + 1e-6 * scale, f"{what}: max abs error {err} at magnitude {scale}"
+    assert err <= 3e-4 + 1e-6 * scale, f"{what}: max abs error {err} at magnitude {scale}"
 
 
 PROMPTS = [
