@@ -102,7 +102,7 @@ def test_bench_compares_v1_and_dflash2_drafters_side_by_side(tmp_path, monkeypat
     assert "| DFlash2DraftModel |" in (tmp_path / "out" / "v2.md").read_text()
 
 
-def test_bench_runs_each_batch_at_its_own_block_choice(tmp_path, monkeypatch):
+def test_bench_runs_each_batch_at_its_own_block_choice(tmp_path, monkeypatch, steady_machine):
     """Without --block-sizes, each batch size runs at the block its own step costs recommend (seeded here, as if
     measured: verifying 2 rows costs more), or at the best-expected block when plain decoding would win."""
     monkeypatch.setenv("DFLASH_TRT_CACHE", str(tmp_path / "cache"))
@@ -118,7 +118,7 @@ def test_bench_runs_each_batch_at_its_own_block_choice(tmp_path, monkeypatch):
     assert main(argv) == 0  # calibrates batch 1 and batch 2
     cache = tmp_path / "cache" / "calibration.json"
     keys = {next(p for p in key.split(" | ") if p.startswith("batch ")): key for key in json.loads(cache.read_text())}
-    other = {"draft_ms": {"2": 1.0, "3": 1.0, "4": 1.0}, "busy_cores": 0.0, "decode_ms": 10.0}
+    other = {"draft_ms": {"2": 1.0, "3": 1.0, "4": 1.0}, "probe_ms": 1.0, "decode_ms": 10.0}
     cheap = {"verify_ms": {"2": 11.0, "3": 11.0, "4": 11.0}} | other  # 10 * 2.5 / 12 at B=4: the best
     dear = {"verify_ms": {"2": 30.0, "3": 60.0, "4": 90.0}} | other  # 15 / 31 at B=2: the best, below 1
     cache.write_text(json.dumps({keys["batch 1"]: cheap, keys["batch 2"]: dear}))

@@ -1,9 +1,10 @@
 """Step costs of this machine (a one-token decode, a B-token verify, a drafter pass), measured once per machine,
 backend and model pair and cached in `$DFLASH_TRT_CACHE/calibration.json` (default ~/.cache/dflash-trt), and the
-block size they recommend with the drafter's per-position acceptance (`decoding.choice`). Each entry records how many
-cores other processes kept busy when it was measured; a later run on a quieter machine measures again and
-replaces it, so a calibration taken while other work ran does not stay the machine's forever. Costs are the
-fastest of a few repeats: the least disturbed, which is what they cost on a quiet machine.
+block size they recommend with the drafter's per-position acceptance (`decoding.choice`). Costs are the fastest of a
+few repeats: the least disturbed. Each entry also records a speed probe, the fastest of a few one-token decodes at a
+short context (~0.3 s); every later use runs the probe again and measures the costs again when the machine now
+decodes more than `DRIFT` times faster or slower (another process, a noisy neighbour on the host, a different
+power state), so costs taken in one state of the machine do not choose the block in another.
 
 A drafter directory (or an engine directory built from it) may ship `acceptance.json`:
 {"position_acceptance": [P(accepted >= 1), ..., P(accepted >= B-1)], "measured_on": "..."}, greedy acceptance
@@ -28,12 +29,15 @@ from dflash_trt.config import read_json
 from dflash_trt.decoding.choice import ACCEPTANCE_FILE, Choice, StepCosts, choose_block
 from dflash_trt.embedded import default_cache_dir
 from dflash_trt.errors import UserError
+from dflash_trt.parallel.comm import rank0_value
 from dflash_trt.pipeline import Pipeline
 
 CACHE_FILE = "calibration.json"
 REPEATS = 5
 RUNNERS_VERSION = 2  # part of every key: bump when the runners' kernels change (2: prepacked fp32 linears)
-QUIETER_BY = 0.5  # re-measure when other processes keep this many fewer cores busy than when an entry was taken
+DRIFT = 1.3  # re-measure when the speed probe runs this many times faster or slower than when the entry was taken
+PROBE_CONTEXT = 32
+BUSY_CORES = 0.5  # warn that a calibration may not hold when other processes keep this many cores busy
 
 
 @torch.inference_mode()
@@ -45,13 +49,12 @@ def step_costs(
     reduce: Callable[[list[float]], float] = statistics.median,
     batch: int = 1,
 ) -> dict:
-    """ms of a one-token decode step, a B-token verify and a drafter pass at `context` tokens for `batch` rows:
-    the median of `repeats` (or `reduce` of them)."""
+    """ms of a one-token decode step, a B-token verify and a drafter pass at `context` tokens (fewer when the
+    target holds fewer) for `batch` rows: the median of `repeats` (or `reduce` of them)."""
     target, drafter = pipe.target, pipe.drafter
-    prompt = torch.randint(0, target.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()
-    target.reset(batch, context + block + 1)
+    context = min(context, target.capacity.max_len - block - 1)
+    features = _prefilled(pipe, context, batch, block)
     drafter.reset(batch, context + block + 1)
-    _, features = target.prefill([prompt] * batch)
     drafter.append_context(features, torch.full((batch,), context))
     blk = torch.full((batch, block), drafter.mask_token_id)
     drafter.draft(blk)  # a backend may inject appended context at its next draft: keep it out of the timings
@@ -71,6 +74,28 @@ def step_costs(
     out["verify_over_decode"] = out["verify_ms"] / out["decode_ms"]
     out["break_even_tau"] = (out["verify_ms"] + out["draft_ms"]) / out["decode_ms"]
     return out
+
+
+def _prefilled(pipe: Pipeline, context: int, batch: int, block: int):
+    """Reset the target for `batch` rows of a random `context`-token prompt (+ `block` + 1), prefill it and return
+    the drafter features."""
+    prompt = torch.randint(0, pipe.target.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()
+    pipe.target.reset(batch, context + block + 1)
+    return pipe.target.prefill([prompt] * batch)[1]
+
+
+@torch.inference_mode()
+def probe_ms(pipe: Pipeline, repeats: int = 5) -> float:
+    """The speed probe: ms of the fastest of `repeats` one-token decodes (after two warm-ups) at `PROBE_CONTEXT`
+    tokens, batch 1. The decode overwrites the same uncommitted position each time."""
+    _prefilled(pipe, PROBE_CONTEXT, 1, 1)
+    token = torch.zeros((1, 1), dtype=torch.long)
+    times = []
+    for _ in range(repeats + 2):
+        start = time.perf_counter()
+        pipe.target.verify(token)
+        times.append((time.perf_counter() - start) * 1e3)
+    return min(times[2:])
 
 
 def read_acceptance(directory: Path | None) -> list[float] | None:
@@ -107,22 +132,18 @@ def cached_step_costs(
     cache = json.loads(path.read_text()) if path.is_file() else {}
     entry = cache.get(key)
     stale = entry is None or not set(map(str, blocks)) <= set(entry["verify_ms"])
-    then_busy = float("inf") if entry is None else entry.get("busy_cores", float("inf"))
-    # sampling the machine takes 0.3 s: only to calibrate, or to see whether an entry taken under load can go
-    busy = others_busy_cores() if stale or then_busy >= QUIETER_BY else None
-    if not stale and busy is not None and busy + QUIETER_BY < then_busy:
-        then = f"{then_busy:.1f}" if "busy_cores" in entry else "an unrecorded number of"
-        log(
-            f"the cached step costs were measured while other processes kept {then} cores busy, now {busy:.1f}: "
-            "measuring again"
-        )
+    probe = probe_ms(pipe)
+    if not stale and not 1 / DRIFT <= probe / entry.get("probe_ms", float("inf")) <= DRIFT:
+        then = f"{entry['probe_ms']:.1f} ms" if "probe_ms" in entry else "unrecorded"
+        log(f"a decode step takes {probe:.1f} ms now and took {then} when the step costs were cached: measuring again")
         stale = True
-    if stale:
+    if rank0_value(stale):  # under mpirun every rank measures, or none
         log(
             f"calibrating step costs once for this machine and {label}, batch {batch} (B={blocks[0]}..{blocks[-1]}); "
             f"cached in {path}"
         )
-        if busy >= QUIETER_BY:
+        busy = others_busy_cores()
+        if busy >= BUSY_CORES:
             log(
                 f"the machine is busy (other processes keep {busy:.1f} of {os.cpu_count()} cores busy): these costs, "
                 "and the choice, may not hold when quiet"
@@ -135,6 +156,7 @@ def cached_step_costs(
             "draft_ms": {str(r["block"]): r["draft_ms"] for r in rows},
             "seconds": round(time.perf_counter() - start, 1),
             "busy_cores": round(busy, 2),
+            "probe_ms": probe,
         }
         cache[key] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,4 +176,4 @@ def choose_for(pipe: Pipeline, label: str, log: Callable[[str], None], batch: in
     if acceptance is None or pipe.drafter is None:
         return None
     blocks = list(range(2, min(pipe.drafter.block_size, len(acceptance) + 1) + 1))
-    return choose_block(acceptance, cached_step_costs(pipe, label, blocks, log, batch))
+    return rank0_value(choose_block(acceptance, cached_step_costs(pipe, label, blocks, log, batch)))

@@ -76,6 +76,16 @@ def _shutdown() -> None:
         dist.destroy_process_group()
 
 
+def rank0_value(value):
+    """Rank 0's `value` on every rank, for a decision all ranks must take alike (their collectives run in
+    lockstep); `value` itself outside a tensor-parallel run."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_reduce(x: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (the custom op `dflash_trt::all_reduce`, so that export keeps it as a graph node)."""
     return ops.all_reduce(x, ops.group_size())

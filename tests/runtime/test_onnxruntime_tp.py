@@ -68,6 +68,18 @@ def test_rank_graphs_hold_the_collectives(engines):
                     assert attrs["group_size"] == 2
 
 
+def generate_tp2(args: list[str], engine: Path, **env: str) -> subprocess.CompletedProcess:
+    """`dflash-trt generate ARGS --engine ENGINE` on onnxruntime under `mpirun -n 2`."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        **env,
+    }
+    command = [*mpirun(), "-n", "2", sys.executable, "-m", "dflash_trt.cli", *args, "--engine", str(engine)]
+    return subprocess.run([*command, "--backend", "onnxruntime"], capture_output=True, text=True, env=env, timeout=600)
+
+
 def test_tp2_equals_tp1_and_torch(engines, tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": f"w{i} w{i + 3} w{i + 1} w{2 * i}"}) for i in range(1, 5)))
@@ -76,32 +88,20 @@ def test_tp2_equals_tp1_and_torch(engines, tmp_path, capsys):
     want = [r["tokens"] for r in json.loads(capsys.readouterr().out)["results"]]
     assert main([*args, "--engine", str(engines / "engine1"), "--backend", "onnxruntime"]) == 0
     assert [r["tokens"] for r in json.loads(capsys.readouterr().out)["results"]] == want
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
-    result = subprocess.run(
-        [
-            *mpirun(),
-            "-n",
-            "2",
-            sys.executable,
-            "-m",
-            "dflash_trt.cli",
-            *args,
-            "--engine",
-            str(engines / "engine2"),
-            "--backend",
-            "onnxruntime",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    result = generate_tp2(args, engines / "engine2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert [r["tokens"] for r in json.loads(result.stdout)["results"]] == want  # one JSON document: rank 0 only
+
+    # with the drafter's acceptance in the engine directory, generate chooses the block from step costs measured
+    # under mpirun: the ranks calibrate (their collectives in lockstep) and act on rank 0's choice; the second
+    # run probes the cached entry on every rank and follows rank 0 whether it measures again or not
+    engine = shutil.copytree(engines / "engine2", tmp_path / "engine2")
+    (engine / "acceptance.json").write_text(json.dumps({"position_acceptance": [0.9]}))
+    for run in range(2):
+        result = generate_tp2(args, engine, DFLASH_TRT_CACHE=str(tmp_path / "cache"))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert [r["tokens"] for r in json.loads(result.stdout)["results"]] == want
+        assert "chose " in result.stderr and (run or "calibrating" in result.stderr), result.stderr
 
 
 def test_tp_engine_without_mpirun_is_refused(engines, capsys):
