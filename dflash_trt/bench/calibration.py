@@ -76,7 +76,7 @@ def step_costs(
     return out
 
 
-def _prefilled(pipe: Pipeline, context: int, batch: int, block: int):
+def _prefilled(pipe: Pipeline, context: int, batch: int, block: int) -> torch.Tensor | None:
     """Reset the target for `batch` rows of a random `context`-token prompt (+ `block` + 1), prefill it and return
     the drafter features."""
     prompt = torch.randint(0, pipe.target.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()

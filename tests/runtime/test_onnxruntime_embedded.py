@@ -1,6 +1,6 @@
 """The embedded pair (SmolLM2-135M-Instruct + the shipped drafter) exported once and run on onnxruntime:
 the graphs equal the torch runners (fp32 logits within 3e-4, features, written K/V) and greedy generation
-equals the torch backend token for token over 8 prompts at batch 1 and 4, block 4 and 8."""
+equals the torch backend token for token over 8 prompts at batch 4 (4 of them at batch 1), block 4 and 8."""
 
 from __future__ import annotations
 
@@ -96,7 +96,8 @@ def test_graphs_equal_torch_runners(pipes):
 @pytest.mark.parametrize("block", [4, 8])
 def test_greedy_tokens_equal_torch_backend(pipes, batch, block):
     ort, ref = pipes
-    requests = [ref.request(p, True, 24) for p in PROMPTS]
+    # batch 1 runs half the prompts (rows never interact there); batch 4 runs them all, two batches
+    requests = [ref.request(p, True, 24) for p in PROMPTS[: 4 * batch]]
     got, want = [], []
     for i in range(0, len(requests), batch):
         got += generate(ort.target, ort.drafter, requests[i : i + batch], SamplingParams(), block)
