@@ -1,10 +1,11 @@
 """Step costs of this machine (a one-token decode, a B-token verify, a drafter pass), measured once per machine,
 backend and model pair and cached in `$DFLASH_TRT_CACHE/calibration.json` (default ~/.cache/dflash-trt), and the
-block size they recommend with the drafter's per-position acceptance (`decoding.choice`). Costs are the fastest of a
-few repeats: the least disturbed. Each entry also records a speed probe, the fastest of a few one-token decodes at a
-short context (~0.3 s); every later use runs the probe again and measures the costs again when the machine now
-decodes more than `DRIFT` times faster or slower (another process, a noisy neighbour on the host, a different
-power state), so costs taken in one state of the machine do not choose the block in another.
+block size they recommend with the drafter's per-position acceptance (`decoding.choice`). Each cost is the fastest of
+a few repeats, the least disturbed (the decode's: the median over the block sizes of that statistic). Each entry
+also records a speed probe, the fastest of a few one-token decodes at a short context (~0.3 s); every later use
+runs the probe again and measures the costs again when the machine now decodes more than `DRIFT` times faster or
+slower (another process, a noisy neighbour on the host, a different power state), so costs taken in one state of
+the machine do not choose the block in another.
 
 A drafter directory (or an engine directory built from it) may ship `acceptance.json`:
 {"position_acceptance": [P(accepted >= 1), ..., P(accepted >= B-1)], "measured_on": "..."}, greedy acceptance

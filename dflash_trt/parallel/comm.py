@@ -10,6 +10,7 @@ import atexit
 import os
 import socket
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -17,6 +18,7 @@ import torch.distributed as dist
 from dflash_trt.errors import UserError
 from dflash_trt.parallel import ops
 
+T = TypeVar("T")
 _MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 
 
@@ -76,7 +78,7 @@ def _shutdown() -> None:
         dist.destroy_process_group()
 
 
-def rank0_value(value):
+def rank0_value(value: T) -> T:
     """Rank 0's `value` on every rank, for a decision all ranks must take alike (their collectives run in
     lockstep); `value` itself outside a tensor-parallel run."""
     if not dist.is_initialized():
