@@ -64,13 +64,7 @@ def step_costs(
         "verify_ms": lambda: target.verify(blk),
         "draft_ms": lambda: drafter.draft(blk),
     }
-    times = {k: [] for k in calls}
-    for i in range(repeats + 2):
-        for key, call in calls.items():
-            start = time.perf_counter()
-            call()
-            if i >= 2:
-                times[key].append((time.perf_counter() - start) * 1e3)
+    times = _timed(calls, repeats)
     out = {"block": block, "context": context, "batch": batch, **{k: reduce(v) for k, v in times.items()}}
     out["verify_over_decode"] = out["verify_ms"] / out["decode_ms"]
     out["break_even_tau"] = (out["verify_ms"] + out["draft_ms"]) / out["decode_ms"]
@@ -91,12 +85,19 @@ def probe_ms(pipe: Pipeline, repeats: int = 5) -> float:
     tokens, batch 1. The decode overwrites the same uncommitted position each time."""
     _prefilled(pipe, PROBE_CONTEXT, 1, 1)
     token = torch.zeros((1, 1), dtype=torch.long)
-    times = []
-    for _ in range(repeats + 2):
-        start = time.perf_counter()
-        pipe.target.verify(token)
-        times.append((time.perf_counter() - start) * 1e3)
-    return min(times[2:])
+    return min(_timed({"decode": lambda: pipe.target.verify(token)}, repeats)["decode"])
+
+
+def _timed(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """ms of each call over `repeats` rounds that run every call once, in order, after two warm-up rounds."""
+    times = {key: [] for key in calls}
+    for i in range(repeats + 2):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if i >= 2:
+                times[key].append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def read_acceptance(directory: Path | None) -> list[float] | None:
