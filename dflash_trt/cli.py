@@ -71,25 +71,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed for sampling")
 
 
-def _auto_block(pipe, args: argparse.Namespace, batch: int):
-    """(drafter or None, block size) that the drafter's acceptance and this machine's step costs at `batch` rows
-    recommend; the drafter's trained block when it ships no acceptance.json."""
-    from dflash_trt.bench.calibration import choose_for
-    from dflash_trt.pipeline import backend_label
-
-    label = backend_label(args)
-
-    def log(msg: str) -> None:
-        print(f"dflash-trt: {msg}", file=sys.stderr, flush=True)
-
-    choice = choose_for(pipe, label, log, batch)
-    if choice is None:
-        return pipe.drafter, None
-    log(
-        f"chose {choice.describe()} from the drafter's acceptance and this machine's step costs "
-        f"({label}, batch {batch}); --block-size N or --no-drafter overrides"
-    )
-    return (pipe.drafter, choice.block) if choice.block else (None, None)
+def _log(msg: str) -> None:
+    print(f"dflash-trt: {msg}", file=sys.stderr, flush=True)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -129,7 +112,11 @@ def run_generate(args: argparse.Namespace) -> int:
         )
     drafter, block = pipe.drafter, args.block_size
     if drafter is not None and block is None and params.greedy:
-        drafter, block = _auto_block(pipe, args, min(args.batch_size, len(rows)))
+        from dflash_trt.bench.calibration import auto_block
+        from dflash_trt.pipeline import backend_label
+
+        label = backend_label(args.engine is not None, args.backend, args.weight_only, args.dtype)
+        drafter, block = auto_block(pipe, label, _log, min(args.batch_size, len(rows)))
     requests = [
         Request(
             pipe.encode(r.get("messages", r.get("prompt")), chat),

@@ -165,11 +165,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def backend_label(args: argparse.Namespace) -> str:
+def backend_label(engine: bool, backend: str | None, weight_only: str | None = None, dtype: str = "fp32") -> str:
     """What step costs depend on besides the models: the backend, and its weight dtype or quantization."""
-    if args.engine is not None:
-        return (args.backend or "onnxruntime") + (f" {args.weight_only}" if args.weight_only else "")
-    return f"torch {getattr(args, 'dtype', 'fp32')}"  # bench has no --dtype: fp32
+    if engine:
+        return (backend or "onnxruntime") + (f" {weight_only}" if weight_only else "")
+    return f"torch {dtype}"
 
 
 def load_engine_args(args: argparse.Namespace, use_drafter: bool) -> Pipeline | None:

@@ -28,6 +28,7 @@ from dflash_trt.atomic import write_text_atomically
 from dflash_trt.bench.reporting import others_busy_cores
 from dflash_trt.config import read_json
 from dflash_trt.decoding.choice import ACCEPTANCE_FILE, Choice, StepCosts, choose_block
+from dflash_trt.decoding.runners import DrafterRunner
 from dflash_trt.embedded import default_cache_dir
 from dflash_trt.errors import UserError
 from dflash_trt.parallel.comm import rank0_value
@@ -170,6 +171,21 @@ def cached_step_costs(
         {int(b): v for b, v in entry["verify_ms"].items()},
         {int(b): v for b, v in entry["draft_ms"].items()},
     )
+
+
+def auto_block(
+    pipe: Pipeline, label: str, log: Callable[[str], None], batch: int = 1
+) -> tuple[DrafterRunner | None, int | None]:
+    """(drafter or None, block size) for `pipe` decoding `batch` rows together, as `choose_for` recommends, saying
+    which through `log`; (the drafter, None: its trained block size) when it ships no acceptance.json."""
+    choice = choose_for(pipe, label, log, batch)
+    if choice is None:
+        return pipe.drafter, None
+    log(
+        f"chose {choice.describe()} from the drafter's acceptance and this machine's step costs "
+        f"({label}, batch {batch}); --block-size N or --no-drafter overrides"
+    )
+    return (pipe.drafter, choice.block) if choice.block else (None, None)
 
 
 def choose_for(pipe: Pipeline, label: str, log: Callable[[str], None], batch: int = 1) -> Choice | None:

@@ -99,7 +99,7 @@ def run_bench(args: argparse.Namespace) -> int:
     pipes = [engine] if engine else [load_pipeline(args.target, d) for d in args.drafter or [None]]
     if pipes[0].drafter is None:
         raise UserError("bench needs a drafter: pass --drafter DIR (no drafter is shipped for this target)")
-    label = backend_label(args)
+    label = backend_label(args.engine is not None, args.backend, args.weight_only)  # fp32: bench has no --dtype
     prompts = {name: datasets.load(name, args.num_prompts) for name in args.datasets}
     rows, drafters = [], []
     for pipe in pipes:

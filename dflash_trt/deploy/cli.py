@@ -85,7 +85,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--max-tokens-limit", type=int, default=512, help="python kind: largest max_tokens a request may ask"
     )
     r.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="python kind, torch: weights")
-    r.add_argument("--block-size", type=int, help="DFlash block size (default: the drafter's)")
+    r.add_argument(
+        "--block-size",
+        type=int,
+        help="DFlash block size (default: chosen when the model loads, as `generate` chooses, for --max-batch rows "
+        "from the drafter's acceptance.json and this machine's step costs; the drafter's own without acceptance.json)",
+    )
     r.add_argument("--threads", type=int, default=2, help="python kind: torch threads (default 2)")
     r.add_argument("--gpu", choices=["h100", "h200", "b200", "b300"], default="h100", help="llmapi: GPU for the plan")
     r.add_argument("--tp", type=int, default=1, help="llmapi: tensor-parallel ranks")

@@ -74,9 +74,11 @@ class DFlashServingModel:
         self.default_max_tokens = int(p.get("default_max_tokens") or 64)
         self.pipe = _load(p)
         max_batch, max_seq_len = int(p.get("max_batch") or 8), int(p.get("max_seq_len") or 1024)
-        block = int(p["block_size"]) if p.get("block_size") else None
+        drafter, block = self.pipe.drafter, int(p["block_size"]) if p.get("block_size") else None
+        if drafter is not None and block is None:
+            drafter, block = self._auto_block(p, max_batch)
         self.batch = SpeculativeBatch(
-            self.pipe.target, self.pipe.drafter, max_batch, max_seq_len, block, on_tokens=self._on_tokens
+            self.pipe.target, drafter, max_batch, max_seq_len, block, on_tokens=self._on_tokens
         )
         self.jobs: dict[int, Job] = {}  # row -> job
         self.queue: list[Job] = []
@@ -87,6 +89,18 @@ class DFlashServingModel:
         self._metrics()
         self.thread = threading.Thread(target=self._loop, name="dflash-decode", daemon=True)
         self.thread.start()
+
+    def _auto_block(self, p: dict[str, str], max_batch: int):
+        """(drafter or None, block size) that the drafter's greedy acceptance and this machine's step costs
+        recommend for a full batch (calibrated once per machine, as `generate` does); logged to the server's log."""
+        from dflash_trt.bench.calibration import auto_block
+        from dflash_trt.pipeline import backend_label
+
+        def log(msg: str) -> None:
+            print(f"dflash model {self.name}: {msg}", file=sys.stderr, flush=True)
+
+        label = backend_label(bool(p.get("engine_dir")), p.get("backend"), dtype=p.get("dtype") or "fp32")
+        return auto_block(self.pipe, label, log, max_batch)
 
     def _metrics(self) -> None:
         """Custom metrics on Triton's /metrics (the families must outlive their metrics: kept on self)."""

@@ -1,8 +1,11 @@
 """`dflash-trt triton-serve REPO` as a user runs it: a real process that starts tritonserver on 127.0.0.1, reports
-readiness, serves, and on SIGTERM stops the server and its Python stubs (no process of its group is left)."""
+readiness, serves, and on SIGTERM stops the server and its Python stubs (no process of its group is left). The model
+of a repository written without --block-size chooses its block (or plain decoding) when it starts, from the
+drafter's acceptance.json and this machine's step costs, and says so in the server's log."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,12 +16,37 @@ import urllib.request
 import pytest
 
 from dflash_trt.cli import main
+from dflash_trt.deploy.client import http_generate
 from dflash_trt.deploy.server import free_port, group_alive
+from tiny import hf_config, save_hf_target, save_tiny_tokenizer, save_zlab_drafter
+
+PROMPT = "w5 w17 w3 w42"
 
 pytestmark = pytest.mark.slow
 
 
-def test_triton_serve_starts_serves_and_stops_without_orphans(tmp_path):
+def test_triton_serve_starts_serves_and_stops_without_orphans(tmp_path, capsys):
+    target = save_hf_target(tmp_path / "target", "qwen3")
+    save_tiny_tokenizer(target)
+    drafter = save_zlab_drafter(tmp_path / "drafter", hf_config("qwen3"), block_size=4, layer_ids=(0, 2))
+    (drafter / "acceptance.json").write_text(json.dumps({"position_acceptance": [0.9, 0.8, 0.7]}))
+    assert (
+        main(
+            [
+                "generate",
+                "--target",
+                str(target),
+                "--no-drafter",
+                "--prompt",
+                PROMPT,
+                "--max-new-tokens",
+                "16",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    expected = json.loads(capsys.readouterr().out)["results"][0]["text"]
     repo = tmp_path / "repo"
     assert (
         main(
@@ -27,7 +55,10 @@ def test_triton_serve_starts_serves_and_stops_without_orphans(tmp_path):
                 "triton",
                 "--kind",
                 "python",
-                "--no-drafter",
+                "--target",
+                str(target),
+                "--drafter",
+                str(drafter),
                 "--output",
                 str(repo),
                 "--max-batch",
@@ -35,7 +66,7 @@ def test_triton_serve_starts_serves_and_stops_without_orphans(tmp_path):
                 "--max-seq-len",
                 "256",
                 "--max-tokens-limit",
-                "8",
+                "64",
             ]
         )
         == 0
@@ -61,6 +92,7 @@ def test_triton_serve_starts_serves_and_stops_without_orphans(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        env={**os.environ, "DFLASH_TRT_CACHE": str(tmp_path / "cache")},
     )
     try:
         ready = proc.stderr.readline()  # the launcher prints one line once the server is ready
@@ -75,8 +107,16 @@ def test_triton_serve_starts_serves_and_stops_without_orphans(tmp_path):
         assert server_pids
         with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/models/dflash/ready", timeout=10) as r:
             assert r.status == 200
+        reply = http_generate(
+            f"127.0.0.1:{ports[0]}", "dflash", {"text_input": PROMPT, "sampling_param_max_tokens": 16}
+        )
+        assert reply.error is None and reply.text == expected  # greedy: the same text whatever was chosen
         log_text = log.read_text()
         assert f"127.0.0.1:{ports[0]}" in log_text and "0.0.0.0" not in log_text  # loopback only
+        chosen = [line for line in log_text.splitlines() if "from the drafter's acceptance" in line]
+        assert len(chosen) == 1 and "(torch fp32, batch 2)" in chosen[0], log_text[-2000:]
+        assert "chose DFlash B=" in chosen[0] or "chose autoregressive decoding" in chosen[0]
+        assert (tmp_path / "cache" / "calibration.json").is_file()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
         assert "tritonserver stopped" in proc.stderr.read()

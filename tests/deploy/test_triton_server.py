@@ -52,6 +52,8 @@ def server(tmp_path_factory):
                 "384",
                 "--max-tokens-limit",
                 "64",
+                "--block-size",
+                "8",  # as the reference below; the block a repository without it chooses: test_triton_serve_cli
             ]
         )
         == 0
