@@ -6,15 +6,17 @@
 #      resumes from the last checkpoint and picks up data shards written since);
 #   3. tau of the best checkpoint on the held-out prompts (greedy, block 4 and 8) and the loss curve;
 #   4. stage 2: the target's answers to 1,536 more diverse prompts (the v2 data), and a fine-tune of stage 1's
-#      best checkpoint on them (build_configs/train_smollm2_135m_finetune.yaml); its held-out acceptance
-#      (acceptance.json, for generate's block choice);
-#   5. the stage-2 checkpoint copied into dflash_trt/assets/drafter/.
+#      best checkpoint on them (build_configs/train_smollm2_135m_finetune.yaml);
+#   5. stage 3: the v2 data grown to 3,648 prompts, and a longer run from stage 2's best checkpoint
+#      (build_configs/train_smollm2_135m_stage3.yaml); its held-out acceptance (acceptance.json, for
+#      generate's block choice);
+#   6. the stage-3 checkpoint copied into dflash_trt/assets/drafter/.
 # Every step resumes where it stopped when re-run. Long; run it detached, e.g.
 #   nohup scripts/train_default_drafter.sh > train.log 2>&1 &
 # Env: PYTHON (default python), DATA, OUT (default: the recipe's paths), GEN_LIMIT / TF_LIMIT (prompts /
 # windows, default 1216 / 576 as in the shipped run), STAGE_MIN (default 15), RESULTS (default results/train_smollm2).
-# Stage 2 uses the paths of its recipe (~/.cache/dflash-trt/train/smollm2-data-v2, smollm2-drafter-ft) and reads
-# stage 1's checkpoint from ~/.cache/dflash-trt/train/smollm2-drafter/best: keep OUT at its default for it.
+# Stages 2 and 3 use the paths of their recipes (~/.cache/dflash-trt/train/smollm2-data-v2, smollm2-drafter-ft,
+# smollm2-drafter-s3) and read the previous stage's checkpoint from there: keep OUT at its default for them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -66,10 +68,20 @@ RESUME=""
 [ -f "$OUT2/train_state.pt" ] && RESUME=--resume
 $PY -m dflash_trt.cli train --config build_configs/train_smollm2_135m_finetune.yaml $RESUME
 $PY -m dflash_trt.train.evaluate --drafter "$OUT2/best" --prompts "$DATA2/heldout_prompts.jsonl" \
-    --block-sizes 8 --limit 24 --max-new-tokens 128 --batch-size 12 --json "$RESULTS/tau_stage2.json" \
-    --write-acceptance "$OUT2/best" > /dev/null
+    --block-sizes 8 --limit 24 --max-new-tokens 128 --batch-size 12 --json "$RESULTS/tau_stage2.json" > /dev/null
 
-# 5. ship it
+# 5. stage 3: the same data set grown to 3,648 prompts (57 shards of 64), and a longer run from stage 2
+$PY scripts/make_train_data.py --source generated --out "$DATA2" --threads 2 --batch-size 64 \
+    --max-new-tokens 256 --heldout 48 --limit 3648
+OUT3=$HOME/.cache/dflash-trt/train/smollm2-drafter-s3
+RESUME=""
+[ -f "$OUT3/train_state.pt" ] && RESUME=--resume
+$PY -m dflash_trt.cli train --config build_configs/train_smollm2_135m_stage3.yaml $RESUME
+$PY -m dflash_trt.train.evaluate --drafter "$OUT3/best" --prompts "$DATA2/heldout_prompts.jsonl" \
+    --block-sizes 8 --limit 48 --max-new-tokens 128 --batch-size 12 --json "$RESULTS/tau_stage3.json" \
+    --write-acceptance "$OUT3/best" > /dev/null
+
+# 6. ship it
 mkdir -p dflash_trt/assets/drafter
-cp "$OUT2/best/config.json" "$OUT2/best/model.safetensors" "$OUT2/best/acceptance.json" dflash_trt/assets/drafter/
+cp "$OUT3/best/config.json" "$OUT3/best/model.safetensors" "$OUT3/best/acceptance.json" dflash_trt/assets/drafter/
 echo "drafter copied to dflash_trt/assets/drafter/ (update its README.md with $RESULTS/summary.json)"
