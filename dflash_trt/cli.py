@@ -106,10 +106,7 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         pipe = load_pipeline(args.target, args.drafter, use_drafter=not args.no_drafter, dtype=args.dtype)
     if pipe.drafter is None and not args.no_drafter:
-        print(
-            "dflash-trt: no drafter given or shipped for this target: running the autoregressive baseline",
-            file=sys.stderr,
-        )
+        _log("no drafter given or shipped for this target: running the autoregressive baseline")
     drafter, block = pipe.drafter, args.block_size
     if drafter is not None and block is None and params.greedy:
         from dflash_trt.bench.calibration import auto_block

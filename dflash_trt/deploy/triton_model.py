@@ -96,11 +96,12 @@ class DFlashServingModel:
         from dflash_trt.bench.calibration import auto_block
         from dflash_trt.pipeline import backend_label
 
-        def log(msg: str) -> None:
-            print(f"dflash model {self.name}: {msg}", file=sys.stderr, flush=True)
-
         label = backend_label(bool(p.get("engine_dir")), p.get("backend"), dtype=p.get("dtype") or "fp32")
-        return auto_block(self.pipe, label, log, max_batch)
+        return auto_block(self.pipe, label, self._log, max_batch)
+
+    def _log(self, msg: str) -> None:
+        """A line in the server's log (the stub's stderr)."""
+        print(f"dflash model {self.name}: {msg}", file=sys.stderr, flush=True)
 
     def _metrics(self) -> None:
         """Custom metrics on Triton's /metrics (the families must outlive their metrics: kept on self)."""
@@ -374,12 +375,7 @@ class DFlashServingModel:
             self.stopping = True
             self.cv.notify_all()
         self.thread.join(timeout=5)
-        print(
-            f"dflash model {self.name}: decode thread stopped in {time.perf_counter() - t0:.1f} s "
-            f"(alive: {self.thread.is_alive()})",
-            file=sys.stderr,
-            flush=True,
-        )
+        self._log(f"decode thread stopped in {time.perf_counter() - t0:.1f} s (alive: {self.thread.is_alive()})")
         for job in self.queue + list(self.jobs.values()):
             self._reply_error(job, "the server is shutting down")
         if self.step_log:
