@@ -118,9 +118,9 @@ def test_bench_runs_each_batch_at_its_own_block_choice(tmp_path, monkeypatch, st
     assert main(argv) == 0  # calibrates batch 1 and batch 2
     cache = tmp_path / "cache" / "calibration.json"
     keys = {next(p for p in key.split(" | ") if p.startswith("batch ")): key for key in json.loads(cache.read_text())}
-    other = {"draft_ms": {"2": 1.0, "3": 1.0, "4": 1.0}, "probe_ms": 1.0, "decode_ms": 10.0}
-    cheap = {"verify_ms": {"2": 11.0, "3": 11.0, "4": 11.0}} | other  # 10 * 2.5 / 12 at B=4: the best
-    dear = {"verify_ms": {"2": 30.0, "3": 60.0, "4": 90.0}} | other  # 15 / 31 at B=2: the best, below 1
+    other = {"probe_ms": 1.0, "decode_ms": 10.0}
+    cheap = {"step_ms": {"2": 12.0, "3": 12.0, "4": 12.0}} | other  # 10 * 2.5 / 12 at B=4: the best
+    dear = {"step_ms": {"2": 31.0, "3": 61.0, "4": 91.0}} | other  # 15 / 31 at B=2: the best, below 1
     cache.write_text(json.dumps({keys["batch 1"]: cheap, keys["batch 2"]: dear}))
     assert main(argv) == 0
     report = json.loads((tmp_path / "out" / "bench.json").read_text())

@@ -8,8 +8,10 @@ import json
 
 import pytest
 
+from dflash_trt.bench.calibration import paired_costs, paired_step_costs
 from dflash_trt.cli import main
 from dflash_trt.decoding.choice import StepCosts, choose_block, tokens_per_step
+from dflash_trt.pipeline import load_pipeline
 from tiny import hf_config, save_hf_target, save_tiny_tokenizer, save_zlab_drafter
 
 
@@ -21,12 +23,22 @@ def test_tokens_per_step_adds_the_acceptance_of_the_drafted_positions():
 
 
 def test_choose_block_takes_the_largest_expected_speedup_or_plain_decoding():
-    costs = StepCosts(decode_ms=10.0, verify_ms={2: 12.0, 3: 13.0, 4: 20.0}, draft_ms={2: 2.0, 3: 2.0, 4: 2.0})
-    good = choose_block([0.8, 0.6, 0.1], costs)  # 10 * tokens / (verify + draft): 18/14, 24/15, 25/22
+    costs = StepCosts(decode_ms=10.0, step_ms={2: 14.0, 3: 15.0, 4: 22.0})
+    good = choose_block([0.8, 0.6, 0.1], costs)  # 10 * tokens / step: 18/14, 24/15, 25/22
     assert good.block == 3 and good.speedups == pytest.approx({2: 18 / 14, 3: 1.6, 4: 25 / 22})
     assert "B=3" in good.describe() and "1.60x" in good.describe()
     poor = choose_block([0.1, 0.05, 0.01], costs)  # 11/14, 11.5/15, 11.6/22: all below 1, best at B=2
     assert poor.block is None and "autoregressive" in poor.describe() and "0.79x, at B=2" in poor.describe()
+
+
+def test_paired_costs_hold_through_a_slow_stretch_and_a_lucky_draw():
+    """Each DFlash step is costed by its ratio to the plain step timed just before it (median over rounds), times
+    the median plain step: a round where the whole machine ran 3x slower, one disturbed step and one draw far
+    faster than the rest leave the costs where the undisturbed rounds put them (the fastest draw would not)."""
+    decodes = {2: [10.0, 30.0, 10.0, 10.0, 10.0], 3: [10.0, 30.0, 10.0, 10.0, 10.0]}
+    steps = {2: [12.0, 36.0, 12.0, 40.0, 12.0], 3: [15.0, 45.0, 15.0, 15.0, 9.0]}
+    costs = paired_costs(decodes, steps)
+    assert costs.decode_ms == 10.0 and costs.step_ms == pytest.approx({2: 12.0, 3: 15.0})
 
 
 @pytest.fixture()
@@ -55,13 +67,13 @@ def test_generate_follows_the_acceptance_and_caches_the_step_costs(pair, steady_
     assert "calibrating step costs once" in err and "chose " in err
     entries = json.loads(cache.read_text())
     (key, entry), *others = entries.items()
-    assert not others and sorted(entry["verify_ms"]) == ["2", "3", "4"] and entry["decode_ms"] > 0
+    assert not others and sorted(entry["step_ms"]) == ["2", "3", "4"] and entry["decode_ms"] > 0
 
     # the same cache entry with known costs (as if calibrated on a machine where they are these): the choice
     # follows them and the acceptance, and nothing is measured again
     assert isinstance(entry["busy_cores"], float)  # how many cores other processes kept busy meanwhile
     assert entry["probe_ms"] > 0
-    entry |= {"decode_ms": 10.0, "verify_ms": {"2": 12.0, "3": 13.0, "4": 14.0}, "draft_ms": dict.fromkeys("234", 2.0)}
+    entry |= {"decode_ms": 10.0, "step_ms": {"2": 14.0, "3": 15.0, "4": 16.0}}
     cache.write_text(json.dumps({key: entry}))
     doc, err = generate(capsys, target, drafter)  # tokens per step 2, 3, 4 -> 20/14, 30/15, 40/16
     assert "calibrating" not in err and "chose DFlash B=4 (expected 2.50x" in err
@@ -92,9 +104,8 @@ def test_generate_chooses_for_the_batch_it_decodes(pair, steady_machine, capsys,
     by_batch = {next(p for p in key.split(" | ") if p.startswith("batch ")): key for key in entries}
     assert sorted(by_batch) == ["batch 1", "batch 2"]
 
-    costs = {"draft_ms": dict.fromkeys("234", 1.0), "probe_ms": 1.0}
-    cheap = {"decode_ms": 10.0, "verify_ms": dict.fromkeys("234", 11.0)} | costs  # 1.5 tokens per 12 ms at B=2
-    dear = {"decode_ms": 10.0, "verify_ms": dict.fromkeys("234", 30.0)} | costs  # verifying 2 rows costs more
+    cheap = {"decode_ms": 10.0, "step_ms": dict.fromkeys("234", 12.0), "probe_ms": 1.0}  # 1.5 tokens per 12 ms at B=2
+    dear = {"decode_ms": 10.0, "step_ms": dict.fromkeys("234", 31.0), "probe_ms": 1.0}  # verifying 2 rows costs more
     cache.write_text(json.dumps({by_batch["batch 1"]: cheap, by_batch["batch 2"]: dear}))
     assert main([*argv, "--prompts-file", str(prompts), "--batch-size", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["summary"]["block_size"] == 4  # 10 * 2.5 / 12 = 2.08x at B=4
@@ -119,3 +130,12 @@ def test_step_costs_are_measured_again_when_the_machine_decodes_at_another_speed
         _, err = generate(capsys, target, drafter)
         assert "measuring again" in err and said in err and "calibrating" in err, err
         assert json.loads(cache.read_text())[key]["probe_ms"] not in (then, None)  # replaced by today's probe
+
+
+def test_calibration_steps_commit_nothing(pair):
+    """The measured steps leave both caches at the prompt's length, so every round times the same state."""
+    target, drafter, _ = pair
+    pipe = load_pipeline(target, drafter)
+    costs = paired_step_costs(pipe, [2, 4], batch=3, rounds=2)
+    assert sorted(costs.step_ms) == [2, 4] and costs.decode_ms > 0
+    assert pipe.target.caches.lens.tolist() == pipe.drafter.caches.lens.tolist() == [pipe.target.caches.lens[0]] * 3

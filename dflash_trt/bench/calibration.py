@@ -1,11 +1,13 @@
-"""Step costs of this machine (a one-token decode, a B-token verify, a drafter pass), measured once per machine,
-backend and model pair and cached in `$DFLASH_TRT_CACHE/calibration.json` (default ~/.cache/dflash-trt), and the
-block size they recommend with the drafter's per-position acceptance (`decoding.choice`). Each cost is the fastest of
-a few repeats, the least disturbed (the decode's: the median over the block sizes of that statistic). Each entry
-also records a speed probe, the fastest of a few one-token decodes at a short context (~0.3 s); every later use
-runs the probe again and measures the costs again when the machine now decodes more than `DRIFT` times faster or
-slower (another process, a noisy neighbour on the host, a different power state), so costs taken in one state of
-the machine do not choose the block in another.
+"""Step costs of this machine (a plain decoding step and a DFlash step at each block size), measured once per
+machine, backend, model pair and batch and cached in `$DFLASH_TRT_CACHE/calibration.json` (default
+~/.cache/dflash-trt), and the block size they recommend with the drafter's per-position acceptance
+(`decoding.choice`). The steps are timed in rounds, each DFlash step right after a plain one, and a DFlash step's
+cost is the median over rounds of its ratio to the plain step beside it, times the median plain step: a slow or
+fast stretch of the machine moves both sides of a ratio alike, and one disturbed round does not choose the block.
+Each entry also records a speed probe, the fastest of a few one-token decodes at a short context (~0.3 s); every
+later use runs the probe again and measures the costs again when the machine now decodes more than `DRIFT` times
+faster or slower (another process, a noisy neighbour on the host, a different power state), so costs taken in one
+state of the machine do not choose the block in another.
 
 A drafter directory (or an engine directory built from it) may ship `acceptance.json`:
 {"position_acceptance": [P(accepted >= 1), ..., P(accepted >= B-1)], "measured_on": "..."}, greedy acceptance
@@ -20,45 +22,42 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from dflash_trt.atomic import write_text_atomically
 from dflash_trt.bench.reporting import others_busy_cores
 from dflash_trt.config import read_json
 from dflash_trt.decoding.choice import ACCEPTANCE_FILE, Choice, StepCosts, choose_block
 from dflash_trt.decoding.runners import DrafterRunner
+from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.embedded import default_cache_dir
 from dflash_trt.errors import UserError
 from dflash_trt.parallel.comm import rank0_value
 from dflash_trt.pipeline import Pipeline
 
 CACHE_FILE = "calibration.json"
-REPEATS = 5
-RUNNERS_VERSION = 2  # part of every key: bump when the runners' kernels change (2: prepacked fp32 linears)
+ROUNDS = 9
+CALIBRATION_VERSION = 3  # part of every key: bump when the runners' kernels or what is measured change
+# (2: prepacked fp32 linears; 3: whole steps in paired rounds)
 DRIFT = 1.3  # re-measure when the speed probe runs this many times faster or slower than when the entry was taken
 PROBE_CONTEXT = 32
 BUSY_CORES = 0.5  # warn that a calibration may not hold when other processes keep this many cores busy
 
 
 @torch.inference_mode()
-def step_costs(
-    pipe: Pipeline,
-    block: int,
-    context: int = 256,
-    repeats: int = 15,
-    reduce: Callable[[list[float]], float] = statistics.median,
-    batch: int = 1,
-) -> dict:
-    """ms of a one-token decode step, a B-token verify and a drafter pass at `context` tokens (fewer when the
-    target holds fewer) for `batch` rows: the median of `repeats` (or `reduce` of them)."""
+def step_costs(pipe: Pipeline, block: int, context: int = 256, repeats: int = 15) -> dict:
+    """ms of a one-token decode, a B-token verify and a drafter pass at `context` tokens (fewer when the target
+    holds fewer), batch 1, each the median of `repeats`: the parts of a step, for benchmark reports."""
     target, drafter = pipe.target, pipe.drafter
     context = min(context, target.capacity.max_len - block - 1)
-    features = _prefilled(pipe, context, batch, block)
-    drafter.reset(batch, context + block + 1)
-    drafter.append_context(features, torch.full((batch,), context))
-    blk = torch.full((batch, block), drafter.mask_token_id)
+    features = _prefilled(pipe, context, 1, block)
+    drafter.reset(1, context + block + 1)
+    drafter.append_context(features, torch.full((1,), context))
+    blk = torch.full((1, block), drafter.mask_token_id)
     drafter.draft(blk)  # a backend may inject appended context at its next draft: keep it out of the timings
     calls = {
         "decode_ms": lambda: target.verify(blk[:, :1]),
@@ -66,7 +65,7 @@ def step_costs(
         "draft_ms": lambda: drafter.draft(blk),
     }
     times = _timed(calls, repeats)
-    out = {"block": block, "context": context, "batch": batch, **{k: reduce(v) for k, v in times.items()}}
+    out = {"block": block, "context": context, **{k: statistics.median(v) for k, v in times.items()}}
     out["verify_over_decode"] = out["verify_ms"] / out["decode_ms"]
     out["break_even_tau"] = (out["verify_ms"] + out["draft_ms"]) / out["decode_ms"]
     return out
@@ -87,6 +86,42 @@ def probe_ms(pipe: Pipeline, repeats: int = 5) -> float:
     _prefilled(pipe, PROBE_CONTEXT, 1, 1)
     token = torch.zeros((1, 1), dtype=torch.long)
     return min(_timed({"decode": lambda: pipe.target.verify(token)}, repeats)["decode"])
+
+
+@torch.inference_mode()
+def paired_step_costs(pipe: Pipeline, blocks: list[int], batch: int = 1, rounds: int = ROUNDS) -> StepCosts:
+    """Costs of a plain decoding step and of a DFlash step at each of `blocks` for `batch` rows at a 256-token
+    context, in paired rounds (see the module docstring). Every call commits nothing: the caches keep their
+    lengths, so each round measures the same state."""
+    target, drafter = pipe.target, pipe.drafter
+    context = min(256, target.capacity.max_len - max(blocks) - 1)
+    features = _prefilled(pipe, context, batch, max(blocks))
+    drafter.reset(batch, context + max(blocks) + 1)
+    drafter.append_context(features, torch.full((batch,), context))
+    greedy, nothing = SamplingParams(), torch.zeros(batch, dtype=torch.long)
+    masks = {b: torch.full((batch, b), drafter.mask_token_id) for b in blocks}
+
+    def decode() -> None:
+        target.verify_and_accept(masks[blocks[0]][:, :1], None, greedy, None)
+
+    def dflash(mask: Tensor) -> None:
+        block = mask.clone()
+        block[:, 1:] = drafter.draft_and_propose(block, greedy, None)[0]
+        drafter.append_context(target.verify_and_accept(block, None, greedy, None)[2], nothing)
+
+    calls = {}
+    for b in blocks:
+        calls[f"decode {b}"], calls[f"step {b}"] = decode, partial(dflash, masks[b])
+    times = _timed(calls, rounds)
+    return paired_costs({b: times[f"decode {b}"] for b in blocks}, {b: times[f"step {b}"] for b in blocks})
+
+
+def paired_costs(decodes: dict[int, list[float]], steps: dict[int, list[float]]) -> StepCosts:
+    """StepCosts from per-round times: the median decode, and for each block that times the median over rounds
+    of its step / the decode timed just before it."""
+    decode_ms = statistics.median(t for ts in decodes.values() for t in ts)
+    ratios = {b: statistics.median(s / d for s, d in zip(steps[b], decodes[b])) for b in steps}
+    return StepCosts(decode_ms, {b: decode_ms * r for b, r in ratios.items()})
 
 
 def _timed(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
@@ -129,12 +164,11 @@ def cached_step_costs(
     """Step costs of `pipe` (`label`: backend and dtype) at `blocks` and `batch` rows, from the cache or measured
     and cached."""
     path = default_cache_dir() / CACHE_FILE
-    key = (
-        f"{machine_key()} | {label} runners v{RUNNERS_VERSION} | batch {batch} | {pipe.target_dir} | {pipe.drafter_dir}"
-    )
+    key = f"{machine_key()} | {label} calibration v{CALIBRATION_VERSION} | batch {batch}"
+    key += f" | {pipe.target_dir} | {pipe.drafter_dir}"
     cache = json.loads(path.read_text()) if path.is_file() else {}
     entry = cache.get(key)
-    stale = entry is None or not set(map(str, blocks)) <= set(entry["verify_ms"])
+    stale = entry is None or not set(map(str, blocks)) <= set(entry["step_ms"])
     probe = probe_ms(pipe)
     if not stale and not 1 / DRIFT <= probe / entry.get("probe_ms", float("inf")) <= DRIFT:
         then = f"{entry['probe_ms']:.1f} ms" if "probe_ms" in entry else "unrecorded"
@@ -152,13 +186,10 @@ def cached_step_costs(
                 "and the choice, may not hold when quiet"
             )
         start = time.perf_counter()
-        rows = [step_costs(pipe, b, repeats=REPEATS, reduce=min, batch=batch) for b in blocks]
+        costs = paired_step_costs(pipe, blocks, batch)
         entry = {
-            # each block's decode is the fastest of as many repeats as its verify (the minimum over every block's
-            # decodes would be a luckier draw than any one verify); their median
-            "decode_ms": statistics.median(r["decode_ms"] for r in rows),
-            "verify_ms": {str(r["block"]): r["verify_ms"] for r in rows},
-            "draft_ms": {str(r["block"]): r["draft_ms"] for r in rows},
+            "decode_ms": costs.decode_ms,
+            "step_ms": {str(b): ms for b, ms in costs.step_ms.items()},
             "seconds": round(time.perf_counter() - start, 1),
             "busy_cores": round(busy, 2),
             "probe_ms": probe,
@@ -166,11 +197,7 @@ def cached_step_costs(
         cache[key] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomically(path, json.dumps(cache, indent=2) + "\n")
-    return StepCosts(
-        entry["decode_ms"],
-        {int(b): v for b, v in entry["verify_ms"].items()},
-        {int(b): v for b, v in entry["draft_ms"].items()},
-    )
+    return StepCosts(entry["decode_ms"], {int(b): v for b, v in entry["step_ms"].items()})
 
 
 def auto_block(

@@ -1,8 +1,8 @@
 """Which block size, or plain decoding, maximises expected tokens/s: the drafter's per-position acceptance
 against the step costs measured on this machine.
 
-A DFlash step at block size B costs a drafter pass plus a B-token verify and commits
-1 + sum_{k<B} P(accepted >= k) tokens on average; a plain decoding step costs one decode and commits one.
+A DFlash step at block size B (a drafter pass, a B-token verify with its acceptance, the drafter's context update)
+commits 1 + sum_{k<B} P(accepted >= k) tokens on average; a plain decoding step (a one-token verify) commits one.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ ACCEPTANCE_FILE = "acceptance.json"  # in a drafter (or engine) directory: {"pos
 
 @dataclass(frozen=True)
 class StepCosts:
-    """Milliseconds of a one-token decode, and per block size of a B-token verify and a drafter pass."""
+    """Milliseconds of a plain decoding step, and per block size B of a DFlash step."""
 
     decode_ms: float
-    verify_ms: dict[int, float]
-    draft_ms: dict[int, float]
+    step_ms: dict[int, float]
 
 
 def tokens_per_step(acceptance: Sequence[float], block: int) -> float:
@@ -45,8 +44,8 @@ class Choice:
 def choose_block(acceptance: Sequence[float], costs: StepCosts) -> Choice:
     """The block size with the highest expected speed-up over plain decoding, or None when none exceeds 1."""
     speedups = {
-        b: costs.decode_ms * tokens_per_step(acceptance, b) / (costs.verify_ms[b] + costs.draft_ms[b])
-        for b in sorted(costs.verify_ms)
+        b: costs.decode_ms * tokens_per_step(acceptance, b) / costs.step_ms[b]
+        for b in sorted(costs.step_ms)
         if b - 1 <= len(acceptance)
     }
     best = max(speedups, key=speedups.get)
