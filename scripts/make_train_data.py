@@ -8,6 +8,8 @@ generated: the target answers templated chat/math/code instructions and Python-s
 teacher: target greedy labels on Python stdlib source windows. Prompts and files are shuffled with --seed;
 the first --heldout prompts/windows go to OUT/val (and OUT/heldout_prompts.jsonl for tau measurement), the
 rest to OUT/train. Re-running skips finished shards, so an interrupted run resumes where it stopped.
+--skip N leaves out the first N training prompts/windows (an earlier run's) and numbers the new shards after
+theirs, so a later training stage can use only the data its predecessors never saw.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layer-ids", type=int, nargs="+", help="target layer ids to cache (default: z-lab spread of 5)")
     p.add_argument("--limit", type=int, default=0, help="use at most this many prompts/windows (0 = all)")
     p.add_argument("--heldout", type=int, default=48, help="prompts/windows kept for validation (default 48)")
+    p.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="leave out the first N training prompts/windows (a multiple of --shard-size)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy responses (default)")
     p.add_argument("--window", type=int, default=512, help="teacher-forcing window in tokens (default 512)")
@@ -48,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
+        if args.skip % args.shard_size:
+            raise UserError(f"--skip {args.skip} is not a multiple of --shard-size {args.shard_size}; round it")
         run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -98,7 +108,10 @@ def run(args: argparse.Namespace) -> None:
         encoded = encoded[: args.limit + args.heldout]
     kind = "gen" if args.source == "generated" else "tf"
     datagen.write_shards(args.out / "val", kind, encoded[: args.heldout], args.shard_size, layer_ids, make)
-    datagen.write_shards(args.out / "train", kind, encoded[args.heldout :], args.shard_size, layer_ids, make)
+    train = encoded[args.heldout + args.skip :]
+    datagen.write_shards(
+        args.out / "train", kind, train, args.shard_size, layer_ids, make, first=args.skip // args.shard_size
+    )
 
 
 if __name__ == "__main__":

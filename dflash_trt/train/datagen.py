@@ -122,13 +122,15 @@ def encode_prompts(tokenizer, prompts: list[tuple[str, bool]], max_len: int) -> 
     return out
 
 
-def write_shards(out_dir: Path, kind: str, items: list, shard_size: int, layer_ids: tuple[int, ...], make) -> int:
-    """Write `make(items[k*shard_size:...])` to shard-{kind}-{k}; skip existing shards. Returns shards written."""
+def write_shards(
+    out_dir: Path, kind: str, items: list, shard_size: int, layer_ids: tuple[int, ...], make, first: int = 0
+) -> int:
+    """Write `make(items[k*shard_size:...])` to shard-{kind}-{first+k}; skip existing shards. Returns shards written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = 0
     n_shards = (len(items) + shard_size - 1) // shard_size
     for k in tqdm(range(n_shards), desc=f"data {kind}", unit="shard"):
-        path = out_dir / f"shard-{kind}-{k:05d}.safetensors"
+        path = out_dir / f"shard-{kind}-{first + k:05d}.safetensors"
         if path.exists():
             continue
         write_shard(path, make(items[k * shard_size : (k + 1) * shard_size]), layer_ids, kind)

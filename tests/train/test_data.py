@@ -55,3 +55,24 @@ def test_generated_sequences_are_oversampled(tiny_data):
     gen = sum(s.kind == "gen" for s in once)
     assert gen and len(thrice) == len(once) + 2 * gen
     assert {s.kind for s in once} == {"gen", "tf"}
+
+
+def test_a_later_data_run_numbers_its_shards_after_the_earlier_ones(tiny_target, tmp_path):
+    """`make_train_data.py --skip N`: the shards of the prompts after the first N are those a whole run writes
+    for them, under the same numbers, so a later stage can train on only the data its predecessors never saw."""
+    from dflash_trt.train import datagen
+
+    target = load_target(tiny_target)
+    gen = torch.Generator().manual_seed(1)
+    windows = [torch.randint(6, 97, (24,), generator=gen).tolist() for _ in range(6)]
+
+    def make(chunk):
+        with torch.inference_mode():
+            return datagen.teacher_force(target, (0, 2), chunk, batch_size=2, first_anchor=2)
+
+    datagen.write_shards(tmp_path / "whole", "tf", windows, 2, (0, 2), make)
+    assert datagen.write_shards(tmp_path / "later", "tf", windows[4:], 2, (0, 2), make, first=2) == 1
+    (later,) = shard_files(tmp_path / "later")
+    assert later.name == "shard-tf-00002.safetensors"
+    for a, b in zip(read_shard(later, (0, 2)), read_shard(tmp_path / "whole" / later.name, (0, 2))):
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.features, b.features)
