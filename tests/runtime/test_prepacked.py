@@ -1,6 +1,6 @@
-"""`runtime.prepacked`: fp32 linears that run 1-3 rows on MKL and 4+ rows on oneDNN with a prepacked weight equal
-a float64 product to fp32 rounding at every row count, keep their forward hooks (tensor-parallel collectives), and
-are what the torch runners use."""
+"""`runtime.prepacked`: fp32 linears that run 4+ rows on oneDNN with a prepacked weight and 1-3 rows on MKL or
+oneDNN (whichever this machine runs faster) equal a float64 product to fp32 rounding at every row count either way,
+keep their forward hooks (tensor-parallel collectives), and are what the torch runners use."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from tiny import hf_config, save_hf_target, save_zlab_drafter
 pytestmark = pytest.mark.skipif(not prepacked.available(), reason="this torch build has no oneDNN")
 
 
+@pytest.mark.parametrize("from_rows", [1, prepacked.ONEDNN_FROM_ROWS])
 @pytest.mark.parametrize("shape", [(64, 32, True), (96, 576, False), (1536, 576, False)])
-def test_every_row_count_equals_a_float64_product(shape):
+def test_every_row_count_equals_a_float64_product(shape, from_rows):
     out_features, in_features, bias = shape
     torch.manual_seed(0)
     linear = nn.Linear(in_features, out_features, bias=bias)
     packed = prepacked.PrepackedLinear(linear)
+    packed.from_rows = from_rows
     for rows in (1, 2, 3, 4, 5, 8, 17, 64):
         x = torch.randn(2, rows, in_features)
         exact = x.double() @ linear.weight.double().T + (linear.bias.double() if bias else 0)
@@ -50,3 +52,5 @@ def test_torch_runners_run_prepacked_linears(tmp_path):
     for model in (pipe.target.model, pipe.drafter.model):
         linears = [m for m in model.modules() if isinstance(m, nn.Linear | prepacked.PrepackedLinear)]
         assert linears and all(isinstance(m, prepacked.PrepackedLinear) for m in linears)
+        # one measured choice per model: oneDNN from 1 row where it beats MKL there, else from 4
+        assert len({m.from_rows for m in linears}) == 1 and linears[0].from_rows in (1, prepacked.ONEDNN_FROM_ROWS)
