@@ -16,6 +16,7 @@ from dflash_trt.models.drafter2 import DFlash2Drafter
 from dflash_trt.models.layers import Keys
 from dflash_trt.pipeline import torch_runners
 from dflash_trt.runtime.loading import load_drafter, load_target
+from dflash_trt.runtime.torch import TorchTarget
 from dflash_trt.train.forward import Batch, block_hidden, drafter_rope, init_dflash2
 from dflash_trt.train.trainer import Trainer
 from tiny import hf_config, save_hf_target
@@ -84,7 +85,7 @@ def test_initial_dflash2_drafter_is_its_v1_layers(pair):
     v2.load_state_dict(v2_loaded.state_dict())
     init_dflash2(v2)
     tokens = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(1))
-    runner, _ = torch_runners(target, v1)
+    runner = TorchTarget(target, v1.cfg.target_layer_ids)  # v1 and v2 both unpacked: the same kernels
     runner.reset(1, 20)
     features = runner.verify(tokens)[1]
     batch = _batch(features, tokens, [3, 9])
