@@ -38,6 +38,7 @@ from dflash_trt.embedded import default_cache_dir
 from dflash_trt.errors import UserError
 from dflash_trt.parallel.comm import rank0_value
 from dflash_trt.pipeline import Pipeline
+from dflash_trt.timing import timed_rounds
 
 CACHE_FILE = "calibration.json"
 ROUNDS = 9
@@ -54,9 +55,7 @@ def step_costs(pipe: Pipeline, block: int, context: int = 256, repeats: int = 15
     holds fewer), batch 1, each the median of `repeats`: the parts of a step, for benchmark reports."""
     target, drafter = pipe.target, pipe.drafter
     context = min(context, target.capacity.max_len - block - 1)
-    features = _prefilled(pipe, context, 1, block)
-    drafter.reset(1, context + block + 1)
-    drafter.append_context(features, torch.full((1,), context))
+    _prefilled(pipe, context, 1, block, drafter=True)
     blk = torch.full((1, block), drafter.mask_token_id)
     drafter.draft(blk)  # a backend may inject appended context at its next draft: keep it out of the timings
     calls = {
@@ -64,19 +63,22 @@ def step_costs(pipe: Pipeline, block: int, context: int = 256, repeats: int = 15
         "verify_ms": lambda: target.verify(blk),
         "draft_ms": lambda: drafter.draft(blk),
     }
-    times = _timed(calls, repeats)
+    times = timed_rounds(calls, repeats)
     out = {"block": block, "context": context, **{k: statistics.median(v) for k, v in times.items()}}
     out["verify_over_decode"] = out["verify_ms"] / out["decode_ms"]
     out["break_even_tau"] = (out["verify_ms"] + out["draft_ms"]) / out["decode_ms"]
     return out
 
 
-def _prefilled(pipe: Pipeline, context: int, batch: int, block: int) -> torch.Tensor | None:
-    """Reset the target for `batch` rows of a random `context`-token prompt (+ `block` + 1), prefill it and return
-    the drafter features."""
+def _prefilled(pipe: Pipeline, context: int, batch: int, block: int, drafter: bool = False) -> None:
+    """Reset the target for `batch` rows of a random `context`-token prompt (+ `block` + 1) and prefill it; with
+    `drafter`, the drafter's context too."""
     prompt = torch.randint(0, pipe.target.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()
     pipe.target.reset(batch, context + block + 1)
-    return pipe.target.prefill([prompt] * batch)[1]
+    features = pipe.target.prefill([prompt] * batch)[1]
+    if drafter:
+        pipe.drafter.reset(batch, context + block + 1)
+        pipe.drafter.append_context(features, torch.full((batch,), context))
 
 
 @torch.inference_mode()
@@ -85,7 +87,7 @@ def probe_ms(pipe: Pipeline, repeats: int = 5) -> float:
     tokens, batch 1. The decode overwrites the same uncommitted position each time."""
     _prefilled(pipe, PROBE_CONTEXT, 1, 1)
     token = torch.zeros((1, 1), dtype=torch.long)
-    return min(_timed({"decode": lambda: pipe.target.verify(token)}, repeats)["decode"])
+    return min(timed_rounds({"decode": lambda: pipe.target.verify(token)}, repeats)["decode"])
 
 
 @torch.inference_mode()
@@ -95,9 +97,7 @@ def paired_step_costs(pipe: Pipeline, blocks: list[int], batch: int = 1, rounds:
     lengths, so each round measures the same state."""
     target, drafter = pipe.target, pipe.drafter
     context = min(256, target.capacity.max_len - max(blocks) - 1)
-    features = _prefilled(pipe, context, batch, max(blocks))
-    drafter.reset(batch, context + max(blocks) + 1)
-    drafter.append_context(features, torch.full((batch,), context))
+    _prefilled(pipe, context, batch, max(blocks), drafter=True)
     greedy, nothing = SamplingParams(), torch.zeros(batch, dtype=torch.long)
     masks = {b: torch.full((batch, b), drafter.mask_token_id) for b in blocks}
 
@@ -112,7 +112,7 @@ def paired_step_costs(pipe: Pipeline, blocks: list[int], batch: int = 1, rounds:
     calls = {}
     for b in blocks:
         calls[f"decode {b}"], calls[f"step {b}"] = decode, partial(dflash, masks[b])
-    times = _timed(calls, rounds)
+    times = timed_rounds(calls, rounds)
     return paired_costs({b: times[f"decode {b}"] for b in blocks}, {b: times[f"step {b}"] for b in blocks})
 
 
@@ -122,18 +122,6 @@ def paired_costs(decodes: dict[int, list[float]], steps: dict[int, list[float]])
     decode_ms = statistics.median(t for ts in decodes.values() for t in ts)
     ratios = {b: statistics.median(s / d for s, d in zip(steps[b], decodes[b])) for b in steps}
     return StepCosts(decode_ms, {b: decode_ms * r for b, r in ratios.items()})
-
-
-def _timed(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """ms of each call over `repeats` rounds that run every call once, in order, after two warm-up rounds."""
-    times = {key: [] for key in calls}
-    for i in range(repeats + 2):
-        for key, call in calls.items():
-            start = time.perf_counter()
-            call()
-            if i >= 2:
-                times[key].append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def read_acceptance(directory: Path | None) -> list[float] | None:

@@ -15,11 +15,12 @@ weight.
 from __future__ import annotations
 
 import functools
-import time
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from dflash_trt.timing import timed_rounds
 
 ONEDNN_FROM_ROWS = 4
 ONEDNN_MARGIN = 0.8  # oneDNN takes 1-3 rows when it runs one row in under this fraction of MKL's time
@@ -67,13 +68,7 @@ def onednn_from_rows(rounds: int = 3) -> int:
         "mkl": lambda: [F.linear(x, w) for w in weights],
         "onednn": lambda: [torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "") for w in packed],
     }
-    best = dict.fromkeys(paths, float("inf"))
-    for i in range(rounds + 1):
-        for name, run in paths.items():
-            start = time.perf_counter()
-            run()
-            if i:  # the first round warms up
-                best[name] = min(best[name], time.perf_counter() - start)
+    best = {name: min(ms) for name, ms in timed_rounds(paths, rounds).items()}
     return 1 if best["onednn"] < ONEDNN_MARGIN * best["mkl"] else ONEDNN_FROM_ROWS
 
 
