@@ -75,16 +75,14 @@ def torch_runners(
     """The torch runners of a loaded pair: the target captures the drafter's layers, the drafter borrows
     the target's embedding and LM head (run in `head_dtype` when given, see `TorchDrafter`). Their fp32
     linears then run multi-row inputs on oneDNN with prepacked weights (`runtime.prepacked`)."""
-    if drafter is None:
-        runners = TorchTarget(target, vocab_size=vocab_size), None
-    else:
-        runner = TorchTarget(target, drafter.cfg.target_layer_ids, vocab_size)
-        runners = runner, TorchDrafter(drafter, target.embed, target.lm_head, head_dtype)
-    if prepacked.available():  # after TorchDrafter took its cast copy of the head
+    if prepacked.available():
         for model in (target, drafter):
             if model is not None:
                 prepacked.prepack_linears(model)
-    return runners
+    if drafter is None:
+        return TorchTarget(target, vocab_size=vocab_size), None
+    runner = TorchTarget(target, drafter.cfg.target_layer_ids, vocab_size)
+    return runner, TorchDrafter(drafter, target.embed, target.lm_head, head_dtype)  # the packed head, or a cast copy
 
 
 def load_pipeline(

@@ -52,6 +52,12 @@ class PrepackedLinear(nn.Module):
             out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
         return out.view(*x.shape[:-1], self.out_features)
 
+    def unpacked(self) -> nn.Linear:
+        """A plain `nn.Linear` on the same weight and bias (for a copy in another dtype)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        linear.weight, linear.bias = self.weight, self.bias
+        return linear
+
 
 @functools.cache
 @torch.inference_mode()

@@ -18,6 +18,7 @@ from dflash_trt.decoding.runners import Capacity, DrafterRunner, TargetRunner
 from dflash_trt.models.drafter import DFlashDrafter
 from dflash_trt.models.layers import Keys, Rope
 from dflash_trt.models.target import KV, Transformer
+from dflash_trt.runtime import prepacked
 
 DEFAULT_MAX_BATCH = 1 << 16  # buffers are allocated per batch: memory is the only limit
 
@@ -124,7 +125,8 @@ class TorchDrafter(DrafterRunner):
         self.mask_token_id = model.cfg.mask_token_id
         self.device = model.fc.weight.device
         if head_dtype is not None and head_dtype != lm_head.weight.dtype:
-            self.head = copy.deepcopy(lm_head).to(head_dtype)
+            plain = lm_head.unpacked() if isinstance(lm_head, prepacked.PrepackedLinear) else lm_head
+            self.head = copy.deepcopy(plain).to(head_dtype)
         self.head_dtype = self.head.weight.dtype
         self.caches: KVCaches | None = None
         self.rope: Rope | None = None
