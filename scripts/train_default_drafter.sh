@@ -10,7 +10,9 @@
 #   5. stage 3: the v2 data grown to 3,648 prompts, and a longer run from stage 2's best checkpoint
 #      (build_configs/train_smollm2_135m_stage3.yaml); its held-out acceptance (acceptance.json, for
 #      generate's block choice);
-#   6. the stage-3 checkpoint copied into dflash_trt/assets/drafter/.
+#   6. its draft vocabulary: the 8,192 tokens the fp32 target answers the first 256 v2 prompts with most often
+#      (draft_vocab.json), then its held-out acceptance with it;
+#   7. the stage-3 checkpoint copied into dflash_trt/assets/drafter/.
 # Every step resumes where it stopped when re-run. Long; run it detached, e.g.
 #   nohup scripts/train_default_drafter.sh > train.log 2>&1 &
 # Env: PYTHON (default python), DATA, OUT (default: the recipe's paths), GEN_LIMIT / TF_LIMIT (prompts /
@@ -78,10 +80,20 @@ RESUME=""
 [ -f "$OUT3/train_state.pt" ] && RESUME=--resume
 $PY -m dflash_trt.cli train --config build_configs/train_smollm2_135m_stage3.yaml $RESUME
 $PY -m dflash_trt.train.evaluate --drafter "$OUT3/best" --prompts "$DATA2/heldout_prompts.jsonl" \
-    --block-sizes 8 --limit 48 --max-new-tokens 128 --batch-size 12 --json "$RESULTS/tau_stage3.json" \
+    --block-sizes 8 --limit 48 --max-new-tokens 128 --batch-size 12 --json "$RESULTS/tau_stage3.json" > /dev/null
+
+# 6. the draft vocabulary (from the fp32 target's own answers, the same prompts as DATA2's first 4 shards), and
+#    the held-out acceptance drafting from it (acceptance.json, for generate's block choice)
+DATA_VOCAB=$HOME/.cache/dflash-trt/train/smollm2-data-v2-fp32
+$PY scripts/make_train_data.py --source generated --out "$DATA_VOCAB" --threads 2 --batch-size 64 \
+    --max-new-tokens 256 --heldout 48 --limit 256 --dtype fp32
+$PY -m dflash_trt.train.draft_vocab --data "$DATA_VOCAB" --size 8192 --out "$OUT3/best"
+$PY -m dflash_trt.train.evaluate --drafter "$OUT3/best" --prompts "$DATA2/heldout_prompts.jsonl" \
+    --block-sizes 8 --limit 48 --max-new-tokens 128 --batch-size 12 --json "$RESULTS/tau_stage3_vocab.json" \
     --write-acceptance "$OUT3/best" > /dev/null
 
-# 6. ship it
+# 7. ship it
 mkdir -p dflash_trt/assets/drafter
-cp "$OUT3/best/config.json" "$OUT3/best/model.safetensors" "$OUT3/best/acceptance.json" dflash_trt/assets/drafter/
+cp "$OUT3/best/config.json" "$OUT3/best/model.safetensors" "$OUT3/best/acceptance.json" \
+    "$OUT3/best/draft_vocab.json" dflash_trt/assets/drafter/
 echo "drafter copied to dflash_trt/assets/drafter/ (update its README.md with $RESULTS/summary.json)"

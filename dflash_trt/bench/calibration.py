@@ -42,8 +42,9 @@ from dflash_trt.timing import timed_rounds
 
 CACHE_FILE = "calibration.json"
 ROUNDS = 9
-CALIBRATION_VERSION = 4  # part of every key: bump when the runners' kernels or what is measured change
-# (2: prepacked fp32 linears; 3: whole steps in paired rounds; 4: oneDNN at 1-3 rows where it is faster)
+CALIBRATION_VERSION = 5  # part of every key: bump when the runners' kernels or what is measured change
+# (2: prepacked fp32 linears; 3: whole steps in paired rounds; 4: oneDNN at 1-3 rows where it is faster;
+# 5: the drafts' LM head prepacked, or over the drafter's draft vocabulary)
 DRIFT = 1.3  # re-measure when the speed probe runs this many times faster or slower than when the entry was taken
 PROBE_CONTEXT = 32
 BUSY_CORES = 0.5  # warn that a calibration may not hold when other processes keep this many cores busy

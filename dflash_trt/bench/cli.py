@@ -175,9 +175,10 @@ def _run_pair(pipe: Pipeline, requests: list[Request], params: SamplingParams, b
 
 
 def drafter_name(pipe: Pipeline) -> str:
-    """The drafter's architecture as its config.json names it (DFlashDraftModel, DFlash2DraftModel); an engine
-    directory's name for an engine."""
-    return read_json(pipe.drafter_dir / "config.json").get("architectures", [pipe.drafter_dir.name])[0]
+    """The drafter's architecture as its config.json names it (DFlashDraftModel, DFlash2DraftModel; an engine
+    directory's name for an engine), with the size of its draft vocabulary when it drafts from one."""
+    name = read_json(pipe.drafter_dir / "config.json").get("architectures", [pipe.drafter_dir.name])[0]
+    return name if pipe.drafter.vocab is None else f"{name}, {len(pipe.drafter.vocab)}-token draft vocab"
 
 
 def _blocks(args: argparse.Namespace, pipe: Pipeline, label: str, batch: int) -> tuple[list[int], str]:
@@ -267,7 +268,8 @@ def _markdown(data: dict) -> str:
         f"# DFlash benchmark\n\nTarget `{data['target']}`, {data['backend']} backend, "
         f"{data['num_prompts']} prompts per dataset, up to {data['max_new_tokens']} new tokens, "
         f"{data['target_dtype']} target, "
-        f"drafts' LM head {data['draft_head_dtype']} (lossless: drafts are only proposals). "
+        f"drafts' LM head {data['draft_head_dtype']} (lossless: drafts are only proposals; a drafter with a draft "
+        "vocab runs only its rows). "
         "Speedup = baseline TPOT / DFlash TPOT (decode only, prefill excluded), same backend, run side by side.\n",
         *(
             f"- {d['name']} `{d['dir']}`: "

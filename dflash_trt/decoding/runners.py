@@ -61,6 +61,7 @@ class TargetRunner(Protocol):
 class DrafterRunner(Protocol):
     block_size: int
     mask_token_id: int
+    vocab: Tensor | None  # the token ids drafts may take (a reduced draft vocabulary), None: all of them
 
     def reset(self, batch: int, max_len: int) -> None:
         """Empty context caches for `batch` rows of up to `max_len` positions each."""

@@ -82,6 +82,8 @@ class DFlashDrafter(nn.Module):
         self.hidden_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.layers = nn.ModuleList(self.block_class(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        # the target token ids drafts may take, ascending (`runtime.loading.read_draft_vocab`); None: all of them
+        self.register_buffer("draft_vocab", None, persistent=False)
 
     def context_kv(self, features: Tensor, positions: Tensor, rope: Rope) -> list[KV]:
         """The KV injection: per draft layer, K/V [b, t, kv_heads, d] of target features [b, t, F] at `positions`."""

@@ -31,6 +31,7 @@ from dflash_trt.parallel.comm import Mapping
 from dflash_trt.parallel.tensor_parallel import build_drafter, build_target
 
 INDEX = "model.safetensors.index.json"
+DRAFT_VOCAB_FILE = "draft_vocab.json"
 
 
 def safetensors_files(directory: Path) -> list[Path]:
@@ -84,7 +85,28 @@ def load_drafter(directory: Path, target: TargetConfig, dtype: torch.dtype = tor
     model = make_drafter(cfg)
     tensors = read_tensors(directory)
     model.load_state_dict(internal_from_hf(drafter_weights(cfg), hf_getter(tensors), directory), strict=True)
+    model.draft_vocab = read_draft_vocab(directory, target.vocab_size)
     return model.to(dtype).eval()
+
+
+def read_draft_vocab(directory: Path, vocab_size: int) -> Tensor | None:
+    """The drafter's reduced draft vocabulary, ascending: `token_ids` of DIR/draft_vocab.json (the target tokens
+    its drafts may take, `python -m dflash_trt.train.draft_vocab`); None without the file (drafts take any token)."""
+    path = Path(directory) / DRAFT_VOCAB_FILE
+    if not path.is_file():
+        return None
+    ids = read_json(path).get("token_ids")
+    if (
+        not isinstance(ids, list)
+        or not ids
+        or not all(isinstance(i, int) and 0 <= i < vocab_size for i in ids)
+        or len(set(ids)) != len(ids)
+    ):
+        raise UserError(
+            f"{path}: field 'token_ids' must list distinct token ids in [0, {vocab_size}); "
+            "remake it with `python -m dflash_trt.train.draft_vocab` or delete it to draft from the whole vocabulary"
+        )
+    return torch.tensor(sorted(ids))
 
 
 def load_converted(

@@ -478,6 +478,7 @@ class TensorRTDrafter(DrafterRunner):
         self.pending_lens = torch.zeros(mb, dtype=torch.long, device=self.device)
         self.lens = torch.zeros(mb, dtype=torch.long, device=self.device)
         self.head_dtype = TORCH_DTYPES[eng.dtype]
+        self.vocab = None  # the graph drafts from the whole vocabulary
 
     def reset(self, batch: int, max_len: int) -> None:
         self.lens.zero_()

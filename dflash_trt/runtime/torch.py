@@ -111,22 +111,23 @@ class TorchTarget(TargetRunner):
 class TorchDrafter(DrafterRunner):
     """Reference drafter runner: the drafter's weights plus the target's embedding and LM head (shared).
 
-    `head_dtype` runs the drafts' LM head in that dtype, on a private cast copy of the target's head. Drafts
-    are only proposals (acceptance is decided on the target's logits), so this is lossless: greedy output and
-    the sampled distribution are unchanged. On a CPU with bf16 matmul, bf16 halves the head's weight traffic,
-    the largest part of a drafter pass (SmolLM2: 49152 x 576).
+    The LM head is the largest part of a drafter pass (SmolLM2: 49152 x 576), so the drafts may run a private,
+    cheaper copy of it: in `head_dtype` (on a CPU with bf16 matmul, bf16 halves its weight traffic) and/or with
+    only the rows of the drafter's `draft_vocab` (FR-Spec's frequency-ranked draft vocabulary; EAGLE-3's
+    `draft_vocab_size`), the other tokens' logits -inf. Drafts are only proposals (acceptance is decided on the
+    target's logits, and sampling corrects with the q these logits give), so both are lossless: greedy output and
+    the sampled distribution are unchanged; only acceptance can fall.
     """
 
     def __init__(
         self, model: DFlashDrafter, embed: nn.Module, lm_head: nn.Module, head_dtype: torch.dtype | None = None
     ) -> None:
-        self.model, self.embed, self.head = model, embed, lm_head
+        self.model, self.embed = model, embed
         self.block_size = model.cfg.block_size
         self.mask_token_id = model.cfg.mask_token_id
         self.device = model.fc.weight.device
-        if head_dtype is not None and head_dtype != lm_head.weight.dtype:
-            plain = lm_head.unpacked() if isinstance(lm_head, prepacked.PrepackedLinear) else lm_head
-            self.head = copy.deepcopy(plain).to(head_dtype)
+        self.vocab, self.vocab_size = model.draft_vocab, lm_head.out_features
+        self.head = private_head(lm_head, self.vocab, head_dtype)
         self.head_dtype = self.head.weight.dtype
         self.caches: KVCaches | None = None
         self.rope: Rope | None = None
@@ -157,5 +158,26 @@ class TorchDrafter(DrafterRunner):
         if self.model.cfg.input_embedding_scale != 1.0:
             x = x * self.model.cfg.input_embedding_scale
         hidden = self.model(x, positions, context, self.rope)[:, 1:]
+        logits = self.head(hidden.to(self.head_dtype))
+        if self.vocab is not None:
+            full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
+            logits = full.index_copy_(-1, self.vocab, logits)
         # v1: the LM-head logits; DFlash2: its candidate selector's scores (see models.drafter2)
-        return self.model.proposal_logits(hidden, self.head(hidden.to(self.head_dtype)), block[:, 0])
+        return self.model.proposal_logits(hidden, logits, block[:, 0])
+
+
+def private_head(lm_head: nn.Module, vocab: Tensor | None, dtype: torch.dtype | None) -> nn.Module:
+    """The drafts' LM head: the target's own when neither `vocab` nor another `dtype` is asked for, else a
+    private copy with only the `vocab` rows, in `dtype` (an fp32 copy prepacked like the target's linears)."""
+    if vocab is None and dtype in (None, lm_head.weight.dtype):
+        return lm_head
+    plain = lm_head.unpacked() if isinstance(lm_head, prepacked.PrepackedLinear) else lm_head
+    if vocab is None:
+        head = copy.deepcopy(plain)
+    else:
+        head = nn.Linear(plain.in_features, len(vocab), bias=False, device="meta")
+        head.weight = nn.Parameter(plain.weight.detach()[vocab], requires_grad=False)
+    head = head.to(dtype or head.weight.dtype)
+    if head.weight.dtype == torch.float32 and prepacked.available():
+        head = prepacked.PrepackedLinear(head)
+    return head
