@@ -22,25 +22,21 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from safetensors import safe_open
-
 from dflash_trt.atomic import write_text_atomically
 from dflash_trt.config import read_json
 from dflash_trt.errors import UserError
 from dflash_trt.runtime.loading import DRAFT_VOCAB_FILE
 from dflash_trt.train.prompts import stdlib_files
 from dflash_trt.train.recipe import resolve_target
-from dflash_trt.train.shards import shard_files
+from dflash_trt.train.shards import read_shard, shard_files
 
 
 def response_counts(directory: Path) -> Counter:
     """How often each token id is a response label (from each sequence's first anchor on) in DIR's shards."""
     counts: Counter = Counter()
     for path in shard_files(directory):
-        with safe_open(str(path), framework="pt") as f:
-            labels, offsets, starts = (f.get_tensor(name).tolist() for name in ("labels", "offsets", "starts"))
-        for begin, end, start in zip(offsets[:-1], offsets[1:], starts):
-            counts.update(labels[begin + start : end])
+        for seq in read_shard(path, None):
+            counts.update(seq.labels[seq.start :].tolist())
     return counts
 
 

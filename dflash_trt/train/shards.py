@@ -50,8 +50,8 @@ def write_shard(path: Path, seqs: list[Sequence], layer_ids: tuple[int, ...], ki
     os.replace(tmp, path)
 
 
-def read_shard(path: Path, layer_ids: tuple[int, ...]) -> list[Sequence]:
-    """Read a shard, checking it was made with the drafter's target layer ids."""
+def read_shard(path: Path, layer_ids: tuple[int, ...] | None) -> list[Sequence]:
+    """Read a shard, checking it was made with the drafter's target layer ids (None: any, for its tokens alone)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -61,7 +61,7 @@ def read_shard(path: Path, layer_ids: tuple[int, ...]) -> list[Sequence]:
             f"{path}: unreadable data shard ({exc}); regenerate it with scripts/make_train_data.py"
         ) from None
     ids = tuple(json.loads(meta.get("target_layer_ids", "[]")))
-    if ids != tuple(layer_ids):
+    if layer_ids is not None and ids != tuple(layer_ids):
         raise UserError(
             f"{path}: features were cached for target_layer_ids {list(ids)}, the recipe asks for "
             f"{list(layer_ids)}; regenerate the data or fix 'target_layer_ids'"
