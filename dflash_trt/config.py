@@ -23,6 +23,7 @@ ARCHITECTURES = {
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 DRAFTER_ARCHITECTURES = {"DFlashDraftModel": "dflash", "DFlash2DraftModel": "dflash2"}
+DRAFT_VOCAB_FILE = "draft_vocab.json"  # a drafter's reduced draft vocabulary (`runtime.loading.read_draft_vocab`)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -12,13 +12,15 @@ import pytest
 import torch
 
 import distribution
+from dflash_trt.config import DRAFT_VOCAB_FILE
 from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.decoding.speculative import Request, generate
 from dflash_trt.errors import UserError
-from dflash_trt.pipeline import torch_runners
-from dflash_trt.runtime.loading import DRAFT_VOCAB_FILE, load_drafter, load_target
+from dflash_trt.pipeline import load_engine_pipeline, torch_runners
+from dflash_trt.runtime.loading import load_drafter, load_target
 from dflash_trt.train import draft_vocab
 from dflash_trt.train.shards import Sequence, write_shard
+from ort_engine import make_engine_dir
 from tiny import hf_config, save_hf_target, save_tiny_tokenizer, save_zlab_drafter
 
 VOCAB = 97
@@ -33,6 +35,7 @@ def _write_vocab(drafter_dir: Path, ids: list[int]) -> None:
 def dirs(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"vocab-{request.param}")
     target = save_hf_target(root / "t", request.param)
+    save_tiny_tokenizer(target)  # an engine directory carries one
     full = save_zlab_drafter(root / "d", hf_config(request.param), block_size=16, layer_ids=(0, 2))
     pruned = shutil.copytree(full, root / "d-vocab")
     _write_vocab(pruned, KEPT)
@@ -53,7 +56,7 @@ def _requests(batch: int, seed: int) -> list[Request]:
 def test_draft_logits_are_the_full_heads_rows_and_minus_infinity_elsewhere(dirs):
     target_dir, full_dir, pruned_dir = dirs
     (target, full), (_, pruned) = _runners(target_dir, full_dir), _runners(target_dir, pruned_dir)
-    assert pruned.vocab.tolist() == KEPT and pruned.head.out_features == len(KEPT)
+    assert pruned.vocab.tolist() == KEPT and pruned.head.head.out_features == len(KEPT)
     prompt = [3, 14, 15, 9, 2, 6]
     block = torch.tensor([[5] + [full.mask_token_id] * 7])
     logits = []
@@ -83,6 +86,46 @@ def test_greedy_with_a_draft_vocab_equals_autoregressive(dirs, block, batch):
     spec = generate(target, drafter, requests, block_size=block)
     assert [g.tokens for g in spec] == [g.tokens for g in ar]
     assert drafts and all(set(d.argmax(-1).flatten().tolist()) <= set(KEPT) for d in drafts)
+
+
+@pytest.fixture(scope="module")
+def engine(dirs, tmp_path_factory):
+    """An engine directory (the onnxruntime graphs) of the pair with the draft vocabulary."""
+    target_dir, _, pruned_dir = dirs
+    return make_engine_dir(tmp_path_factory.mktemp("vocab-engine"), target_dir=target_dir, drafter_dir=pruned_dir)
+
+
+def test_the_exported_drafter_graph_drafts_from_the_vocab(dirs, engine):
+    """onnxruntime's drafter graph: its logits are the torch full head's rows on the vocabulary, -inf elsewhere,
+    and its draft tokens lie in the vocabulary."""
+    target_dir, full_dir, _ = dirs
+    target, full = _runners(target_dir, full_dir)
+    ort = load_engine_pipeline(engine).drafter
+    assert ort.vocab.tolist() == KEPT
+    prompt = [3, 14, 15, 9, 2, 6]
+    block = torch.tensor([[5] + [full.mask_token_id] * 7, [11] + [full.mask_token_id] * 7])
+    logits = []
+    for drafter in (full, ort):
+        target.reset(2, 32)
+        drafter.reset(2, 32)
+        _, features = target.prefill([prompt, prompt[:4]])
+        drafter.append_context(features, torch.tensor([len(prompt), 4]))
+        logits.append(drafter.draft(block))
+    want, got = logits
+    torch.testing.assert_close(got[..., KEPT], want[..., KEPT], rtol=1e-4, atol=1e-4)
+    outside = torch.ones(VOCAB, dtype=torch.bool)
+    outside[KEPT] = False
+    assert torch.isneginf(got[..., outside]).all()
+
+
+@pytest.mark.parametrize("block", [3, 8])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnxruntime_greedy_with_a_draft_vocab_equals_autoregressive(engine, block, batch):
+    pipe = load_engine_pipeline(engine)
+    requests = _requests(batch, seed=block * 7 + batch)
+    ar = generate(pipe.target, None, requests)
+    spec = generate(pipe.target, pipe.drafter, requests, block_size=block)
+    assert [g.tokens for g in spec] == [g.tokens for g in ar]
 
 
 def test_sampling_with_a_draft_vocab_keeps_the_target_distribution(tmp_path):

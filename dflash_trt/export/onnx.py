@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from dflash_trt.config import DRAFT_VOCAB_FILE
 from dflash_trt.errors import UserError
 from dflash_trt.export.graphs import DRAFTER, TARGET, past_names, present_names
-from dflash_trt.models.drafter import DFlashDrafter
+from dflash_trt.models.drafter import DFlashDrafter, VocabHead
 from dflash_trt.models.layers import Keys, Rope
 from dflash_trt.models.target import Transformer
 from dflash_trt.parallel.ops import exporting, onnx_translations
@@ -55,7 +56,8 @@ class DrafterGraph(nn.Module):
 
     KV injection of the new features (positions cache_lens + i, valid for i < feature_lens) fused with the
     block pass: the block at cache_lens + feature_lens + j sees the cached context, the valid new context and
-    its whole self. Embedding and LM head are the target's (this rank's shards, collectives included)."""
+    its whole self. Embedding and LM head are the target's (this rank's shards, collectives included); the head
+    covers only the drafter's draft vocabulary when it has one (a `VocabHead`: the other logits are -inf)."""
 
     def __init__(self, model: DFlashDrafter, embed: nn.Module, lm_head: nn.Module, max_seq_len: int) -> None:
         super().__init__()
@@ -267,6 +269,8 @@ def export_drafter(
     cfg = drafter.cfg
     layers = cfg.num_layers
     check_flavor(drafter, flavor)
+    if drafter.draft_vocab is not None:  # the head over the draft vocabulary's rows only, as the torch runner's
+        lm_head = VocabHead.rows_of(lm_head, drafter.draft_vocab)
     if flavor == "native":
         module = DrafterGraph(drafter, embed, lm_head, max_seq_len).eval()
     else:
@@ -360,4 +364,6 @@ def export_pair(
         export_seconds=times,
     )
     (out_dir / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    if drafter.draft_vocab is not None:  # the tokens the drafter graph drafts from (its runner reports them)
+        (out_dir / DRAFT_VOCAB_FILE).write_text(json.dumps({"token_ids": drafter.draft_vocab.tolist()}) + "\n")
     return paths

@@ -116,3 +116,26 @@ def output_logits(cfg: DrafterConfig, logits: Tensor) -> Tensor:
     if cfg.final_logit_softcapping:
         logits = torch.tanh(logits / cfg.final_logit_softcapping) * cfg.final_logit_softcapping
     return logits
+
+
+class VocabHead(nn.Module):
+    """The drafts' LM head over a reduced draft vocabulary (FR-Spec; EAGLE-3's `draft_vocab_size`): `head` holds
+    only the `vocab` rows of the target's head (ascending token ids) and the other tokens' logits are -inf, so its
+    output [..., vocab_size] is laid out as the full head's."""
+
+    def __init__(self, head: nn.Module, vocab: Tensor, vocab_size: int) -> None:
+        super().__init__()
+        self.head, self.vocab_size = head, vocab_size
+        self.register_buffer("vocab", vocab, persistent=False)
+
+    @classmethod
+    def rows_of(cls, lm_head: nn.Linear, vocab: Tensor) -> VocabHead:
+        """A VocabHead over a plain copy of the `vocab` rows of `lm_head` (bias-free, as LM heads are)."""
+        head = nn.Linear(lm_head.in_features, len(vocab), bias=False, device="meta")
+        head.weight = nn.Parameter(lm_head.weight.detach()[vocab], requires_grad=False)
+        return cls(head, vocab, lm_head.out_features)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        logits = self.head(hidden)
+        full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
+        return full.index_copy(-1, self.vocab, logits)

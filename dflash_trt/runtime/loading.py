@@ -21,7 +21,7 @@ from dflash_trt.checkpoint.layout import (
 )
 from dflash_trt.checkpoint.trtllm_config import read_converted
 from dflash_trt.checkpoint.validate import check_rank_files
-from dflash_trt.config import DrafterConfig, TargetConfig, check_pair, read_json
+from dflash_trt.config import DRAFT_VOCAB_FILE, DrafterConfig, TargetConfig, check_pair, read_json
 from dflash_trt.dtypes import dtype_named
 from dflash_trt.errors import UserError
 from dflash_trt.models.drafter import DFlashDrafter
@@ -31,7 +31,6 @@ from dflash_trt.parallel.comm import Mapping
 from dflash_trt.parallel.tensor_parallel import build_drafter, build_target
 
 INDEX = "model.safetensors.index.json"
-DRAFT_VOCAB_FILE = "draft_vocab.json"
 
 
 def safetensors_files(directory: Path) -> list[Path]:

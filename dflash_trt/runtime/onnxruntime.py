@@ -27,6 +27,7 @@ from dflash_trt.decoding.runners import Capacity, DrafterRunner, TargetRunner
 from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.errors import UserError
 from dflash_trt.export.graphs import DRAFTER, TARGET, past_names, present_names
+from dflash_trt.runtime.loading import read_draft_vocab
 
 GROW = 64  # cache buffers grow in steps of this many positions
 COLLECTIVE_DOMAIN = "dflash_trt"
@@ -322,7 +323,7 @@ class OrtTarget(TargetRunner):
 class OrtDrafter(DrafterRunner):
     """Drafter runner over the exported `drafter` graph (KV injection fused with the block pass)."""
 
-    def __init__(self, graph: Graph, block_size: int, mask_token_id: int) -> None:
+    def __init__(self, graph: Graph, block_size: int, mask_token_id: int, vocab: torch.Tensor | None = None) -> None:
         if "draft_tokens" not in graph.output_names:
             raise UserError(f"{graph.path}: no draft_tokens output (an older export); rebuild with `dflash-trt build`")
         self.graph = graph
@@ -332,7 +333,7 @@ class OrtDrafter(DrafterRunner):
         self.np_dtype = graph.input_dtype("past_key_values.0.key")
         self.width = graph.input_shape("features")[2]
         self.head_dtype = {np.dtype(np.float16): torch.float16}.get(self.np_dtype, torch.float32)
-        self.vocab = None  # the graph drafts from the whole vocabulary
+        self.vocab = vocab  # the draft vocabulary the graph's head covers (`export.onnx`), None: all tokens
         self.device = torch.device("cpu")
         self.past, self.present = past_names(self.layers), present_names(self.layers)
         self.caches: _Caches | None = None
@@ -467,5 +468,6 @@ def load_engine(
         )
     drafter = None
     if use_drafter:
-        drafter = OrtDrafter(graphs[DRAFTER], dflash["block_size"], dflash["mask_token_id"])
+        vocab = read_draft_vocab(graphs[DRAFTER].path.parent, pre["vocab_size"])
+        drafter = OrtDrafter(graphs[DRAFTER], dflash["block_size"], dflash["mask_token_id"], vocab)
     return target, drafter, cfg

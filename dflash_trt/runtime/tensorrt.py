@@ -43,6 +43,7 @@ from dflash_trt.decoding.sampling import SamplingParams, accept
 from dflash_trt.errors import UserError
 from dflash_trt.export.graphs import DRAFTER, GRAPHS, TARGET, past_names, present_names
 from dflash_trt.runtime.engine_dir import EngineDir, read_engine_dir
+from dflash_trt.runtime.loading import read_draft_vocab
 
 TORCH_DTYPES = {
     "float32": torch.float32,
@@ -478,7 +479,8 @@ class TensorRTDrafter(DrafterRunner):
         self.pending_lens = torch.zeros(mb, dtype=torch.long, device=self.device)
         self.lens = torch.zeros(mb, dtype=torch.long, device=self.device)
         self.head_dtype = TORCH_DTYPES[eng.dtype]
-        self.vocab = None  # the graph drafts from the whole vocabulary
+        # the draft vocabulary the engine's head covers (`export.onnx` wrote it beside the graph), None: all tokens
+        self.vocab = read_draft_vocab(eng.onnx(DRAFTER, session.rank).parent, eng.target.vocab_size)
 
     def reset(self, batch: int, max_len: int) -> None:
         self.lens.zero_()

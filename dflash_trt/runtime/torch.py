@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from dflash_trt.config import DrafterConfig, TargetConfig
 from dflash_trt.decoding.runners import Capacity, DrafterRunner, TargetRunner
-from dflash_trt.models.drafter import DFlashDrafter
+from dflash_trt.models.drafter import DFlashDrafter, VocabHead
 from dflash_trt.models.layers import Keys, Rope
 from dflash_trt.models.target import KV, Transformer
 from dflash_trt.runtime import prepacked
@@ -126,9 +126,9 @@ class TorchDrafter(DrafterRunner):
         self.block_size = model.cfg.block_size
         self.mask_token_id = model.cfg.mask_token_id
         self.device = model.fc.weight.device
-        self.vocab, self.vocab_size = model.draft_vocab, lm_head.out_features
+        self.vocab = model.draft_vocab
         self.head = private_head(lm_head, self.vocab, head_dtype)
-        self.head_dtype = self.head.weight.dtype
+        self.head_dtype = head_dtype or lm_head.weight.dtype
         self.caches: KVCaches | None = None
         self.rope: Rope | None = None
 
@@ -159,25 +159,22 @@ class TorchDrafter(DrafterRunner):
             x = x * self.model.cfg.input_embedding_scale
         hidden = self.model(x, positions, context, self.rope)[:, 1:]
         logits = self.head(hidden.to(self.head_dtype))
-        if self.vocab is not None:
-            full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
-            logits = full.index_copy_(-1, self.vocab, logits)
         # v1: the LM-head logits; DFlash2: its candidate selector's scores (see models.drafter2)
         return self.model.proposal_logits(hidden, logits, block[:, 0])
 
 
 def private_head(lm_head: nn.Module, vocab: Tensor | None, dtype: torch.dtype | None) -> nn.Module:
     """The drafts' LM head: the target's own when neither `vocab` nor another `dtype` is asked for, else a
-    private copy with only the `vocab` rows, in `dtype` (an fp32 copy prepacked like the target's linears)."""
+    private copy in `dtype`, of the `vocab` rows only (a `VocabHead`) when given; fp32 copies are prepacked like
+    the target's linears."""
     if vocab is None and dtype in (None, lm_head.weight.dtype):
         return lm_head
     plain = lm_head.unpacked() if isinstance(lm_head, prepacked.PrepackedLinear) else lm_head
-    if vocab is None:
-        head = copy.deepcopy(plain)
-    else:
-        head = nn.Linear(plain.in_features, len(vocab), bias=False, device="meta")
-        head.weight = nn.Parameter(plain.weight.detach()[vocab], requires_grad=False)
-    head = head.to(dtype or head.weight.dtype)
-    if head.weight.dtype == torch.float32 and prepacked.available():
-        head = prepacked.PrepackedLinear(head)
+    head = copy.deepcopy(plain) if vocab is None else VocabHead.rows_of(plain, vocab)
+    head = head.to(dtype or plain.weight.dtype)
+    if prepacked.available():
+        if isinstance(head, VocabHead):
+            prepacked.prepack_linears(head)
+        elif head.weight.dtype == torch.float32:
+            head = prepacked.PrepackedLinear(head)
     return head

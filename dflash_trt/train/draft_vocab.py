@@ -23,9 +23,8 @@ from collections import Counter
 from pathlib import Path
 
 from dflash_trt.atomic import write_text_atomically
-from dflash_trt.config import read_json
+from dflash_trt.config import DRAFT_VOCAB_FILE, read_json
 from dflash_trt.errors import UserError
-from dflash_trt.runtime.loading import DRAFT_VOCAB_FILE
 from dflash_trt.train.prompts import stdlib_files
 from dflash_trt.train.recipe import resolve_target
 from dflash_trt.train.shards import read_shard, shard_files
