@@ -333,7 +333,7 @@ class OrtDrafter(DrafterRunner):
         self.np_dtype = graph.input_dtype("past_key_values.0.key")
         self.width = graph.input_shape("features")[2]
         self.head_dtype = {np.dtype(np.float16): torch.float16}.get(self.np_dtype, torch.float32)
-        self.vocab = vocab  # the draft vocabulary the graph's head covers (`export.onnx`), None: all tokens
+        self.vocab = vocab  # the draft vocabulary the graph's head covers (`export_pair` writes it), None: all
         self.device = torch.device("cpu")
         self.past, self.present = past_names(self.layers), present_names(self.layers)
         self.caches: _Caches | None = None

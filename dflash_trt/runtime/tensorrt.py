@@ -479,7 +479,7 @@ class TensorRTDrafter(DrafterRunner):
         self.pending_lens = torch.zeros(mb, dtype=torch.long, device=self.device)
         self.lens = torch.zeros(mb, dtype=torch.long, device=self.device)
         self.head_dtype = TORCH_DTYPES[eng.dtype]
-        # the draft vocabulary the engine's head covers (`export.onnx` wrote it beside the graph), None: all tokens
+        # the draft vocabulary the engine's head covers (`export_pair` wrote it beside the graph), None: all
         self.vocab = read_draft_vocab(eng.onnx(DRAFTER, session.rank).parent, eng.target.vocab_size)
 
     def reset(self, batch: int, max_len: int) -> None:
