@@ -53,24 +53,29 @@ def _requests(batch: int, seed: int) -> list[Request]:
     return [Request(torch.randint(0, VOCAB, (int(n),), generator=g).tolist(), 24, ()) for n in lens]
 
 
+def _draft_logits(target, drafter, prompts: list[list[int]], anchors: list[int]) -> torch.Tensor:
+    """`drafter`'s logits for blocks [anchor, MASK x 7] right after the target prefilled `prompts`."""
+    target.reset(len(prompts), 32)
+    drafter.reset(len(prompts), 32)
+    _, features = target.prefill(prompts)
+    drafter.append_context(features, torch.tensor([len(p) for p in prompts]))
+    return drafter.draft(torch.tensor([[a] + [drafter.mask_token_id] * 7 for a in anchors]))
+
+
+def _assert_full_head_rows_on_vocab(got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
+    """`got` (drafting from KEPT) equals the full head's `want` on KEPT and is -inf on every other token."""
+    torch.testing.assert_close(got[..., KEPT], want[..., KEPT], rtol=tol, atol=tol)
+    outside = torch.ones(VOCAB, dtype=torch.bool)
+    outside[KEPT] = False
+    assert torch.isneginf(got[..., outside]).all()
+
+
 def test_draft_logits_are_the_full_heads_rows_and_minus_infinity_elsewhere(dirs):
     target_dir, full_dir, pruned_dir = dirs
     (target, full), (_, pruned) = _runners(target_dir, full_dir), _runners(target_dir, pruned_dir)
     assert pruned.vocab.tolist() == KEPT and pruned.head.head.out_features == len(KEPT)
-    prompt = [3, 14, 15, 9, 2, 6]
-    block = torch.tensor([[5] + [full.mask_token_id] * 7])
-    logits = []
-    for drafter in (full, pruned):
-        target.reset(1, 32)
-        drafter.reset(1, 32)
-        _, features = target.prefill([prompt])
-        drafter.append_context(features, torch.tensor([len(prompt)]))
-        logits.append(drafter.draft(block))
-    want, got = logits
-    torch.testing.assert_close(got[..., KEPT], want[..., KEPT], rtol=1e-5, atol=1e-5)
-    outside = torch.ones(VOCAB, dtype=torch.bool)
-    outside[KEPT] = False
-    assert torch.isneginf(got[..., outside]).all()
+    want, got = (_draft_logits(target, d, [[3, 14, 15, 9, 2, 6]], [5]) for d in (full, pruned))
+    _assert_full_head_rows_on_vocab(got, want, tol=1e-5)
 
 
 @pytest.mark.parametrize("block", [2, 5, 16])
@@ -102,20 +107,12 @@ def test_the_exported_drafter_graph_drafts_from_the_vocab(dirs, engine):
     target, full = _runners(target_dir, full_dir)
     ort = load_engine_pipeline(engine).drafter
     assert ort.vocab.tolist() == KEPT
-    prompt = [3, 14, 15, 9, 2, 6]
-    block = torch.tensor([[5] + [full.mask_token_id] * 7, [11] + [full.mask_token_id] * 7])
-    logits = []
-    for drafter in (full, ort):
-        target.reset(2, 32)
-        drafter.reset(2, 32)
-        _, features = target.prefill([prompt, prompt[:4]])
-        drafter.append_context(features, torch.tensor([len(prompt), 4]))
-        logits.append(drafter.draft(block))
-    want, got = logits
-    torch.testing.assert_close(got[..., KEPT], want[..., KEPT], rtol=1e-4, atol=1e-4)
-    outside = torch.ones(VOCAB, dtype=torch.bool)
-    outside[KEPT] = False
-    assert torch.isneginf(got[..., outside]).all()
+    prompts, anchors = [[3, 14, 15, 9, 2, 6], [3, 14, 15, 9]], [5, 11]
+    want, got = (_draft_logits(target, d, prompts, anchors) for d in (full, ort))
+    _assert_full_head_rows_on_vocab(got, want, tol=1e-4)
+    block = torch.tensor([[a] + [ort.mask_token_id] * 7 for a in anchors])
+    tokens, _ = ort.draft_and_propose(block, SamplingParams(), None)  # the graph's own draft_tokens output
+    assert tokens.tolist() == got.argmax(-1).tolist() and set(tokens.flatten().tolist()) <= set(KEPT)
 
 
 @pytest.mark.parametrize("block", [3, 8])
