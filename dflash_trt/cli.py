@@ -79,7 +79,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from dflash_trt.decoding.metrics import format_summary, summarize
     from dflash_trt.decoding.sampling import SamplingParams
     from dflash_trt.decoding.speculative import Request, generate
-    from dflash_trt.pipeline import load_engine_args, load_pipeline, read_prompts_file
+    from dflash_trt.pipeline import backend_label, load_engine_args, load_pipeline, read_prompts_file
 
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
     if args.batch_size < 1:
@@ -90,9 +90,17 @@ def run_generate(args: argparse.Namespace) -> int:
         else [{"prompt": args.prompt or "What is the capital of France?"}]
     )
     chat = args.chat or (args.prompt is None and args.prompts_file is None)
+    batch = min(args.batch_size, len(rows))
+    label = backend_label(args.engine is not None, args.backend, args.weight_only, args.dtype)
     engine_pipe = load_engine_args(args, not args.no_drafter)
     if engine_pipe is not None:
         pipe = engine_pipe
+    elif args.backend == "auto" and args.dtype == "fp32" and not (args.target or args.drafter or args.checkpoint):
+        from dflash_trt.bench.calibration import choose_backend
+        from dflash_trt.engine.default import embedded_candidates
+
+        candidates = embedded_candidates(not args.no_drafter, _log)
+        label, pipe = choose_backend(candidates, _log, batch, params.greedy and args.block_size is None)
     elif args.checkpoint:
         from dflash_trt.parallel.comm import init_distributed
         from dflash_trt.pipeline import load_converted_pipeline
@@ -110,10 +118,8 @@ def run_generate(args: argparse.Namespace) -> int:
     drafter, block = pipe.drafter, args.block_size
     if drafter is not None and block is None and params.greedy:
         from dflash_trt.bench.calibration import auto_block
-        from dflash_trt.pipeline import backend_label
 
-        label = backend_label(args.engine is not None, args.backend, args.weight_only, args.dtype)
-        drafter, block = auto_block(pipe, label, _log, min(args.batch_size, len(rows)))
+        drafter, block = auto_block(pipe, label, _log, batch)
     requests = [
         Request(
             pipe.encode(r.get("messages", r.get("prompt")), chat),

@@ -136,7 +136,7 @@ def load_converted_pipeline(
     )
 
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -150,9 +150,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         choices=BACKENDS,
-        default=None,
-        help="torch (default; HF directories or --checkpoint), onnxruntime (--engine's ONNX graphs on "
-        "CPU) or tensorrt (--engine's engines; needs a GPU)",
+        default="auto",
+        help="auto (default: for the embedded pair in fp32, torch or its cached onnxruntime graphs, whichever this "
+        "machine's step costs make faster; onnxruntime for --engine; else torch), torch (HF directories or "
+        "--checkpoint), onnxruntime (--engine's ONNX graphs on CPU) or tensorrt (--engine's engines; needs a GPU)",
     )
     p.add_argument(
         "--weight-only",
@@ -166,20 +167,20 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 def backend_label(engine: bool, backend: str | None, weight_only: str | None = None, dtype: str = "fp32") -> str:
     """What step costs depend on besides the models: the backend, and its weight dtype or quantization."""
     if engine:
-        return (backend or "onnxruntime") + (f" {weight_only}" if weight_only else "")
+        return ("onnxruntime" if backend == "auto" else backend) + (f" {weight_only}" if weight_only else "")
     return f"torch {dtype}"
 
 
 def load_engine_args(args: argparse.Namespace, use_drafter: bool) -> Pipeline | None:
-    """The Pipeline of --engine on --backend (default onnxruntime), this rank's under mpirun; None without
-    --engine (then --backend must be torch)."""
+    """The Pipeline of --engine on --backend (auto: onnxruntime), this rank's under mpirun; None without
+    --engine (then --backend must be auto or torch)."""
     if args.engine is None:
-        if args.backend not in (None, "torch"):
+        if args.backend not in ("auto", "torch"):
             raise UserError(f"--backend {args.backend} runs an engine directory: pass --engine DIR")
         if args.weight_only:
             raise UserError("--weight-only quantizes an engine directory's graphs: pass --engine DIR")
         return None
-    if args.weight_only and args.backend not in (None, "onnxruntime"):
+    if args.weight_only and args.backend not in ("auto", "onnxruntime"):
         raise UserError(f"--weight-only is an onnxruntime option; --backend {args.backend} does not take it")
     from dflash_trt.parallel.comm import init_distributed
 
@@ -189,7 +190,8 @@ def load_engine_args(args: argparse.Namespace, use_drafter: bool) -> Pipeline | 
     mapping = init_distributed()
     if not mapping.is_first:  # only rank 0 prints
         sys.stdout = sys.stderr = open(os.devnull, "w")
-    return load_engine_pipeline(args.engine, args.backend or "onnxruntime", use_drafter, mapping, args.weight_only)
+    backend = "onnxruntime" if args.backend == "auto" else args.backend
+    return load_engine_pipeline(args.engine, backend, use_drafter, mapping, args.weight_only)
 
 
 def load_engine_pipeline(

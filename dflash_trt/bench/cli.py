@@ -1,7 +1,9 @@
 """`dflash-trt bench`: tau, per-position acceptance and speedup of DFlash vs the autoregressive baseline.
 
 Both run on the same backend, weights and prompts, interleaved batch by batch so machine noise hits them
-alike. Speedup is z-lab's: mean TPOT (decode only, prefill excluded) of the baseline / that of DFlash.
+alike. With no model arguments the embedded pair runs on the backend `generate` would choose (--backend auto: torch
+or its cached onnxruntime graphs, whichever this machine's step costs make faster at the smallest batch).
+Speedup is z-lab's: mean TPOT (decode only, prefill excluded) of the baseline / that of DFlash.
 Without --block-sizes each drafter runs, at each batch size, at the block size its acceptance.json and this
 machine's step costs at that batch recommend (as `generate` does; the best-expected block when plain decoding
 is expected to win, so the table still measures DFlash), and the report says which. Several --drafter
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from dflash_trt.bench.calibration import choose_for, step_costs
+from dflash_trt.bench.calibration import choose_backend, choose_for, step_costs
 from dflash_trt.bench.reporting import RESULTS, RunStart, write_report
 from dflash_trt.config import read_json
 from dflash_trt.decoding.metrics import summarize
@@ -96,10 +98,19 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.engine is not None and args.drafter:
         raise UserError("--engine brings its own drafter; drop --drafter")
     engine = load_engine_args(args, True)
-    pipes = [engine] if engine else [load_pipeline(args.target, d) for d in args.drafter or [None]]
+    label = backend_label(args.engine is not None, args.backend, args.weight_only)  # fp32: bench has no --dtype
+    if engine:
+        pipes = [engine]
+    elif args.backend == "auto" and not (args.target or args.drafter or compare):
+        from dflash_trt.engine.default import embedded_candidates
+
+        candidates = embedded_candidates(True, _log)
+        label, pipe = choose_backend(candidates, _log, min(args.batch_sizes), 0 in args.temperatures)
+        pipes = [pipe]
+    else:
+        pipes = [load_pipeline(args.target, d) for d in args.drafter or [None]]
     if pipes[0].drafter is None:
         raise UserError("bench needs a drafter: pass --drafter DIR (no drafter is shipped for this target)")
-    label = backend_label(args.engine is not None, args.backend, args.weight_only)  # fp32: bench has no --dtype
     prompts = {name: datasets.load(name, args.num_prompts) for name in args.datasets}
     rows, drafters = [], []
     for pipe in pipes:
@@ -186,11 +197,15 @@ def _blocks(args: argparse.Namespace, pipe: Pipeline, label: str, batch: int) ->
     else the trained one."""
     if args.block_sizes:
         return args.block_sizes, "--block-sizes"
-    choice = choose_for(pipe, label, lambda msg: print(f"dflash-trt: {msg}", flush=True), batch)
+    choice = choose_for(pipe, label, _log, batch)
     if choice is None:
         return [pipe.drafter.block_size], "trained block size; the drafter ships no acceptance.json"
     best = choice.block or max(choice.speedups, key=choice.speedups.get)
     return [best], f"block choice for {label}: {choice.describe()}"
+
+
+def _log(msg: str) -> None:
+    print(f"dflash-trt: {msg}", flush=True)
 
 
 def _row_line(r: dict) -> str:

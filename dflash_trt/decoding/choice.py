@@ -33,6 +33,7 @@ def tokens_per_step(acceptance: Sequence[float], block: int) -> float:
 class Choice:
     block: int | None  # None: plain decoding is expected to be fastest
     speedups: dict[int, float]  # expected DFlash tokens/s over plain decoding, per block size
+    ms_per_token: float  # expected at `block` (or of plain decoding): what backends are compared by
 
     def describe(self) -> str:
         best = max(self.speedups, key=self.speedups.get)
@@ -49,4 +50,5 @@ def choose_block(acceptance: Sequence[float], costs: StepCosts) -> Choice:
         if b - 1 <= len(acceptance)
     }
     best = max(speedups, key=speedups.get)
-    return Choice(best if speedups[best] > 1.0 else None, speedups)
+    block = best if speedups[best] > 1.0 else None
+    return Choice(block, speedups, costs.decode_ms / speedups[block] if block else costs.decode_ms)

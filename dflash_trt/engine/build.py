@@ -293,7 +293,11 @@ def build(
     if not plan.pair.exportable:
         raise UserError(f"{plan.pair.target_dir / 'config.json'}: {plan.notes[0]}; plan it with --dry-run")
     trt = datacenter_tensorrt()
-    lib, backend, verify_lib = resolve_plugin_library(plugin_lib, need_cuda=trt is not None)
+    # only TensorRT loads the plugin library: an ONNX-only build (--no-verify, no datacenter TensorRT) needs none
+    needs_plugins = trt is not None or verify or plugin_lib is not None
+    lib, backend, verify_lib = (
+        resolve_plugin_library(plugin_lib, need_cuda=trt is not None) if needs_plugins else 3 * (None,)
+    )
     tok_dir = tokenizer_source(plan, tokenizer)
     skip_verify = None
     if not verify:
@@ -306,9 +310,9 @@ def build(
         "export": {},
         "verification": [],
         "engines": [],
-        "plugin_library": str(lib),
+        "plugin_library": lib and str(lib),
         "plugin_backend": backend,
-        "verification_plugin_library": str(verify_lib),
+        "verification_plugin_library": verify_lib and str(verify_lib),
     }
     engines: dict[str, list[str]] = {g: [] for g in GRAPHS}
     start = time.monotonic()
@@ -375,7 +379,7 @@ def build(
                 shutil.copy2(tok_dir / name, tmp / layout.TOKENIZER_DIR / name)
         reports = [GraphReport(**r) for r in report["verification"]]
         verification = verification_summary(reports, skip_verify)
-        plugin = {"library": lib.name, "sha256": _file_sha256(lib), "backend": backend, "built_from": str(lib)}
+        plugin = lib and {"library": lib.name, "sha256": _file_sha256(lib), "backend": backend, "built_from": str(lib)}
         config = engine_config(plan, plugin, engines, verification)
         config["build_config"]["datacenter_tensorrt"] = trt.__version__ if trt else None
         report["datacenter_engines_written"] = trt is not None

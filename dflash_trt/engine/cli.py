@@ -111,7 +111,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="libdflash_trt_plugins.so (default: DFLASH_TRT_PLUGIN_LIB, else plugins/build, cuda first)",
     )
     p.add_argument("--tokenizer", type=Path, metavar="DIR", help="tokenizer directory (default: the target's)")
-    p.add_argument("--no-verify", action="store_true", help="skip the TensorRT-RTX CPU verification build")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the TensorRT-RTX CPU verification build (without datacenter TensorRT: an ONNX-only ENGINE_DIR for "
+        "onnxruntime, no plugin library needed)",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",

@@ -2,7 +2,8 @@
 
 ```
 ENGINE_DIR/config.json              pretrained_config (the target's TensorRT-LLM PretrainedConfig fields, the drafter's
-                                    under pretrained_config.drafter), build_config, dflash, plugin, tokenizer, version
+                                    under pretrained_config.drafter), build_config, dflash, plugin (null when no
+                                    TensorRT build loaded the plugin library), tokenizer, version
 ENGINE_DIR/onnx/rank{r}/target.onnx, drafter.onnx (+ .onnx.data external weights, export.json)
 ENGINE_DIR/target/rank{r}.engine, ENGINE_DIR/drafter/rank{r}.engine   only when datacenter TensorRT built them
 ENGINE_DIR/tokenizer/               the target's tokenizer files
@@ -101,7 +102,7 @@ def read_engine_dir(root: Path) -> EngineDir:
             f"{FORMAT_VERSION}: rebuild the engine directory"
         )
     for key in ("pretrained_config", "build_config", "dflash", "plugin"):
-        if not isinstance(config.get(key), dict):
+        if not isinstance(config.get(key), dict) and not (key == "plugin" and key in config):
             raise UserError(f"{path}: missing section '{key}'; rebuild the engine directory")
     pre = config["pretrained_config"]
     try:

@@ -77,7 +77,21 @@ def reference(tmp_path_factory, server):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert (
-            main(["generate", "--prompts-file", str(prompts), "--json", "--batch-size", "1", "--block-size", "8"]) == 0
+            main(
+                [
+                    "generate",
+                    "--prompts-file",
+                    str(prompts),
+                    "--json",
+                    "--batch-size",
+                    "1",
+                    "--block-size",
+                    "8",
+                    "--backend",
+                    "torch",
+                ]
+            )
+            == 0
         )
     return {p: r["text"] for (p, _), r in zip(PROMPTS, json.loads(out.getvalue())["results"])}
 

@@ -4,8 +4,11 @@ with `--engine DIR --backend onnxruntime`, and user errors exit 2 naming the fil
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,6 +103,83 @@ def test_generate_and_bench_cli(tiny, tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "ort.json").read_text())
     assert report["backend"] == "onnxruntime" and report["rows"][0]["identical_outputs"] == 3
     assert all(c["break_even_tau"] > 0 for c in report["step_costs"])
+
+
+ACCEPTANCE = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]  # tokens per DFlash step at B=2..8: 1.9, 2.7, ... 5.2
+
+
+@pytest.fixture(scope="module")
+def built(tiny, tmp_path_factory):
+    """`dflash-trt build --no-verify` of the tiny pair, its drafter shipping an acceptance.json: an ONNX-only engine
+    directory (no datacenter TensorRT here), built with DFLASH_TRT_PLUGIN_LIB pointing nowhere, so that a build
+    which looked for the plugin library would fail."""
+    target, drafter, _ = tiny
+    root = tmp_path_factory.mktemp("ort_build")
+    shutil.copytree(drafter, root / "drafter")
+    (root / "drafter" / "acceptance.json").write_text(json.dumps({"position_acceptance": ACCEPTANCE}))
+    recipe = root / "recipe.yaml"
+    recipe.write_text("dtype: fp32\nmax_batch_size: 4\nmax_input_len: 64\nmax_seq_len: 320\n")
+    argv = ["build", "--target", str(target), "--drafter", str(root / "drafter"), "--config", str(recipe)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DFLASH_TRT_PLUGIN_LIB", str(root / "no-such-library.so"))
+        assert main([*argv, "--output", str(root / "engine"), "--no-verify"]) == 0
+    return target, root / "drafter", root / "engine"
+
+
+def test_onnx_only_build_records_no_plugin_library_and_runs(built):
+    target, drafter, engine = built
+    config = json.loads((engine / "config.json").read_text())
+    report = json.loads((engine / "build_report.json").read_text())
+    assert config["plugin"] is None and report["plugin_library"] is None
+    assert config["verification"] == {"builder": None, "skipped": "--no-verify"}
+    assert json.loads((engine / "acceptance.json").read_text())["position_acceptance"] == ACCEPTANCE
+    reqs = requests(97, n=4, seed=5)
+    assert run_all(load_engine_pipeline(engine), reqs, 2, 4) == run_all(load_pipeline(target, drafter), reqs, 2, 4)
+
+
+def _set_costs(cache: Path, label: str, decode_ms: float, step_ms: float) -> None:
+    """Hand-write the cached step costs of `label` (as if measured on a machine where they are these)."""
+    entries = json.loads(cache.read_text())
+    for key, entry in entries.items():
+        if f" | {label} calibration" in key:
+            entry |= {"decode_ms": decode_ms, "step_ms": dict.fromkeys(entry["step_ms"], step_ms)}
+    cache.write_text(json.dumps(entries))
+
+
+def test_auto_backend_runs_the_backend_the_step_costs_make_fastest(built, tmp_path, monkeypatch, steady_machine):
+    """`--backend auto` weighs the pair on torch and on its onnxruntime graphs: each calibrated once, compared by
+    the expected ms per token of its own block choice, the faster one kept."""
+    from dflash_trt.bench.calibration import choose_backend
+    from dflash_trt.runtime.onnxruntime import OrtTarget
+
+    monkeypatch.setenv("DFLASH_TRT_CACHE", str(tmp_path))
+    target, drafter, engine = built
+    candidates = {
+        "torch fp32": functools.partial(load_pipeline, target, drafter),
+        "onnxruntime": functools.partial(load_engine_pipeline, engine),
+    }
+    logs = []
+    choose_backend(candidates, logs.append)
+    cache = tmp_path / "calibration.json"
+    labels = sorted(key.split(" | ")[1].removesuffix(" calibration v5") for key in json.loads(cache.read_text()))
+    assert labels == ["onnxruntime", "torch fp32"] and sum("calibrating" in line for line in logs) == 2
+
+    # torch: DFlash B=8 at 20 / 5.2 = 3.8 ms per token; onnxruntime: 5.0 ms (its DFlash, 30 / 5.2, loses to AR)
+    _set_costs(cache, "torch fp32", 10.0, 20.0)
+    _set_costs(cache, "onnxruntime", 5.0, 30.0)
+    logs.clear()
+    label, pipe = choose_backend(candidates, logs.append)
+    assert label == "torch fp32" and not isinstance(pipe.target, OrtTarget)
+    assert "calibrating" not in "".join(logs) and "torch fp32 3.8, onnxruntime 5.0" in logs[-1]
+    _set_costs(cache, "onnxruntime", 5.0, 10.0)  # now its DFlash: 10 / 5.2 = 1.9 ms per token
+    label, pipe = choose_backend(candidates, logs.append)
+    assert label == "onnxruntime" and isinstance(pipe.target, OrtTarget)
+    assert "torch fp32 3.8, onnxruntime 1.9" in logs[-1]
+
+    # sampling (no block choice): compared by one plain decoding step each, the speed probe
+    label, _ = choose_backend(candidates, logs.append, greedy=False)
+    probes = dict(re.findall(r"(torch fp32|onnxruntime) ([\d.]+)", logs[-1].split("batch 1:")[1]))
+    assert label == min(probes, key=lambda k: float(probes[k]))
 
 
 def _fail(capsys, argv, *needles):

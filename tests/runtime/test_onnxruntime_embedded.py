@@ -1,18 +1,24 @@
-"""The embedded pair (SmolLM2-135M-Instruct + the shipped drafter) exported once and run on onnxruntime:
-the graphs equal the torch runners (fp32 logits within 3e-4, features, written K/V) and greedy generation
-equals the torch backend token for token over 8 prompts at batch 4 (4 of them at batch 1), block 4 and 8."""
+"""The embedded pair (SmolLM2-135M-Instruct + the shipped drafter) in its cached engine directory, run on
+onnxruntime: the graphs equal the torch runners (fp32 logits within 3e-4, features, written K/V), greedy generation
+equals the torch backend token for token over 8 prompts at batch 4 (4 of them at batch 1), block 4 and 8, and
+`generate` with no model arguments weighs both backends and runs the faster."""
 
 from __future__ import annotations
+
+import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
+from dflash_trt.cli import main
 from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.decoding.speculative import generate
+from dflash_trt.embedded import ensure_default_target
+from dflash_trt.engine.default import ensure_default_engine
 from dflash_trt.models.layers import Keys
-from dflash_trt.pipeline import EMBEDDED_DRAFTER, load_engine_pipeline, load_pipeline
-from ort_engine import make_engine_dir
+from dflash_trt.pipeline import load_engine_pipeline, load_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -40,18 +46,15 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def pipes(tmp_path_factory):
-    from dflash_trt.embedded import ensure_default_target
-
-    target = ensure_default_target(progress=False)
-    engine = make_engine_dir(
-        tmp_path_factory.mktemp("embedded") / "engine",
-        target_dir=target,
-        drafter_dir=EMBEDDED_DRAFTER,
-        max_batch=8,
-        max_seq_len=512,
-    )
+def engine():
+    """The embedded pair's engine directory that `generate` weighs (built by scripts/setup.sh, or here)."""
+    engine = ensure_default_engine(progress=False)
     assert (engine / "onnx" / "rank0" / "target.onnx.data").stat().st_size > 100e6  # weights are external
+    return engine
+
+
+@pytest.fixture(scope="module")
+def pipes(engine):
     return load_engine_pipeline(engine), load_pipeline(None, None)
 
 
@@ -109,3 +112,22 @@ def test_greedy_tokens_equal_torch_backend(pipes, batch, block):
         want += generate(ref.target, ref.drafter, requests[i : i + batch], SamplingParams(), block)
     assert [g.tokens for g in got] == [w.tokens for w in want]
     assert [g.step_lengths for g in got] != [[1] * len(g.tokens) for g in got]  # drafts were accepted
+
+
+def test_generate_without_model_arguments_weighs_torch_and_onnxruntime(engine, tmp_path, monkeypatch, capsys):
+    """The README's command: the embedded pair on torch and on its cached onnxruntime graphs, the faster one run,
+    its tokens those of that backend run on purpose."""
+    cache = tmp_path / "cache"  # the real target and engines, a calibration of this test's own
+    cache.mkdir()
+    for entry in (engine.parent, ensure_default_target(progress=False)):
+        (cache / entry.name).symlink_to(entry)
+    monkeypatch.setenv("DFLASH_TRT_CACHE", str(cache))
+    argv = ["generate", "--prompt", PROMPTS[0], "--max-new-tokens", "12", "--block-size", "4", "--json"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    chosen = re.search(r"chose the (torch fp32|onnxruntime) backend \(expected ms per token at batch 1: (.*)\)", err)
+    assert chosen and {"torch fp32", "onnxruntime"} == {p.rsplit(" ", 1)[0] for p in chosen[2].split(", ")}, err
+    forced = ["--engine", str(engine)] if chosen[1] == "onnxruntime" else ["--backend", "torch"]
+    assert main([*argv, *forced]) == 0
+    want = json.loads(capsys.readouterr().out)["results"][0]["tokens"]
+    assert json.loads(out)["results"][0]["tokens"] == want
