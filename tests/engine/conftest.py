@@ -1,5 +1,5 @@
-"""Fixtures of the `build` tests: the plugin library, published configs, and the embedded pair built once per session
-in fp16 and in bf16 (export + TensorRT-RTX CPU build of both graphs: about a minute and a half each)."""
+"""Fixtures of the `build` tests: the plugin library, published configs, the embedded pair built once per session in
+fp16 (export + TensorRT-RTX CPU build of both graphs: about four minutes) and a tiny pair built in bf16."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from engine_paths import ROOT, write_recipe
+from engine_paths import ROOT, TINY_PAIR_SHAPES, write_recipe
+
+from tiny import hf_config, save_hf_target, save_tiny_tokenizer, save_zlab_drafter
 
 
 def _plugin_conftest():
@@ -75,12 +77,20 @@ def build_pair(
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, plugin_lib) -> dict[str, Built]:
-    """The embedded recipe built in fp16 and in bf16 through the real CLI (no datacenter TensorRT here)."""
+    """Through the real CLI (no datacenter TensorRT here): the embedded recipe as shipped (fp16), and in bf16 a tiny
+    pair with the embedded pair's head_dim (64) and GQA (ratio 3 in the target, 2 in the drafter)."""
     root = tmp_path_factory.mktemp("engines")
-    out = {}
-    for dtype in ("fp16", "bf16"):
-        recipe = write_recipe(root / f"smollm2_{dtype}.yaml", dtype=dtype)
-        engine_dir = root / f"smollm2-{dtype}"
-        proc = run_cli("build", "--config", str(recipe), "--output", str(engine_dir), "--plugin-lib", str(plugin_lib))
-        out[dtype] = Built(dtype, engine_dir, proc.returncode, proc.stderr)
+    recipe = write_recipe(root / "smollm2_fp16.yaml", dtype="fp16")
+    fp16 = root / "smollm2-fp16"
+    proc = run_cli("build", "--config", str(recipe), "--output", str(fp16), "--plugin-lib", str(plugin_lib))
+    out = {"fp16": Built("fp16", fp16, proc.returncode, proc.stderr)}
+    shape = {"hidden": 192, "heads": 3, "kv_heads": 1, "head_dim": 64}
+    target = save_hf_target(root / "target", "llama", **shape)
+    save_tiny_tokenizer(target)
+    drafter = save_zlab_drafter(
+        root / "drafter", hf_config("llama", **shape), block_size=4, layer_ids=(0, 2), heads=4, kv_heads=2, head_dim=64
+    )
+    recipe = write_recipe(root / "tiny_bf16.yaml", dtype="bf16", **TINY_PAIR_SHAPES)
+    proc = build_pair(target, drafter, recipe, root / "tiny-bf16", plugin_lib, tokenizer=target)
+    out["bf16"] = Built("bf16", root / "tiny-bf16", proc.returncode, proc.stderr)
     return out
