@@ -187,8 +187,10 @@ def _run_pair(pipe: Pipeline, requests: list[Request], params: SamplingParams, b
 
 def drafter_name(pipe: Pipeline) -> str:
     """The drafter's architecture as its config.json names it (DFlashDraftModel, DFlash2DraftModel; an engine
-    directory's name for an engine), with the size of its draft vocabulary when it drafts from one."""
-    name = read_json(pipe.drafter_dir / "config.json").get("architectures", [pipe.drafter_dir.name])[0]
+    directory's as `dflash-trt build` records it), with the size of its draft vocabulary when it drafts from one."""
+    cfg = read_json(pipe.drafter_dir / "config.json")
+    built = cfg.get("pretrained_config", {}).get("drafter", {})  # an engine directory's config.json
+    name = (cfg.get("architectures") or [built.get("architecture", pipe.drafter_dir.name)])[0]
     return name if pipe.drafter.vocab is None else f"{name}, {len(pipe.drafter.vocab)}-token draft vocab"
 
 

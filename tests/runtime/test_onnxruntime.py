@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import distribution
+from dflash_trt.bench.cli import drafter_name
 from dflash_trt.cli import main
 from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.decoding.speculative import Request, generate
@@ -133,8 +134,10 @@ def test_onnx_only_build_records_no_plugin_library_and_runs(built):
     assert config["plugin"] is None and report["plugin_library"] is None
     assert config["verification"] == {"builder": None, "skipped": "--no-verify"}
     assert json.loads((engine / "acceptance.json").read_text())["position_acceptance"] == ACCEPTANCE
+    pipe = load_engine_pipeline(engine)
+    assert drafter_name(pipe) == "DFlashDraftModel"  # as bench reports it: the architecture the build recorded
     reqs = requests(97, n=4, seed=5)
-    assert run_all(load_engine_pipeline(engine), reqs, 2, 4) == run_all(load_pipeline(target, drafter), reqs, 2, 4)
+    assert run_all(pipe, reqs, 2, 4) == run_all(load_pipeline(target, drafter), reqs, 2, 4)
 
 
 def _set_costs(cache: Path, label: str, decode_ms: float, step_ms: float) -> None:
