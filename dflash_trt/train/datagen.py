@@ -1,8 +1,9 @@
 """Make training data: the frozen target's features and labels, cached per sequence in shards.
 
 Two sources, both labelled by the target itself:
-- generated: the target answers prompts (the project's batched `generate`, greedy or sampled); the
-  response tokens are the labels and the features are recorded during decoding, with no second pass.
+- generated: the target answers prompts (the project's batched `generate`, greedy or sampled, on any backend:
+  torch, or onnxruntime on an engine directory's graphs); the response tokens are the labels and the features are
+  recorded during decoding, with no second pass.
 - teacher-forced: one target forward over real text gives the features and the target's greedy
   prediction at every position (the labels).
 Each shard is written atomically and skipped when it already exists, so an interrupted run resumes.
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from dflash_trt.decoding.runners import Features, TargetRunner
 from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.decoding.speculative import Request, generate
 from dflash_trt.models.target import Transformer
@@ -24,26 +26,33 @@ from dflash_trt.runtime.torch import TorchTarget
 from dflash_trt.train.shards import Sequence, write_shard
 
 
-class RecordingTarget(TorchTarget):
-    """A `TorchTarget` that keeps the features of every committed position, per row."""
+class RecordingTarget(TargetRunner):
+    """Wraps a target runner of any backend and keeps the features of every committed position, per row."""
+
+    def __init__(self, runner: TargetRunner) -> None:
+        self.runner = runner
+        self.device, self.capacity = runner.device, runner.capacity
 
     def reset(self, batch: int, max_len: int) -> None:
-        super().reset(batch, max_len)
+        self.runner.reset(batch, max_len)
         self.rows: list[list[Tensor]] = [[] for _ in range(batch)]
         self.pending: Tensor | None = None
 
-    def prefill(self, prompts: list[list[int]]) -> tuple[Tensor, Tensor | None]:
-        logits, features = super().prefill(prompts)
+    def prefill(self, prompts: list[list[int]], rows: list[int] | None = None) -> tuple[Tensor, Features]:
+        assert rows is None, "records whole batches: every row starts with the batch"
+        logits, features = self.runner.prefill(prompts)
+        features = torch.as_tensor(features)
         for row, prompt in enumerate(prompts):
             self.rows[row].append(features[row, : len(prompt)].half())
         return logits, features
 
-    def verify(self, block: Tensor) -> tuple[Tensor, Tensor | None]:
-        logits, self.pending = super().verify(block)
+    def verify(self, block: Tensor) -> tuple[Tensor, Features]:
+        logits, features = self.runner.verify(block)
+        self.pending = torch.as_tensor(features)
         return logits, self.pending
 
     def commit(self, n: Tensor) -> None:
-        super().commit(n)
+        self.runner.commit(n)
         for row, k in enumerate(n.tolist()):
             if k:
                 self.rows[row].append(self.pending[row, :k].half())
@@ -55,17 +64,16 @@ class RecordingTarget(TorchTarget):
 
 
 def generate_shard(
-    target: Transformer,
-    layer_ids: tuple[int, ...],
+    target: TargetRunner,
     prompts: list[list[int]],
     max_new_tokens: int,
     stop_ids: tuple[int, ...],
     params: SamplingParams,
     batch_size: int,
 ) -> list[Sequence]:
-    """Let the target answer `prompts` in batches; one Sequence (prompt + response) per prompt, with the
-    features of `layer_ids`."""
-    runner = RecordingTarget(target, layer_ids)
+    """Let the target (a runner of any backend, capturing the layers the drafter reads) answer `prompts` in
+    batches; one Sequence (prompt + response) per prompt, with the captured features."""
+    runner = RecordingTarget(target)
     seqs = []
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
     for lo in range(0, len(order), batch_size):

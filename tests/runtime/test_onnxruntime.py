@@ -20,6 +20,7 @@ from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.decoding.speculative import Request, generate
 from dflash_trt.pipeline import load_engine_pipeline, load_pipeline, torch_runners
 from dflash_trt.runtime.loading import load_drafter, load_target
+from dflash_trt.runtime.torch import TorchTarget
 from ort_engine import make_engine_dir
 from tiny import hf_config, save_hf_target, save_tiny_tokenizer, save_zlab_drafter
 
@@ -138,6 +139,25 @@ def test_onnx_only_build_records_no_plugin_library_and_runs(built):
     assert drafter_name(pipe) == "DFlashDraftModel"  # as bench reports it: the architecture the build recorded
     reqs = requests(97, n=4, seed=5)
     assert run_all(pipe, reqs, 2, 4) == run_all(load_pipeline(target, drafter), reqs, 2, 4)
+
+
+def test_training_data_generated_on_onnxruntime_equals_torch(built):
+    """Drafter training data (`scripts/make_train_data.py --engine`): the target graph answers the prompts with the
+    torch target's tokens, and the features it records for the drafter agree within fp32 (stored in fp16)."""
+    from dflash_trt.runtime.engine_dir import read_engine_dir
+    from dflash_trt.train import datagen
+
+    target, drafter, engine = built
+    prompts = [r.prompt for r in requests(97, n=6, seed=7)]
+    layers = read_engine_dir(engine).drafter.target_layer_ids  # what the target graph captures: the drafter's
+    assert layers == (0, 2)
+    ort = load_engine_pipeline(engine, use_drafter=False).target
+    got = datagen.generate_shard(ort, prompts, 16, (), SamplingParams(), 3)
+    want = datagen.generate_shard(TorchTarget(load_target(target), layers), prompts, 16, (), SamplingParams(), 3)
+    assert [g.tokens.tolist() for g in got] == [w.tokens.tolist() for w in want]
+    assert [(g.start, len(g.tokens)) for g in got] == [(w.start, len(w.tokens)) for w in want]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.features.float(), w.features.float(), atol=2e-3, rtol=2e-3)
 
 
 def _set_costs(cache: Path, label: str, decode_ms: float, step_ms: float) -> None:

@@ -7,6 +7,7 @@ import torch
 
 from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.runtime.loading import load_target
+from dflash_trt.runtime.torch import TorchTarget
 from dflash_trt.train import datagen
 from dflash_trt.train.recipe import recipe_from_dict
 from tiny import save_hf_target
@@ -36,7 +37,8 @@ def tiny_data(tiny_target, tmp_path_factory):
     ]
     with torch.inference_mode():
         tf = lambda chunk: datagen.teacher_force(target, LAYER_IDS, chunk, batch_size=4, first_anchor=2)  # noqa: E731
-        gen_fn = lambda chunk: datagen.generate_shard(target, LAYER_IDS, chunk, 24, (), SamplingParams(), 4)  # noqa: E731
+        runner = TorchTarget(target, LAYER_IDS)
+        gen_fn = lambda chunk: datagen.generate_shard(runner, chunk, 24, (), SamplingParams(), 4)  # noqa: E731
         datagen.write_shards(out / "train", "tf", windows[:8], 4, LAYER_IDS, tf)
         datagen.write_shards(out / "val", "tf", windows[8:], 4, LAYER_IDS, tf)
         datagen.write_shards(out / "train", "gen", prompts, 3, LAYER_IDS, gen_fn)

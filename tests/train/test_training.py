@@ -13,6 +13,7 @@ import torch
 from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.errors import UserError
 from dflash_trt.runtime.loading import load_target
+from dflash_trt.runtime.torch import TorchTarget
 from dflash_trt.train import cli, datagen
 from dflash_trt.train.trainer import Trainer, train
 
@@ -50,7 +51,8 @@ def pattern_data(tiny_target, tmp_path_factory):
     gen = torch.Generator().manual_seed(1)
     lengths = torch.randint(3, 9, (80,), generator=gen).tolist()
     prompts = [torch.randint(6, 97, (n,), generator=gen).tolist() for n in lengths]
-    make = lambda chunk: datagen.generate_shard(target, LAYER_IDS, chunk, 32, (), SamplingParams(), 8)  # noqa: E731
+    runner = TorchTarget(target, LAYER_IDS)
+    make = lambda chunk: datagen.generate_shard(runner, chunk, 32, (), SamplingParams(), 8)  # noqa: E731
     with torch.inference_mode():
         datagen.write_shards(out / "train", "gen", prompts[:64], 16, LAYER_IDS, make)
         datagen.write_shards(out / "val", "gen", prompts[64:], 16, LAYER_IDS, make)
