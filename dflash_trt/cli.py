@@ -100,7 +100,7 @@ def run_generate(args: argparse.Namespace) -> int:
         from dflash_trt.engine.default import embedded_candidates
 
         candidates = embedded_candidates(not args.no_drafter, _log)
-        label, pipe = choose_backend(candidates, _log, batch, params.greedy and args.block_size is None)
+        label, pipe, _ = choose_backend(candidates, _log, batch, params.greedy and args.block_size is None)
     elif args.checkpoint:
         from dflash_trt.parallel.comm import init_distributed
         from dflash_trt.pipeline import load_converted_pipeline

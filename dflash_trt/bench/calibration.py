@@ -217,15 +217,16 @@ def choose_for(pipe: Pipeline, label: str, log: Callable[[str], None], batch: in
 
 def choose_backend(
     candidates: dict[str, Callable[[], Pipeline]], log: Callable[[str], None], batch: int = 1, greedy: bool = True
-) -> tuple[str, Pipeline]:
+) -> tuple[str, Pipeline, dict[str, float]]:
     """The candidate (label -> loader, e.g. the same pair on torch and on onnxruntime) expected to generate fastest
-    at `batch` rows, loaded, with its label. Candidates are compared by ms per token: greedy with a drafter that
-    ships acceptance.json, that of the block choice on each (`choose_for`: DFlash at its best block, or plain
-    decoding); else that of a plain decoding step (the speed probe). Loads one candidate at a time and keeps only
-    the fastest; says which it chose through `log`."""
+    at `batch` rows: its label, its loaded pipeline, and the expected ms per token of every candidate (empty when
+    there was one). Candidates are compared by ms per token: greedy with a drafter that ships acceptance.json, that
+    of the block choice on each (`choose_for`: DFlash at its best block, or plain decoding); else that of a plain
+    decoding step (the speed probe). Loads one candidate at a time and keeps only the fastest; says which it chose
+    through `log`."""
     if len(candidates) == 1:
         label, load = next(iter(candidates.items()))
-        return label, load()
+        return label, load(), {}
     best: tuple[str, Pipeline] | None = None
     expected = {}
     for label, load in candidates.items():
@@ -237,4 +238,4 @@ def choose_backend(
         del pipe
     per_token = ", ".join(f"{label} {ms:.1f}" for label, ms in expected.items())
     log(f"chose the {best[0]} backend (expected ms per token at batch {batch}: {per_token}); --backend overrides")
-    return best
+    return *best, expected

@@ -99,13 +99,14 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UserError("--engine brings its own drafter; drop --drafter")
     engine = load_engine_args(args, True)
     label = backend_label(args.engine is not None, args.backend, args.weight_only)  # fp32: bench has no --dtype
+    expected: dict[str, float] = {}  # the backend choice's expected ms per token, per backend weighed
     if engine:
         pipes = [engine]
     elif args.backend == "auto" and not (args.target or args.drafter or compare):
         from dflash_trt.engine.default import embedded_candidates
 
         candidates = embedded_candidates(True, _log)
-        label, pipe = choose_backend(candidates, _log, min(args.batch_sizes), 0 in args.temperatures)
+        label, pipe, expected = choose_backend(candidates, _log, min(args.batch_sizes), 0 in args.temperatures)
         pipes = [pipe]
     else:
         pipes = [load_pipeline(args.target, d) for d in args.drafter or [None]]
@@ -144,6 +145,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "target": str(pipe.target_dir),
         "drafters": drafters,
         "backend": label,
+        "backend_choice": expected,
         "target_dtype": str(pipe.target.dtype).removeprefix("torch."),
         "draft_head_dtype": str(pipe.drafter.head_dtype).removeprefix("torch."),
         "max_new_tokens": args.max_new_tokens,
@@ -281,6 +283,8 @@ def _run_peers(args, pipes: list[Pipeline], blocks: list[int], prompts: dict) ->
 
 
 def _markdown(data: dict) -> str:
+    choice = ", ".join(f"{backend} {ms:.1f}" for backend, ms in data["backend_choice"].items())
+    first_batch = min(r["batch"] for r in data["rows"])
     lines = [
         f"# DFlash benchmark\n\nTarget `{data['target']}`, {data['backend']} backend, "
         f"{data['num_prompts']} prompts per dataset, up to {data['max_new_tokens']} new tokens, "
@@ -288,6 +292,7 @@ def _markdown(data: dict) -> str:
         f"drafts' LM head {data['draft_head_dtype']} (lossless: drafts are only proposals; a drafter with a draft "
         "vocab runs only its rows). "
         "Speedup = baseline TPOT / DFlash TPOT (decode only, prefill excluded), same backend, run side by side.\n",
+        *([f"Backend chosen by expected ms per token at batch {first_batch}: {choice}.\n"] if choice else []),
         *(
             f"- {d['name']} `{d['dir']}`: "
             + "; ".join(f"batch {b} B={d['blocks'][b]} ({d['choice'][b]})" for b in d["blocks"])

@@ -114,14 +114,19 @@ def test_greedy_tokens_equal_torch_backend(pipes, batch, block):
     assert [g.step_lengths for g in got] != [[1] * len(g.tokens) for g in got]  # drafts were accepted
 
 
-def test_generate_without_model_arguments_weighs_torch_and_onnxruntime(engine, tmp_path, monkeypatch, capsys):
-    """The README's command: the embedded pair on torch and on its cached onnxruntime graphs, the faster one run,
-    its tokens those of that backend run on purpose."""
-    cache = tmp_path / "cache"  # the real target and engines, a calibration of this test's own
-    cache.mkdir()
+@pytest.fixture(scope="module")
+def own_calibration(engine, tmp_path_factory):
+    """A cache holding the real target and engines but a calibration of these tests' own."""
+    cache = tmp_path_factory.mktemp("cache")
     for entry in (engine.parent, ensure_default_target(progress=False)):
         (cache / entry.name).symlink_to(entry)
-    monkeypatch.setenv("DFLASH_TRT_CACHE", str(cache))
+    return cache
+
+
+def test_generate_without_model_arguments_weighs_torch_and_onnxruntime(engine, own_calibration, monkeypatch, capsys):
+    """The README's command: the embedded pair on torch and on its cached onnxruntime graphs, the faster one run,
+    its tokens those of that backend run on purpose."""
+    monkeypatch.setenv("DFLASH_TRT_CACHE", str(own_calibration))
     argv = ["generate", "--prompt", PROMPTS[0], "--max-new-tokens", "12", "--block-size", "4", "--json"]
     assert main(argv) == 0
     out, err = capsys.readouterr()
@@ -131,3 +136,17 @@ def test_generate_without_model_arguments_weighs_torch_and_onnxruntime(engine, t
     assert main([*argv, *forced]) == 0
     want = json.loads(capsys.readouterr().out)["results"][0]["tokens"]
     assert json.loads(out)["results"][0]["tokens"] == want
+
+
+def test_bench_without_model_arguments_reports_its_backend_choice(own_calibration, monkeypatch, tmp_path):
+    monkeypatch.setenv("DFLASH_TRT_CACHE", str(own_calibration))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": PROMPTS[4]}) + "\n")
+    argv = ["bench", "--datasets", str(prompts), "--num-prompts", "1", "--max-new-tokens", "8", "--batch-sizes", "1"]
+    argv += ["--block-sizes", "4", "--temperatures", "0", "--output-dir", str(tmp_path), "--name", "auto"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "auto.json").read_text())
+    expected = report["backend_choice"]
+    assert sorted(expected) == ["onnxruntime", "torch fp32"] and report["backend"] == min(expected, key=expected.get)
+    assert report["rows"][0]["identical_outputs"] == 1 and report["drafters"][0]["name"].startswith("DFlashDraftModel")
+    assert "Backend chosen by expected ms per token at batch 1: " in (tmp_path / "auto.md").read_text()
