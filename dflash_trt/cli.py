@@ -14,8 +14,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dflash_trt.errors import UserError
+
+if TYPE_CHECKING:
+    from dflash_trt.decoding.speculative import Request
+    from dflash_trt.pipeline import Pipeline
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -78,7 +83,7 @@ def _log(msg: str) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from dflash_trt.decoding.metrics import format_summary, summarize
     from dflash_trt.decoding.sampling import SamplingParams
-    from dflash_trt.decoding.speculative import Request, generate
+    from dflash_trt.decoding.speculative import generate
     from dflash_trt.pipeline import backend_label, load_engine_args, load_pipeline, read_prompts_file
 
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
@@ -100,7 +105,8 @@ def run_generate(args: argparse.Namespace) -> int:
         from dflash_trt.engine.default import embedded_candidates
 
         candidates = embedded_candidates(not args.no_drafter, _log)
-        label, pipe, _ = choose_backend(candidates, _log, batch, params.greedy and args.block_size is None)
+        greedy = params.greedy and args.block_size is None
+        label, pipe, _ = choose_backend(candidates, _log, batch, greedy, lambda p: _unfit(p, rows, args, chat))
     elif args.checkpoint:
         from dflash_trt.parallel.comm import init_distributed
         from dflash_trt.pipeline import load_converted_pipeline
@@ -120,14 +126,7 @@ def run_generate(args: argparse.Namespace) -> int:
         from dflash_trt.bench.calibration import auto_block
 
         drafter, block = auto_block(pipe, label, _log, batch)
-    requests = [
-        Request(
-            pipe.encode(r.get("messages", r.get("prompt")), chat),
-            int(r.get("max_new_tokens", args.max_new_tokens)),
-            pipe.stop_ids(),
-        )
-        for r in rows
-    ]
+    requests = _requests(pipe, rows, args, chat)
     stream = len(requests) == 1 and not args.json
     printer = _StreamPrinter(pipe.tokenizer) if stream else None
     gens = []
@@ -156,6 +155,33 @@ def run_generate(args: argparse.Namespace) -> int:
     mode = f"dflash B={gens[0].block_size}" if drafter else "autoregressive"
     print(f"[{mode}] {format_summary(summary)}", file=sys.stderr)
     return 0
+
+
+def _unfit(pipe: Pipeline, rows: list[dict], args: argparse.Namespace, chat: bool) -> str | None:
+    """Why `pipe` cannot hold the requests of `rows` at --batch-size and its drafter's block, or None."""
+    from dflash_trt.decoding.speculative import check_requests
+
+    try:
+        for i in range(0, len(rows), args.batch_size):
+            chunk = _requests(pipe, rows[i : i + args.batch_size], args, chat)
+            check_requests(chunk, pipe.drafter.block_size if pipe.drafter else 1, pipe.target.capacity)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def _requests(pipe: Pipeline, rows: list[dict], args: argparse.Namespace, chat: bool) -> list[Request]:
+    """The requests of prompts-file rows (or --prompt), tokenized by `pipe`."""
+    from dflash_trt.decoding.speculative import Request
+
+    return [
+        Request(
+            pipe.encode(r.get("messages", r.get("prompt")), chat),
+            int(r.get("max_new_tokens", args.max_new_tokens)),
+            pipe.stop_ids(),
+        )
+        for r in rows
+    ]
 
 
 class _StreamPrinter:

@@ -216,14 +216,18 @@ def choose_for(pipe: Pipeline, label: str, log: Callable[[str], None], batch: in
 
 
 def choose_backend(
-    candidates: dict[str, Callable[[], Pipeline]], log: Callable[[str], None], batch: int = 1, greedy: bool = True
+    candidates: dict[str, Callable[[], Pipeline]],
+    log: Callable[[str], None],
+    batch: int = 1,
+    greedy: bool = True,
+    refusal: Callable[[Pipeline], str | None] = lambda pipe: None,
 ) -> tuple[str, Pipeline, dict[str, float]]:
     """The candidate (label -> loader, e.g. the same pair on torch and on onnxruntime) expected to generate fastest
     at `batch` rows: its label, its loaded pipeline, and the expected ms per token of every candidate (empty when
     there was one). Candidates are compared by ms per token: greedy with a drafter that ships acceptance.json, that
     of the block choice on each (`choose_for`: DFlash at its best block, or plain decoding); else that of a plain
-    decoding step (the speed probe). Loads one candidate at a time and keeps only the fastest; says which it chose
-    through `log`."""
+    decoding step (the speed probe). A candidate for which `refusal` gives a reason (the requests do not fit it) is
+    not weighed. Loads one candidate at a time and keeps only the fastest; says which it chose through `log`."""
     if len(candidates) == 1:
         label, load = next(iter(candidates.items()))
         return label, load(), {}
@@ -231,11 +235,16 @@ def choose_backend(
     expected = {}
     for label, load in candidates.items():
         pipe = load()
+        if reason := refusal(pipe):
+            log(f"not weighing the {label} backend: {reason}")
+            continue
         choice = choose_for(pipe, label, log, batch) if greedy else None
         expected[label] = choice.ms_per_token if choice else probe_ms(pipe)
         if best is None or expected[label] < expected[best[0]]:
             best = (label, pipe)
         del pipe
+    if best is None:
+        raise UserError(reason)
     per_token = ", ".join(f"{label} {ms:.1f}" for label, ms in expected.items())
     log(f"chose the {best[0]} backend (expected ms per token at batch {batch}: {per_token}); --backend overrides")
     return *best, expected

@@ -198,6 +198,15 @@ def test_auto_backend_runs_the_backend_the_step_costs_make_fastest(built, tmp_pa
     label, pipe, _ = choose_backend(candidates, logs.append)
     assert label == "onnxruntime" and isinstance(pipe.target, OrtTarget)
     assert "torch fp32 3.8, onnxruntime 1.9" in logs[-1]
+    # a backend the requests do not fit is not weighed, however fast
+    label, _, expected = choose_backend(
+        candidates, logs.append, refusal=lambda p: isinstance(p.target, OrtTarget) and "full"
+    )
+    assert (
+        label == "torch fp32"
+        and list(expected) == ["torch fp32"]
+        and "not weighing the onnxruntime backend: full" in logs
+    )
 
     # sampling (no block choice): compared by one plain decoding step each, the speed probe
     label, _, probes = choose_backend(candidates, logs.append, greedy=False)

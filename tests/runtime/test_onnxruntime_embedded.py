@@ -138,6 +138,18 @@ def test_generate_without_model_arguments_weighs_torch_and_onnxruntime(engine, o
     assert json.loads(out)["results"][0]["tokens"] == want
 
 
+def test_generate_weighs_only_the_backends_its_requests_fit(own_calibration, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("DFLASH_TRT_CACHE", str(own_calibration))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS + PROMPTS[:1]))
+    argv = ["generate", "--prompts-file", str(prompts), "--batch-size", "9", "--max-new-tokens", "2", "--json"]
+    assert main([*argv, "--block-size", "4"]) == 0  # the cached graphs hold 8 rows
+    out, err = capsys.readouterr()
+    assert "not weighing the onnxruntime backend: 9 requests in one batch" in err
+    assert "chose the torch fp32 backend (expected ms per token at batch 9: torch fp32 " in err
+    assert len(json.loads(out)["results"]) == 9
+
+
 def test_bench_without_model_arguments_reports_its_backend_choice(own_calibration, monkeypatch, tmp_path):
     monkeypatch.setenv("DFLASH_TRT_CACHE", str(own_calibration))
     prompts = tmp_path / "p.jsonl"
