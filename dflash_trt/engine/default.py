@@ -6,7 +6,7 @@ The directory's name carries a digest of everything its graphs come from (the re
 drafter's files and the package source that models, exports and builds them), so a new drafter or new export code
 never runs stale graphs: the old directory is no longer found, and the next build removes it.
 
-    python -m dflash_trt.engine.default     # build if missing (~3 min on 2 cores), print the directory
+    python -m dflash_trt.engine.default     # build if missing (~2.5 min on 2 cores), print the directory
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def embedded_candidates(use_drafter: bool, log: Callable[[str], None]) -> dict[s
     else:
         log(
             f"no onnxruntime graphs of the embedded pair for this version in {engine.parent}: running on torch; "
-            "`python -m dflash_trt.engine.default` builds them (~3 min on 2 cores), then both backends are weighed"
+            "`python -m dflash_trt.engine.default` builds them (~2.5 min on 2 cores), then both backends are weighed"
         )
     return candidates
 
