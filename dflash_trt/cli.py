@@ -84,8 +84,10 @@ def run_generate(args: argparse.Namespace) -> int:
     from dflash_trt.decoding.metrics import format_summary, summarize
     from dflash_trt.decoding.sampling import SamplingParams
     from dflash_trt.decoding.speculative import generate
+    from dflash_trt.engine.default import use_embedded_engine
     from dflash_trt.pipeline import backend_label, load_engine_args, load_pipeline, read_prompts_file
 
+    use_embedded_engine(args)
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
     if args.batch_size < 1:
         raise UserError(f"--batch-size is {args.batch_size}; use 1 or more")

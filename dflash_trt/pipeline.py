@@ -153,7 +153,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto (default: for the embedded pair in fp32, torch or its cached onnxruntime graphs, whichever this "
         "machine's step costs make faster; onnxruntime for --engine; else torch), torch (HF directories or "
-        "--checkpoint), onnxruntime (--engine's ONNX graphs on CPU) or tensorrt (--engine's engines; needs a GPU)",
+        "--checkpoint), onnxruntime (--engine's ONNX graphs on CPU; with no model arguments, the embedded pair's "
+        "cached ones) or tensorrt (--engine's engines; needs a GPU)",
     )
     p.add_argument(
         "--weight-only",

@@ -97,6 +97,9 @@ def run_bench(args: argparse.Namespace) -> int:
         )
     if args.engine is not None and args.drafter:
         raise UserError("--engine brings its own drafter; drop --drafter")
+    from dflash_trt.engine.default import use_embedded_engine
+
+    use_embedded_engine(args)
     engine = load_engine_args(args, True)
     label = backend_label(args.engine is not None, args.backend, args.weight_only)  # fp32: bench has no --dtype
     expected: dict[str, float] = {}  # the backend choice's expected ms per token, per backend weighed

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dflash_trt.embedded import MANIFEST, MODEL_NAME, default_cache_dir, ensure_default_target
+from dflash_trt.errors import UserError
 
 if TYPE_CHECKING:
     from dflash_trt.pipeline import Pipeline
@@ -112,6 +113,21 @@ def embedded_candidates(use_drafter: bool, log: Callable[[str], None]) -> dict[s
             "`python -m dflash_trt.engine.default` builds them (~2.5 min on 2 cores), then both backends are weighed"
         )
     return candidates
+
+
+def use_embedded_engine(args: argparse.Namespace) -> None:
+    """`--backend onnxruntime` with no model arguments (fp32) runs the embedded pair's cached graphs: sets
+    `args.engine` to them, or refuses in one line when they are not built."""
+    models = any(getattr(args, flag, None) for flag in ("engine", "target", "drafter", "checkpoint"))
+    if args.backend != "onnxruntime" or models or getattr(args, "dtype", "fp32") != "fp32":
+        return
+    engine = default_engine_dir()
+    if not engine.is_dir():
+        raise UserError(
+            f"--backend onnxruntime: no onnxruntime graphs of the embedded pair in {engine.parent}; build them with "
+            "`python -m dflash_trt.engine.default` (~2.5 min on 2 cores) or pass --engine DIR"
+        )
+    args.engine = engine
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -222,11 +222,11 @@ def _fail(capsys, argv, *needles):
 
 
 def test_user_errors_exit_2(tiny, tmp_path, capsys):
-    _, _, engine = tiny
+    target, _, engine = tiny
     gen = ["generate", "--prompt", "w1", "--max-new-tokens", "2"]
     _fail(capsys, [*gen, "--engine", str(tmp_path / "nope")], "nope", "engine directory not found")
     _fail(capsys, [*gen, "--engine", str(engine), "--backend", "tensorrt"], "--backend tensorrt")
-    _fail(capsys, [*gen, "--backend", "onnxruntime"], "--engine")
+    _fail(capsys, [*gen, "--backend", "onnxruntime", "--target", str(target)], "--engine")
     _fail(capsys, [*gen, "--engine", str(engine), "--target", str(tmp_path)], "--engine replaces --target")
     broken = tmp_path / "broken"
     shutil.copytree(engine, broken)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import torch
 from dflash_trt.cli import main
 from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.decoding.speculative import generate
-from dflash_trt.embedded import ensure_default_target
+from dflash_trt.embedded import MODEL_NAME, ensure_default_target
 from dflash_trt.engine.default import ensure_default_engine
 from dflash_trt.models.layers import Keys
 from dflash_trt.pipeline import load_engine_pipeline, load_pipeline
@@ -162,3 +163,23 @@ def test_bench_without_model_arguments_reports_its_backend_choice(own_calibratio
     assert sorted(expected) == ["onnxruntime", "torch fp32"] and report["backend"] == min(expected, key=expected.get)
     assert report["rows"][0]["identical_outputs"] == 1 and report["drafters"][0]["name"].startswith("DFlashDraftModel")
     assert "Backend chosen by expected ms per token at batch 1: " in (tmp_path / "auto.md").read_text()
+
+
+def test_backend_onnxruntime_without_model_arguments_runs_the_cached_graphs(
+    engine, own_calibration, monkeypatch, tmp_path, capsys
+):
+    monkeypatch.setenv("DFLASH_TRT_CACHE", str(own_calibration))
+    argv = ["generate", "--chat", "--prompt", PROMPTS[1], "--max-new-tokens", "8", "--block-size", "4", "--json"]
+    assert main([*argv, "--backend", "onnxruntime"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--engine", str(engine)]) == 0
+    want = json.loads(capsys.readouterr().out)
+    assert got["results"][0]["tokens"] == want["results"][0]["tokens"] and len(want["results"][0]["tokens"]) == 8
+    assert Path(got["target"]).resolve() == Path(want["target"]).resolve() == engine.resolve()
+    bare = tmp_path / "cache"  # the target converted, its graphs not built
+    bare.mkdir()
+    (bare / MODEL_NAME).symlink_to(ensure_default_target(progress=False))
+    monkeypatch.setenv("DFLASH_TRT_CACHE", str(bare))
+    assert main([*argv, "--backend", "onnxruntime"]) == 2
+    err = capsys.readouterr().err
+    assert "no onnxruntime graphs of the embedded pair" in err and "python -m dflash_trt.engine.default" in err
