@@ -84,9 +84,10 @@ def run_generate(args: argparse.Namespace) -> int:
     from dflash_trt.decoding.metrics import format_summary, summarize
     from dflash_trt.decoding.sampling import SamplingParams
     from dflash_trt.decoding.speculative import generate
-    from dflash_trt.engine.default import use_embedded_engine
+    from dflash_trt.engine.default import runs_embedded_pair, use_embedded_engine
     from dflash_trt.pipeline import backend_label, load_engine_args, load_pipeline, read_prompts_file
 
+    embedded = runs_embedded_pair(args)
     use_embedded_engine(args)
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
     if args.batch_size < 1:
@@ -100,15 +101,16 @@ def run_generate(args: argparse.Namespace) -> int:
     batch = min(args.batch_size, len(rows))
     label = backend_label(args.engine is not None, args.backend, args.weight_only, args.dtype)
     engine_pipe = load_engine_args(args, not args.no_drafter)
+    choice = None  # the block choice made while choosing the backend
     if engine_pipe is not None:
         pipe = engine_pipe
-    elif args.backend == "auto" and args.dtype == "fp32" and not (args.target or args.drafter or args.checkpoint):
+    elif args.backend == "auto" and embedded:
         from dflash_trt.bench.calibration import choose_backend
         from dflash_trt.engine.default import embedded_candidates
 
         candidates = embedded_candidates(not args.no_drafter, _log)
         greedy = params.greedy and args.block_size is None
-        label, pipe, _ = choose_backend(candidates, _log, batch, greedy, lambda p: _unfit(p, rows, args, chat))
+        label, pipe, _, choice = choose_backend(candidates, _log, batch, greedy, lambda p: _unfit(p, rows, args, chat))
     elif args.checkpoint:
         from dflash_trt.parallel.comm import init_distributed
         from dflash_trt.pipeline import load_converted_pipeline
@@ -127,7 +129,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if drafter is not None and block is None and params.greedy:
         from dflash_trt.bench.calibration import auto_block
 
-        drafter, block = auto_block(pipe, label, _log, batch)
+        drafter, block = auto_block(pipe, label, _log, batch, choice)
     requests = _requests(pipe, rows, args, chat)
     stream = len(requests) == 1 and not args.json
     printer = _StreamPrinter(pipe.tokenizer) if stream else None

@@ -190,11 +190,12 @@ def cached_step_costs(
 
 
 def auto_block(
-    pipe: Pipeline, label: str, log: Callable[[str], None], batch: int = 1
+    pipe: Pipeline, label: str, log: Callable[[str], None], batch: int = 1, choice: Choice | None = None
 ) -> tuple[DrafterRunner | None, int | None]:
-    """(drafter or None, block size) for `pipe` decoding `batch` rows together, as `choose_for` recommends, saying
-    which through `log`; (the drafter, None: its trained block size) when it ships no acceptance.json."""
-    choice = choose_for(pipe, label, log, batch)
+    """(drafter or None, block size) for `pipe` decoding `batch` rows together, as `choose_for` recommends (or
+    `choice`, when it has been made already), saying which through `log`; (the drafter, None: its trained block
+    size) when it ships no acceptance.json."""
+    choice = choice or choose_for(pipe, label, log, batch)
     if choice is None:
         return pipe.drafter, None
     log(
@@ -221,17 +222,18 @@ def choose_backend(
     batch: int = 1,
     greedy: bool = True,
     refusal: Callable[[Pipeline], str | None] = lambda pipe: None,
-) -> tuple[str, Pipeline, dict[str, float]]:
+) -> tuple[str, Pipeline, dict[str, float], Choice | None]:
     """The candidate (label -> loader, e.g. the same pair on torch and on onnxruntime) expected to generate fastest
-    at `batch` rows: its label, its loaded pipeline, and the expected ms per token of every candidate (empty when
-    there was one). Candidates are compared by ms per token: greedy with a drafter that ships acceptance.json, that
-    of the block choice on each (`choose_for`: DFlash at its best block, or plain decoding); else that of a plain
-    decoding step (the speed probe). A candidate for which `refusal` gives a reason (the requests do not fit it) is
-    not weighed. Loads one candidate at a time and keeps only the fastest; says which it chose through `log`."""
+    at `batch` rows: its label, its loaded pipeline, the expected ms per token of every candidate (empty when
+    there was one) and its block choice (None when not made: sampling, no acceptance, one candidate). Candidates
+    are compared by ms per token: greedy with a drafter that ships acceptance.json, that of the block choice on
+    each (`choose_for`: DFlash at its best block, or plain decoding); else that of a plain decoding step (the speed
+    probe). A candidate for which `refusal` gives a reason (the requests do not fit it) is not weighed. Loads one
+    candidate at a time and keeps only the fastest; says which it chose through `log`."""
     if len(candidates) == 1:
         label, load = next(iter(candidates.items()))
-        return label, load(), {}
-    best: tuple[str, Pipeline] | None = None
+        return label, load(), {}, None
+    best: tuple[str, Pipeline, Choice | None] | None = None
     expected = {}
     for label, load in candidates.items():
         pipe = load()
@@ -241,10 +243,11 @@ def choose_backend(
         choice = choose_for(pipe, label, log, batch) if greedy else None
         expected[label] = choice.ms_per_token if choice else probe_ms(pipe)
         if best is None or expected[label] < expected[best[0]]:
-            best = (label, pipe)
+            best = (label, pipe, choice)
         del pipe
     if best is None:
         raise UserError(reason)
     per_token = ", ".join(f"{label} {ms:.1f}" for label, ms in expected.items())
     log(f"chose the {best[0]} backend (expected ms per token at batch {batch}: {per_token}); --backend overrides")
-    return *best, expected
+    label, pipe, choice = best
+    return label, pipe, expected, choice

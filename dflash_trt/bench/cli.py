@@ -91,25 +91,27 @@ def run_bench(args: argparse.Namespace) -> int:
     start = RunStart.now()
     torch.manual_seed(args.seed)
     compare = args.compare_zlab or args.compare_hf or args.compare_prompt_lookup
+    from dflash_trt.engine.default import runs_embedded_pair, use_embedded_engine
+
+    embedded = runs_embedded_pair(args)
+    use_embedded_engine(args)
     if args.engine is not None and compare:
         raise UserError(
-            "--compare-zlab/--compare-hf/--compare-prompt-lookup run HF directories; drop them with --engine"
+            "--compare-zlab/--compare-hf/--compare-prompt-lookup run HF directories; drop them with --engine or "
+            "--backend onnxruntime"
         )
     if args.engine is not None and args.drafter:
         raise UserError("--engine brings its own drafter; drop --drafter")
-    from dflash_trt.engine.default import use_embedded_engine
-
-    use_embedded_engine(args)
     engine = load_engine_args(args, True)
     label = backend_label(args.engine is not None, args.backend, args.weight_only)  # fp32: bench has no --dtype
     expected: dict[str, float] = {}  # the backend choice's expected ms per token, per backend weighed
     if engine:
         pipes = [engine]
-    elif args.backend == "auto" and not (args.target or args.drafter or compare):
+    elif args.backend == "auto" and embedded and not compare:
         from dflash_trt.engine.default import embedded_candidates
 
         candidates = embedded_candidates(True, _log)
-        label, pipe, expected = choose_backend(candidates, _log, min(args.batch_sizes), 0 in args.temperatures)
+        label, pipe, expected, _ = choose_backend(candidates, _log, min(args.batch_sizes), 0 in args.temperatures)
         pipes = [pipe]
     else:
         pipes = [load_pipeline(args.target, d) for d in args.drafter or [None]]

@@ -115,11 +115,17 @@ def embedded_candidates(use_drafter: bool, log: Callable[[str], None]) -> dict[s
     return candidates
 
 
-def use_embedded_engine(args: argparse.Namespace) -> None:
-    """`--backend onnxruntime` with no model arguments (fp32) runs the embedded pair's cached graphs: sets
-    `args.engine` to them, or refuses in one line when they are not built."""
+def runs_embedded_pair(args: argparse.Namespace) -> bool:
+    """Whether a `generate`/`bench` command line runs the embedded pair in fp32, the pair and dtype of the cached
+    graphs: no --engine, --target, --drafter or --checkpoint, and --dtype fp32 where the command has one."""
     models = any(getattr(args, flag, None) for flag in ("engine", "target", "drafter", "checkpoint"))
-    if args.backend != "onnxruntime" or models or getattr(args, "dtype", "fp32") != "fp32":
+    return not models and getattr(args, "dtype", "fp32") == "fp32"
+
+
+def use_embedded_engine(args: argparse.Namespace) -> None:
+    """`--backend onnxruntime` on the embedded pair (`runs_embedded_pair`) runs its cached graphs: sets
+    `args.engine` to them, or refuses in one line when they are not built."""
+    if args.backend != "onnxruntime" or not runs_embedded_pair(args):
         return
     engine = default_engine_dir()
     if not engine.is_dir():

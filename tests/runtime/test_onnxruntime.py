@@ -190,16 +190,17 @@ def test_auto_backend_runs_the_backend_the_step_costs_make_fastest(built, tmp_pa
     _set_costs(cache, "torch fp32", 10.0, 20.0)
     _set_costs(cache, "onnxruntime", 5.0, 30.0)
     logs.clear()
-    label, pipe, expected = choose_backend(candidates, logs.append)
+    label, pipe, expected, choice = choose_backend(candidates, logs.append)
     assert label == "torch fp32" and not isinstance(pipe.target, OrtTarget)
+    assert choice.block == 8 and choice.ms_per_token == pytest.approx(20 / 5.2)  # the winner's, for auto_block
     assert expected == pytest.approx({"torch fp32": 20 / 5.2, "onnxruntime": 5.0})
     assert "calibrating" not in "".join(logs) and "torch fp32 3.8, onnxruntime 5.0" in logs[-1]
     _set_costs(cache, "onnxruntime", 5.0, 10.0)  # now its DFlash: 10 / 5.2 = 1.9 ms per token
-    label, pipe, _ = choose_backend(candidates, logs.append)
-    assert label == "onnxruntime" and isinstance(pipe.target, OrtTarget)
+    label, pipe, _, choice = choose_backend(candidates, logs.append)
+    assert label == "onnxruntime" and isinstance(pipe.target, OrtTarget) and choice.block == 8
     assert "torch fp32 3.8, onnxruntime 1.9" in logs[-1]
     # a backend the requests do not fit is not weighed, however fast
-    label, _, expected = choose_backend(
+    label, _, expected, _ = choose_backend(
         candidates, logs.append, refusal=lambda p: isinstance(p.target, OrtTarget) and "full"
     )
     assert (
@@ -209,8 +210,9 @@ def test_auto_backend_runs_the_backend_the_step_costs_make_fastest(built, tmp_pa
     )
 
     # sampling (no block choice): compared by one plain decoding step each, the speed probe
-    label, _, probes = choose_backend(candidates, logs.append, greedy=False)
+    label, _, probes, choice = choose_backend(candidates, logs.append, greedy=False)
     assert sorted(probes) == ["onnxruntime", "torch fp32"] and label == min(probes, key=probes.get)
+    assert choice is None
 
 
 def _fail(capsys, argv, *needles):
