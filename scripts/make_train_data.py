@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -88,11 +87,8 @@ def run(args: argparse.Namespace) -> None:
         layer_ids = tuple(args.layer_ids or default_target_layer_ids(target.cfg.num_layers, 5))
         runner, eos = TorchTarget(target, layer_ids), target.cfg.eos_token_ids
         tokenizer = AutoTokenizer.from_pretrained(target_dir)
-    rng = random.Random(args.seed)
     if args.source == "generated":
-        items = [(t, True) for t in prompts.chat_prompts(rng)]
-        items += prompts.code_prompts(prompts.stdlib_functions(prompts.stdlib_files(), 4000, rng))
-        items = datagen.shuffled(items, args.seed)
+        items = prompts.generated_prompts(args.seed)
         args.out.mkdir(parents=True, exist_ok=True)
         with open(args.out / "heldout_prompts.jsonl", "w") as f:
             for text, chat in items[: args.heldout]:

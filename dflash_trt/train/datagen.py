@@ -1,9 +1,9 @@
 """Make training data: the frozen target's features and labels, cached per sequence in shards.
 
 Two sources, both labelled by the target itself:
-- generated: the target answers prompts (the project's batched `generate`, greedy or sampled, on any backend:
-  torch, or onnxruntime on an engine directory's graphs); the response tokens are the labels and the features are
-  recorded during decoding, with no second pass.
+- generated: the target answers prompts (greedy or sampled, on any backend: torch, or onnxruntime on an engine
+  directory's graphs), a batch of rows decoding together with in-flight refill (`SpeculativeBatch`); the response
+  tokens are the labels and the features are recorded during decoding, with no second pass.
 - teacher-forced: one target forward over real text gives the features and the target's greedy
   prediction at every position (the labels).
 Each shard is written atomically and skipped when it already exists, so an interrupted run resumes.
@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from dflash_trt.decoding.runners import Features, TargetRunner
 from dflash_trt.decoding.sampling import SamplingParams
-from dflash_trt.decoding.speculative import Request, generate
+from dflash_trt.decoding.speculative import Request, SpeculativeBatch, check_request
 from dflash_trt.models.target import Transformer
 from dflash_trt.runtime.torch import TorchTarget
 from dflash_trt.train.shards import Sequence, write_shard
@@ -39,11 +39,10 @@ class RecordingTarget(TargetRunner):
         self.pending: Tensor | None = None
 
     def prefill(self, prompts: list[list[int]], rows: list[int] | None = None) -> tuple[Tensor, Features]:
-        assert rows is None, "records whole batches: every row starts with the batch"
-        logits, features = self.runner.prefill(prompts)
+        logits, features = self.runner.prefill(prompts, rows)
         features = torch.as_tensor(features)
-        for row, prompt in enumerate(prompts):
-            self.rows[row].append(features[row, : len(prompt)].half())
+        for i, (row, prompt) in enumerate(zip(rows or range(len(prompts)), prompts)):
+            self.rows[row] = [features[i, : len(prompt)].half()]  # a refilled row starts a new record
         return logits, features
 
     def verify(self, block: Tensor) -> tuple[Tensor, Features]:
@@ -63,6 +62,7 @@ class RecordingTarget(TargetRunner):
         return torch.cat([f, f.new_zeros(length - len(f), f.shape[1])])
 
 
+@torch.inference_mode()
 def generate_shard(
     target: TargetRunner,
     prompts: list[list[int]],
@@ -71,18 +71,34 @@ def generate_shard(
     params: SamplingParams,
     batch_size: int,
 ) -> list[Sequence]:
-    """Let the target (a runner of any backend, capturing the layers the drafter reads) answer `prompts` in
-    batches; one Sequence (prompt + response) per prompt, with the captured features."""
+    """Let the target (a runner of any backend, capturing the layers the drafter reads) answer `prompts` on
+    `batch_size` rows with in-flight refill: a row whose answer ends takes the next prompt at the next step, so no
+    row idles until the others finish. One Sequence (prompt + response) per prompt, in order, with the captured
+    features."""
+    requests = [Request(p, max_new_tokens, stop_ids) for p in prompts]
+    for i, r in enumerate(requests):
+        check_request(r, 1, target.capacity.max_len, target.capacity.max_len_field, f"prompt {i}")
     runner = RecordingTarget(target)
-    seqs = []
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
-    for lo in range(0, len(order), batch_size):
-        idx = order[lo : lo + batch_size]
-        requests = [Request(prompts[i], max_new_tokens, stop_ids) for i in idx]
-        gens = generate(runner, None, requests, params)
-        for row, (i, gen) in enumerate(zip(idx, gens)):
+    queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # pop(): shortest first, alike together
+    rows = min(batch_size, len(prompts))
+    batch = SpeculativeBatch(runner, None, rows, max(map(len, prompts)) + max_new_tokens + 1, params=params)
+    held = {row: queue.pop() for row in range(rows)}  # row -> the prompt it answers
+    batch.add([requests[i] for i in held.values()])
+    seqs: list[Sequence | None] = [None] * len(prompts)
+    while held:
+        active = batch.active_rows()
+        done = [row for row in held if row not in active]  # ended at the last step (or at its prefill)
+        for row in done:
+            i, gen = held.pop(row), batch.remove(row)
             tokens = torch.tensor(prompts[i] + gen.tokens)
-            seqs.append(Sequence(tokens, tokens.clone(), runner.features(row, len(tokens)), len(prompts[i])))
+            seqs[i] = Sequence(tokens, tokens.clone(), runner.features(row, len(tokens)), len(prompts[i]))
+        refill = done[: len(queue)]
+        for row in refill:
+            held[row] = queue.pop()
+        if refill:
+            batch.add([requests[held[row]] for row in refill], refill)
+        elif held:
+            batch.step()
     return seqs
 
 

@@ -148,3 +148,13 @@ def code_prompts(functions: list[tuple[str, str]]) -> list[tuple[str, bool]]:
             summary = doc.split("\n\n")[0].replace("\n", " ")
             out.append((f"Write a Python function `{sig[4:-1]}` that does the following: {summary}", True))
     return out
+
+
+def generated_prompts(seed: int) -> list[tuple[str, bool]]:
+    """The prompts the target answers for training data, (text, use_chat) in the order `seed` shuffles them:
+    the chat and math prompts and the code prompts over 4,000 stdlib functions."""
+    rng = random.Random(seed)
+    items = [(t, True) for t in chat_prompts(rng)]
+    items += code_prompts(stdlib_functions(stdlib_files(), 4000, rng))
+    random.Random(seed).shuffle(items)
+    return items

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dflash_trt.decoding.sampling import SamplingParams
 from dflash_trt.errors import UserError
 from dflash_trt.runtime.loading import load_target
 from dflash_trt.runtime.torch import TorchTarget
+from dflash_trt.train import datagen
 from dflash_trt.train.recipe import load_recipe
 from dflash_trt.train.shards import read_shard, shard_files
 
@@ -76,3 +78,38 @@ def test_a_later_data_run_numbers_its_shards_after_the_earlier_ones(tiny_target,
     assert later.name == "shard-tf-00002.safetensors"
     for a, b in zip(read_shard(later, (0, 2)), read_shard(tmp_path / "whole" / later.name, (0, 2))):
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.features, b.features)
+
+
+def test_in_flight_refill_answers_each_prompt_as_transformers_does(tiny_target):
+    """generate_shard on 3 rows for 9 prompts whose answers end at different steps (stop tokens), so rows refill
+    while others decode: every answer equals transformers' greedy generate of that prompt alone, and its features
+    equal transformers' hidden states of the captured layers over the whole sequence."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(tiny_target).float().eval()
+    gen = torch.Generator().manual_seed(3)
+    prompts = [
+        torch.randint(6, 97, (int(n),), generator=gen).tolist() for n in torch.randint(3, 12, (9,), generator=gen)
+    ]
+
+    def hf_answer(prompt, stops):
+        out = hf.generate(
+            torch.tensor([prompt]), max_new_tokens=20, do_sample=False, eos_token_id=list(stops) or None, pad_token_id=0
+        )
+        return out[0, len(prompt) :].tolist()
+
+    with torch.no_grad():
+        free = [hf_answer(p, ()) for p in prompts]
+        stops = (free[0][2], free[1][7], free[2][12])  # tokens the answers reach at different steps
+        want = [hf_answer(p, stops) for p in prompts]
+        seqs = datagen.generate_shard(
+            TorchTarget(load_target(tiny_target), (0, 2)), prompts, 20, stops, SamplingParams(), 3
+        )
+        assert len({len(w) for w in want}) >= 3  # rows end at different steps: refill happens mid-flight
+        for prompt, answer, s in zip(prompts, want, seqs):
+            assert s.tokens.tolist() == prompt + answer and s.start == len(prompt)
+            hs = hf(s.tokens[None], output_hidden_states=True).hidden_states
+            n = len(s.tokens) - 1  # the answer's last token has not been through the target
+            torch.testing.assert_close(
+                s.features[:n].float(), torch.cat([hs[i + 1][0, :n] for i in (0, 2)], -1), atol=1e-2, rtol=1e-2
+            )
