@@ -1,5 +1,5 @@
-"""Fixtures of the `build` tests: the plugin library, published configs, the embedded pair built once per session in
-fp16 (export + TensorRT-RTX CPU build of both graphs: about four minutes) and a tiny pair built in bf16."""
+"""Fixtures of the `build` tests: the plugin library, published configs and a tiny pair with the embedded pair's
+attention shapes built once per session in fp16 and in bf16 (export + TensorRT-RTX CPU build of both graphs)."""
 
 from __future__ import annotations
 
@@ -77,20 +77,19 @@ def build_pair(
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, plugin_lib) -> dict[str, Built]:
-    """Through the real CLI (no datacenter TensorRT here): the embedded recipe as shipped (fp16), and in bf16 a tiny
-    pair with the embedded pair's head_dim (64) and GQA (ratio 3 in the target, 2 in the drafter)."""
+    """Through the real CLI (no datacenter TensorRT here), in fp16 and in bf16: a tiny pair with the embedded pair's
+    head_dim (64) and GQA (ratio 3 in the target, 2 in the drafter), with the embedded recipe's profiles and
+    plugin. (The embedded pair's own engine directory: tests/runtime/test_onnxruntime_embedded.py.)"""
     root = tmp_path_factory.mktemp("engines")
-    recipe = write_recipe(root / "smollm2_fp16.yaml", dtype="fp16")
-    fp16 = root / "smollm2-fp16"
-    proc = run_cli("build", "--config", str(recipe), "--output", str(fp16), "--plugin-lib", str(plugin_lib))
-    out = {"fp16": Built("fp16", fp16, proc.returncode, proc.stderr)}
     shape = {"hidden": 192, "heads": 3, "kv_heads": 1, "head_dim": 64}
     target = save_hf_target(root / "target", "llama", **shape)
     save_tiny_tokenizer(target)
     drafter = save_zlab_drafter(
         root / "drafter", hf_config("llama", **shape), block_size=4, layer_ids=(0, 2), heads=4, kv_heads=2, head_dim=64
     )
-    recipe = write_recipe(root / "tiny_bf16.yaml", dtype="bf16", **TINY_PAIR_SHAPES)
-    proc = build_pair(target, drafter, recipe, root / "tiny-bf16", plugin_lib, tokenizer=target)
-    out["bf16"] = Built("bf16", root / "tiny-bf16", proc.returncode, proc.stderr)
+    out = {}
+    for dtype in ("fp16", "bf16"):
+        recipe = write_recipe(root / f"tiny_{dtype}.yaml", dtype=dtype, **TINY_PAIR_SHAPES)
+        proc = build_pair(target, drafter, recipe, root / f"tiny-{dtype}", plugin_lib, tokenizer=target)
+        out[dtype] = Built(dtype, root / f"tiny-{dtype}", proc.returncode, proc.stderr)
     return out

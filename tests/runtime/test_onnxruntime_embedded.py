@@ -19,7 +19,7 @@ from dflash_trt.decoding.speculative import generate
 from dflash_trt.embedded import MODEL_NAME, ensure_default_target
 from dflash_trt.engine.default import ensure_default_engine
 from dflash_trt.models.layers import Keys
-from dflash_trt.pipeline import load_engine_pipeline, load_pipeline
+from dflash_trt.pipeline import EMBEDDED_DRAFTER, load_engine_pipeline, load_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +52,34 @@ def engine():
     engine = ensure_default_engine(progress=False)
     assert (engine / "onnx" / "rank0" / "target.onnx.data").stat().st_size > 100e6  # weights are external
     return engine
+
+
+def test_engine_dir_of_the_embedded_pair(engine):
+    """What `build` writes for the embedded pair (here under engine.default.RECIPE, ONNX only): its config, the
+    shipped drafter's acceptance.json for `generate`'s block choice, the tokenizer; no plugin library."""
+    files = {str(p.relative_to(engine)) for p in engine.rglob("*") if p.is_file()}
+    assert {"config.json", "onnx/rank0/export.json", "tokenizer/tokenizer.json", "acceptance.json"} <= files, files
+    assert (engine / "acceptance.json").read_bytes() == (EMBEDDED_DRAFTER / "acceptance.json").read_bytes()
+    cfg = json.loads((engine / "config.json").read_text())
+    pre, bc = cfg["pretrained_config"], cfg["build_config"]
+    shape = (
+        "num_attention_heads",
+        "num_key_value_heads",
+        "hidden_size",
+        "vocab_size",
+        "num_hidden_layers",
+        "head_size",
+    )
+    assert tuple(pre[k] for k in shape) == (9, 3, 576, 49152, 30, 64) and pre["dtype"] == "float32"
+    assert pre["drafter"]["architecture"] == "DFlashDraftModel" and pre["drafter"]["num_hidden_layers"] == 2
+    assert (bc["max_batch_size"], bc["max_input_len"], bc["max_seq_len"], bc["max_draft_len"]) == (8, 512, 1024, 7)
+    assert cfg["dflash"] == {
+        "target_layer_ids": [1, 8, 14, 20, 27],
+        "mask_token_id": 16,
+        "block_size": 8,
+        "drafter_block_size": 8,
+    }
+    assert cfg["plugin"] is None and cfg["engines"] == {"target": [], "drafter": []}
 
 
 @pytest.fixture(scope="module")
