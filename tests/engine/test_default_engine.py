@@ -57,5 +57,7 @@ def test_digest_follows_the_drafter_files(tmp_path):
     assert default._digest(target, drafter) == first and len(first) == 12
     copy = shutil.copytree(drafter, tmp_path / "copy")
     assert default._digest(target, copy) == first  # the files' contents decide, not where they are
+    (copy / "README.md").write_text("how it was trained")
+    assert default._digest(target, copy) == first  # its documentation changes nothing in the graphs
     (copy / "acceptance.json").write_text(json.dumps({"position_acceptance": [0.5]}))
     assert default._digest(target, copy) != first
