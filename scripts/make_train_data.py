@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="generate with an engine directory's target graph on onnxruntime instead (fp32; its layers are the "
         "drafter's it was built with); 1.3x torch fp32's tokens/s at batch 64 on an AMD EPYC without native bf16, "
-        "~2x at batch 8 (dflash_trt/assets/drafter/README.md)",
+        "~2x at batch 8 (dflash_trt/assets/drafter/README.md). Rows refill in flight within a shard: give "
+        "--shard-size a few times --batch-size",
     )
     p.add_argument("--layer-ids", type=int, nargs="+", help="target layer ids to cache (default: z-lab spread of 5)")
     p.add_argument("--limit", type=int, default=0, help="use at most this many prompts/windows (0 = all)")
